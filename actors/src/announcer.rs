@@ -1,0 +1,128 @@
+//! Announcer: tells the cluster, every `announce-interval` and whenever asked, who this instance
+//! is and which IPs it sends from; says `Leaving` on a graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tracing::{debug, warn};
+
+use crate::backoff;
+use crate::broker::{BrokerError, Destination, Message, Properties, SharedBroker};
+use crate::messages::{AnnounceNow, Leave};
+use crate::stats::{bump, Stats};
+use crate::wire::{self, Announcement, ClusterMessage};
+
+pub struct Announcer {
+    broker: SharedBroker,
+    exchange: String,
+    announcement: Announcement,
+    interval: Duration,
+    stats: Arc<Stats>,
+    failures: u32,
+}
+
+impl Announcer {
+    pub fn new(
+        broker: SharedBroker,
+        exchange: impl Into<String>,
+        announcement: Announcement,
+        interval: Duration,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Announcer {
+            broker,
+            exchange: exchange.into(),
+            announcement,
+            interval,
+            stats,
+            failures: 0,
+        }
+    }
+
+    fn announce(&mut self, ctx: &mut Context<Self>) {
+        self.announcement.sequence += 1;
+        let message = ClusterMessage::Announcement(self.announcement.clone());
+        let publish = publish(self.broker.clone(), self.exchange.clone(), message);
+        ctx.spawn(
+            publish
+                .into_actor(self)
+                .map(|result, act, ctx| match result {
+                    Ok(()) => {
+                        act.failures = 0;
+                        bump(&act.stats.announcements_sent);
+                    }
+                    Err(error) => {
+                        act.failures += 1;
+                        warn!(%error, "announcement failed; restarting the announcer");
+                        ctx.stop();
+                    }
+                }),
+        );
+    }
+}
+
+/// Publishes one cluster message with confirm. Cluster messages are state, not mail: they are
+/// not persistent, and a lost one is repaired by the next announcement.
+pub(crate) async fn publish(
+    broker: SharedBroker,
+    exchange: String,
+    message: ClusterMessage,
+) -> Result<(), BrokerError> {
+    let body = wire::encode(&message).map_err(|e| BrokerError::Other(e.to_string()))?;
+    let to = Destination::exchange(exchange, message.routing_key());
+    broker
+        .publish(&to, &Message::new(body, Properties::default()), false)
+        .await
+}
+
+impl Actor for Announcer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let delay = backoff::delay(self.failures);
+        ctx.run_later(delay, |act, ctx| {
+            let broker = act.broker.clone();
+            let exchange = act.exchange.clone();
+            let declare = async move { broker.declare_topic_exchange(&exchange).await };
+            ctx.wait(declare.into_actor(act).map(|result, act, ctx| match result {
+                Ok(()) => {
+                    act.announce(ctx);
+                    ctx.run_interval(act.interval, |act, ctx| act.announce(ctx));
+                }
+                Err(error) => {
+                    act.failures += 1;
+                    warn!(%error, exchange = %act.exchange, "cannot declare the cluster exchange");
+                    ctx.stop();
+                }
+            }));
+        });
+    }
+}
+
+impl Supervised for Announcer {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        bump(&self.stats.restarts);
+    }
+}
+
+impl Handler<AnnounceNow> for Announcer {
+    type Result = ();
+
+    fn handle(&mut self, _: AnnounceNow, ctx: &mut Context<Self>) {
+        debug!("announcing on request");
+        self.announce(ctx);
+    }
+}
+
+impl Handler<Leave> for Announcer {
+    type Result = ResponseFuture<Result<(), BrokerError>>;
+
+    fn handle(&mut self, _: Leave, _: &mut Context<Self>) -> Self::Result {
+        let message = ClusterMessage::Leaving {
+            name: self.announcement.name.clone(),
+            started_at: self.announcement.started_at,
+        };
+        Box::pin(publish(self.broker.clone(), self.exchange.clone(), message))
+    }
+}

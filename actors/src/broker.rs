@@ -1,0 +1,253 @@
+//! The Broker port: the few AMQP operations the actors need, independent of lapin.
+//!
+//! `src/amqp` implements it on RabbitMQ, [`crate::memory`] in-process. Every publish waits for
+//! the broker's confirm: an `Ok` means the broker took responsibility for the message.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
+
+/// Why a broker operation failed. A nack and a returned message are errors, never successes.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum BrokerError {
+    #[error("cannot connect to broker {address}: {reason}")]
+    ConnectFailed { address: String, reason: String },
+    #[error("broker channel closed: {0}")]
+    ChannelClosed(String),
+    #[error("broker refused the message (nack)")]
+    Nack,
+    #[error("broker returned the message: {reply_code} {reply_text}")]
+    Returned { reply_code: u16, reply_text: String },
+    #[error("no queue named {0}")]
+    NoSuchQueue(String),
+    #[error("broker operation timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("broker error: {0}")]
+    Other(String),
+}
+
+/// An AMQP field value, kept lossless so a forwarded message keeps its headers exactly.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeaderValue {
+    Bool(bool),
+    I8(i8),
+    U8(u8),
+    I16(i16),
+    U16(u16),
+    I32(i32),
+    U32(u32),
+    I64(i64),
+    F32(f32),
+    F64(f64),
+    Decimal { scale: u8, value: u32 },
+    ShortString(String),
+    LongString(Vec<u8>),
+    Array(Vec<HeaderValue>),
+    Timestamp(u64),
+    Table(Headers),
+    Bytes(Vec<u8>),
+    Void,
+}
+
+impl HeaderValue {
+    /// Integer view of any integral value, as other clients encode counters differently.
+    pub fn as_i64(&self) -> Option<i64> {
+        match *self {
+            HeaderValue::I8(v) => Some(v.into()),
+            HeaderValue::U8(v) => Some(v.into()),
+            HeaderValue::I16(v) => Some(v.into()),
+            HeaderValue::U16(v) => Some(v.into()),
+            HeaderValue::I32(v) => Some(v.into()),
+            HeaderValue::U32(v) => Some(v.into()),
+            HeaderValue::I64(v) => Some(v),
+            HeaderValue::Timestamp(v) => i64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    /// Text view of string values (AMQP strings are bytes; non-UTF-8 gives `None`).
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            HeaderValue::ShortString(s) => Some(s),
+            HeaderValue::LongString(b) => std::str::from_utf8(b).ok(),
+            _ => None,
+        }
+    }
+}
+
+pub type Headers = BTreeMap<String, HeaderValue>;
+
+/// AMQP basic properties, all kept so a handed-over message is untouched.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Properties {
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub headers: Headers,
+    pub delivery_mode: Option<u8>,
+    pub priority: Option<u8>,
+    pub correlation_id: Option<String>,
+    pub reply_to: Option<String>,
+    pub expiration: Option<String>,
+    pub message_id: Option<String>,
+    pub timestamp: Option<u64>,
+    pub kind: Option<String>,
+    pub user_id: Option<String>,
+    pub app_id: Option<String>,
+    pub cluster_id: Option<String>,
+}
+
+impl Properties {
+    /// Persistent messages survive a broker restart; everything mailroute publishes itself is.
+    pub fn persistent() -> Self {
+        Properties {
+            delivery_mode: Some(2),
+            ..Properties::default()
+        }
+    }
+}
+
+/// A message as it travels: properties plus a body shared without copying.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Message {
+    pub properties: Properties,
+    pub body: Bytes,
+}
+
+impl Message {
+    pub fn new(body: impl Into<Bytes>, properties: Properties) -> Self {
+        Message {
+            properties,
+            body: body.into(),
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&HeaderValue> {
+        self.properties.headers.get(name)
+    }
+}
+
+/// Where a publish goes: an exchange (empty = the default exchange) and a routing key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Destination {
+    pub exchange: String,
+    pub routing_key: String,
+}
+
+impl Destination {
+    /// Straight into a queue through the default exchange.
+    pub fn queue(name: impl Into<String>) -> Self {
+        Destination {
+            exchange: String::new(),
+            routing_key: name.into(),
+        }
+    }
+
+    pub fn exchange(exchange: impl Into<String>, routing_key: impl Into<String>) -> Self {
+        Destination {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+        }
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.exchange.is_empty() {
+            write!(f, "queue {}", self.routing_key)
+        } else {
+            write!(f, "exchange {} key {}", self.exchange, self.routing_key)
+        }
+    }
+}
+
+/// How a queue is declared. Defaults: durable, shared, kept.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct QueueSpec {
+    pub name: String,
+    /// Private to this connection and gone with it (the cluster listener's queue).
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    /// Messages expire after this long and are dead-lettered (the hold queue).
+    pub message_ttl: Option<std::time::Duration>,
+    /// Dead letters go to this queue through the default exchange.
+    pub dead_letter_queue: Option<String>,
+}
+
+impl QueueSpec {
+    pub fn durable(name: impl Into<String>) -> Self {
+        QueueSpec {
+            name: name.into(),
+            ..QueueSpec::default()
+        }
+    }
+
+    pub fn private(name: impl Into<String>) -> Self {
+        QueueSpec {
+            name: name.into(),
+            exclusive: true,
+            auto_delete: true,
+            ..QueueSpec::default()
+        }
+    }
+}
+
+/// Settles one delivery. Acking on a channel that died is an error the caller may ignore: the
+/// broker requeues what was unacked on a dead channel, so the message is redelivered.
+#[async_trait]
+pub trait Acker: Send + Sync {
+    async fn ack(&self) -> Result<(), BrokerError>;
+    async fn nack(&self, requeue: bool) -> Result<(), BrokerError>;
+}
+
+pub struct Delivery {
+    pub message: Message,
+    pub redelivered: bool,
+    pub acker: Box<dyn Acker>,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("message", &self.message)
+            .field("redelivered", &self.redelivered)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A consumer: yields deliveries until the broker cancels it or the connection fails (an `Err`
+/// then the end). Dropping it cancels the consumer and requeues its unacked deliveries.
+pub type DeliveryStream = Pin<Box<dyn Stream<Item = Result<Delivery, BrokerError>> + Send>>;
+
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// host:port/vhost, never credentials: two instances with the same identity share a broker.
+    fn identity(&self) -> String;
+    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError>;
+    /// A topic exchange, durable.
+    async fn declare_topic_exchange(&self, name: &str) -> Result<(), BrokerError>;
+    async fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        pattern: &str,
+    ) -> Result<(), BrokerError>;
+    /// Publishes and waits for the confirm. `mandatory`: an unroutable message is `Returned`.
+    async fn publish(
+        &self,
+        to: &Destination,
+        message: &Message,
+        mandatory: bool,
+    ) -> Result<(), BrokerError>;
+    async fn consume(&self, queue: &str, prefetch: u16) -> Result<DeliveryStream, BrokerError>;
+    /// Messages ready in the queue (not counting unacked ones).
+    async fn queue_len(&self, queue: &str) -> Result<u32, BrokerError>;
+    async fn delete_queue(&self, queue: &str) -> Result<(), BrokerError>;
+    async fn delete_exchange(&self, exchange: &str) -> Result<(), BrokerError>;
+}
+
+pub type SharedBroker = Arc<dyn Broker>;

@@ -1,0 +1,217 @@
+//! HandoverPublisher: publishes each decided outcome with publisher confirms and reports back,
+//! so the consumer acks the original only after the broker took the copy. A handover goes
+//! straight into the owner's outbox queue, `mandatory`: a returned message is not a success.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tracing::{warn, Instrument};
+
+use crate::broker::{BrokerError, Destination, HeaderValue, Message, SharedBroker};
+use crate::ip_ownership_router::now_ms;
+use crate::messages::{Dispatch, Outcome, Settled};
+use crate::routing::{
+    Decision, Unroutable, FROM_HEADER, HELD_SINCE_HEADER, HOPS_HEADER, ID_HEADER, REASON_HEADER,
+};
+use crate::settings::InstanceSettings;
+use crate::stats::{bump, Stats};
+
+pub struct HandoverPublisher {
+    targets: Arc<Targets>,
+}
+
+/// Everything a publish needs, shared with the detached publish tasks.
+struct Targets {
+    name: String,
+    local: SharedBroker,
+    cluster: SharedBroker,
+    deliver: String,
+    failure: String,
+    retry: String,
+    unroutable: Unroutable,
+    stats: Arc<Stats>,
+    id_prefix: String,
+    next_id: AtomicU64,
+}
+
+struct Plan {
+    broker: SharedBroker,
+    to: Destination,
+    message: Message,
+    outcome: Outcome,
+    /// For a handover: the message as it came, to re-plan if the broker returns the copy.
+    unchanged: Option<Message>,
+}
+
+impl HandoverPublisher {
+    pub fn new(
+        settings: &InstanceSettings,
+        local: SharedBroker,
+        cluster: SharedBroker,
+        stats: Arc<Stats>,
+    ) -> Self {
+        HandoverPublisher {
+            targets: Arc::new(Targets {
+                name: settings.name.clone(),
+                local,
+                cluster,
+                deliver: settings.deliver.clone(),
+                failure: settings.failure.clone(),
+                retry: settings.retry.clone(),
+                unroutable: settings.policy.unroutable,
+                stats,
+                id_prefix: format!("{}-{:x}", settings.name, now_ms()),
+                next_id: AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+impl Targets {
+    fn plan(&self, decision: Decision, mut message: Message) -> Plan {
+        let unchanged = matches!(decision, Decision::Handover(_)).then(|| message.clone());
+        let headers = &mut message.properties.headers;
+        match decision {
+            Decision::Deliver => Plan {
+                broker: self.local.clone(),
+                to: Destination::queue(&self.deliver),
+                message,
+                outcome: Outcome::Delivered,
+                unchanged,
+            },
+            Decision::Handover(peer) => {
+                let hops = headers
+                    .get(HOPS_HEADER)
+                    .and_then(HeaderValue::as_i64)
+                    .unwrap_or(0);
+                headers.insert(HOPS_HEADER.into(), HeaderValue::I64(hops.saturating_add(1)));
+                headers.insert(
+                    FROM_HEADER.into(),
+                    HeaderValue::LongString(self.name.clone().into_bytes()),
+                );
+                if !headers.contains_key(ID_HEADER) {
+                    let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+                    let id = format!("{}-{n}", self.id_prefix);
+                    headers.insert(ID_HEADER.into(), HeaderValue::LongString(id.into_bytes()));
+                }
+                Plan {
+                    broker: self.cluster.clone(),
+                    to: Destination::queue(&peer.outbox),
+                    message,
+                    outcome: Outcome::HandedOver {
+                        peer: peer.name.clone(),
+                    },
+                    unchanged,
+                }
+            }
+            Decision::Hold { reason } => {
+                headers
+                    .entry(HELD_SINCE_HEADER.into())
+                    .or_insert(HeaderValue::Timestamp(now_ms()));
+                headers.insert(
+                    REASON_HEADER.into(),
+                    HeaderValue::LongString(reason.into_bytes()),
+                );
+                Plan {
+                    broker: self.local.clone(),
+                    to: Destination::queue(&self.retry),
+                    message,
+                    outcome: Outcome::Held,
+                    unchanged,
+                }
+            }
+            Decision::Fail { reason } => {
+                headers.insert(
+                    REASON_HEADER.into(),
+                    HeaderValue::LongString(reason.clone().into_bytes()),
+                );
+                Plan {
+                    broker: self.local.clone(),
+                    to: Destination::queue(&self.failure),
+                    message,
+                    outcome: Outcome::Failed { reason },
+                    unchanged,
+                }
+            }
+        }
+    }
+
+    /// The unroutable policy, for a handover the broker returned (the peer's outbox is gone).
+    fn fallback(&self, peer: &str, reply_text: &str) -> Decision {
+        let reason = format!("handover to {peer} returned by the broker: {reply_text}");
+        match self.unroutable {
+            Unroutable::Hold => Decision::Hold { reason },
+            Unroutable::Fail => Decision::Fail { reason },
+            Unroutable::Local => Decision::Deliver,
+        }
+    }
+
+    async fn execute(&self, plan: Plan) -> Result<Outcome, BrokerError> {
+        match plan.broker.publish(&plan.to, &plan.message, true).await {
+            Ok(()) => {
+                self.count(&plan.outcome);
+                Ok(plan.outcome)
+            }
+            Err(BrokerError::Returned { reply_text, .. }) => {
+                let (Outcome::HandedOver { peer }, Some(original)) =
+                    (&plan.outcome, plan.unchanged)
+                else {
+                    return Err(BrokerError::Returned {
+                        reply_code: 312,
+                        reply_text: format!("{} is missing: {reply_text}", plan.to),
+                    });
+                };
+                bump(&self.stats.handover_returned);
+                warn!(%peer, to = %plan.to, "handover returned; applying the unroutable policy");
+                let second = self.plan(self.fallback(peer, &reply_text), original);
+                second
+                    .broker
+                    .publish(&second.to, &second.message, true)
+                    .await?;
+                self.count(&second.outcome);
+                Ok(second.outcome)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    fn count(&self, outcome: &Outcome) {
+        bump(match outcome {
+            Outcome::Delivered => &self.stats.delivered,
+            Outcome::HandedOver { .. } => &self.stats.handed_over,
+            Outcome::Held => &self.stats.held,
+            Outcome::Failed { .. } => &self.stats.failed,
+        });
+    }
+}
+
+impl Actor for HandoverPublisher {
+    type Context = Context<Self>;
+}
+
+impl Supervised for HandoverPublisher {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        bump(&self.targets.stats.restarts);
+    }
+}
+
+impl Handler<Dispatch> for HandoverPublisher {
+    type Result = ();
+
+    fn handle(&mut self, dispatch: Dispatch, _: &mut Context<Self>) {
+        let targets = self.targets.clone();
+        let span = tracing::info_span!("publish", id = dispatch.id, decision = ?dispatch.decision);
+        let plan = targets.plan(dispatch.decision, dispatch.message);
+        let (id, reply) = (dispatch.id, dispatch.reply);
+        // Detached from the actor on purpose: a restart here must not drop a publish whose
+        // confirm is on its way, or the consumer would wait for it forever.
+        actix::spawn(
+            async move {
+                let result = targets.execute(plan).await;
+                reply.do_send(Settled { id, result });
+            }
+            .instrument(span),
+        );
+    }
+}

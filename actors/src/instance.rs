@@ -1,0 +1,164 @@
+//! One mailroute instance: the five supervised actors wired together, and its orderly stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tracing::{info, warn};
+
+use crate::announcer::Announcer;
+use crate::broker::{BrokerError, QueueSpec, SharedBroker};
+use crate::handover_publisher::HandoverPublisher;
+use crate::ip_ownership_router::{now_ms, IpOwnershipRouter};
+use crate::messages::{Drain, Leave, ListPeers, PeerInfo};
+use crate::outbox_consumer::OutboxConsumer;
+use crate::peer_registry::{PeerRegistry, RegistryConfig};
+use crate::routing::OwnershipTable;
+use crate::settings::InstanceSettings;
+use crate::stats::Stats;
+use crate::wire::Announcement;
+
+pub struct Instance {
+    pub settings: InstanceSettings,
+    pub stats: Arc<Stats>,
+    pub table: Arc<OwnershipTable>,
+    pub consumer: Addr<OutboxConsumer>,
+    pub router: Addr<IpOwnershipRouter>,
+    pub publisher: Addr<HandoverPublisher>,
+    pub announcer: Addr<Announcer>,
+    pub registry: Addr<PeerRegistry>,
+}
+
+/// Declares the queues this instance owns. Fails fast, so a broker that refuses them (wrong
+/// vhost, permissions, a queue declared elsewhere with other arguments) stops startup.
+pub async fn declare_queues(
+    settings: &InstanceSettings,
+    local: &SharedBroker,
+) -> Result<(), BrokerError> {
+    for queue in [&settings.outbox, &settings.deliver, &settings.failure] {
+        local
+            .declare_queue(&QueueSpec::durable(queue.as_str()))
+            .await?;
+    }
+    let mut retry = QueueSpec::durable(settings.retry.as_str());
+    retry.message_ttl = Some(settings.hold_time);
+    retry.dead_letter_queue = Some(settings.outbox.clone());
+    local.declare_queue(&retry).await
+}
+
+impl Instance {
+    /// Declares the queues, then starts the actors on the current arbiter. `local` holds the
+    /// outbox and the deliver/failure/retry queues, `cluster` the cluster exchange and the
+    /// peers' outboxes (the same broker unless `cluster-address` says otherwise).
+    pub async fn start(
+        settings: InstanceSettings,
+        local: SharedBroker,
+        cluster: SharedBroker,
+    ) -> Result<Instance, BrokerError> {
+        declare_queues(&settings, &local).await?;
+        let stats = Arc::new(Stats::default());
+        let started_at = now_ms();
+
+        let publisher = {
+            let (s, l, c, st) = (
+                settings.clone(),
+                local.clone(),
+                cluster.clone(),
+                stats.clone(),
+            );
+            Supervisor::start(move |_| HandoverPublisher::new(&s, l, c, st))
+        };
+        let router_actor = IpOwnershipRouter::new(
+            settings.local_ips.clone(),
+            settings.policy.clone(),
+            publisher.clone().recipient(),
+            stats.clone(),
+        );
+        let table = router_actor.table();
+        let router = Supervisor::start(move |_| router_actor);
+
+        let announcement = Announcement {
+            name: settings.name.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_at,
+            sequence: 0,
+            local_ips: settings.local_ips.clone(),
+            outbox: settings.outbox.clone(),
+            broker: local.identity(),
+            console_url: settings.console_url.clone(),
+            config_hash: settings.config_hash.clone(),
+        };
+        let announcer = {
+            let (b, ex, iv, st) = (
+                cluster.clone(),
+                settings.cluster_exchange.clone(),
+                settings.announce_interval,
+                stats.clone(),
+            );
+            Supervisor::start(move |_| Announcer::new(b, ex, announcement, iv, st))
+        };
+        let registry = {
+            let config = RegistryConfig {
+                exchange: settings.cluster_exchange.clone(),
+                me: settings.name.clone(),
+                my_started_at: started_at,
+                local_ips: settings.local_ips.clone(),
+                peer_timeout: settings.peer_timeout,
+                handover_broker: cluster.identity(),
+            };
+            let (b, r, a, st) = (
+                cluster.clone(),
+                router.clone().recipient(),
+                announcer.clone().recipient(),
+                stats.clone(),
+            );
+            Supervisor::start(move |_| PeerRegistry::new(b, config, r, a, st))
+        };
+        let consumer = {
+            let (b, q, p, r, st, w) = (
+                local.clone(),
+                settings.outbox.clone(),
+                settings.prefetch,
+                router.clone().recipient(),
+                stats.clone(),
+                settings.warmup,
+            );
+            Supervisor::start(move |_| OutboxConsumer::new(b, q, p, r, st, w))
+        };
+        info!(instance = %settings.name, outbox = %settings.outbox, ips = settings.local_ips.len(), "instance started");
+        Ok(Instance {
+            settings,
+            stats,
+            table,
+            consumer,
+            router,
+            publisher,
+            announcer,
+            registry,
+        })
+    }
+
+    pub async fn peers(&self) -> Vec<PeerInfo> {
+        self.registry.send(ListPeers).await.unwrap_or_default()
+    }
+
+    /// Graceful stop: no new messages, every routed one settled (bounded by `grace`), then
+    /// `Leaving` so peers stop handing over at once instead of after `peer-timeout`.
+    pub async fn shutdown(&self, grace: Duration) {
+        info!(instance = %self.settings.name, "draining");
+        if tokio::time::timeout(grace, self.consumer.send(Drain))
+            .await
+            .is_err()
+        {
+            warn!(
+                ?grace,
+                "drain timed out; unsettled messages are redelivered by the broker"
+            );
+        }
+        match self.announcer.send(Leave).await {
+            Ok(Ok(())) => info!(instance = %self.settings.name, "left the cluster"),
+            Ok(Err(error)) => warn!(%error, "could not announce leaving; peers expire us"),
+            Err(error) => warn!(%error, "announcer gone; peers expire us"),
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! mailroute's engine: the five actors of a cluster instance, the typed messages between them,
+//! the route decision and ownership table, the cluster wire format, the Broker port and an
+//! in-memory broker.
+
+pub mod announcer;
+pub mod backoff;
+pub mod broker;
+pub mod handover_publisher;
+pub mod instance;
+pub mod ip_ownership_router;
+pub mod memory;
+pub mod messages;
+pub mod outbox_consumer;
+pub mod peer_registry;
+pub mod routing;
+pub mod settings;
+pub mod stats;
+pub mod testkit;
+pub mod traffic;
+pub mod wire;
+
+pub use broker::{Broker, BrokerError, Message, SharedBroker};
+pub use instance::Instance;
+pub use settings::InstanceSettings;

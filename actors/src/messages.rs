@@ -1,0 +1,83 @@
+//! The typed messages between the actors. Links go through `Recipient<M>`, so no actor names
+//! another actor's type (actix's registry pattern).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use crate::broker::{BrokerError, Message as AmqpMessage};
+use crate::routing::{Decision, PeerRoute};
+use crate::wire::Announcement;
+
+/// OutboxConsumer → IpOwnershipRouter: decide where this outbox message goes.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Route {
+    /// Unique per consumer run; the consumer keeps the delivery's acker under it.
+    pub id: u64,
+    pub message: AmqpMessage,
+    /// Who settles the original once the outcome is confirmed.
+    pub reply: Recipient<Settled>,
+}
+
+/// IpOwnershipRouter → HandoverPublisher: publish the decided outcome with confirms.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Dispatch {
+    pub id: u64,
+    pub decision: Decision,
+    pub message: AmqpMessage,
+    pub reply: Recipient<Settled>,
+}
+
+/// What was confirmed by the broker for one outbox message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    HandedOver { peer: String },
+    Held,
+    Failed { reason: String },
+}
+
+/// HandoverPublisher → OutboxConsumer: ack the original on `Ok`, requeue it on `Err`.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Settled {
+    pub id: u64,
+    pub result: Result<Outcome, BrokerError>,
+}
+
+/// PeerRegistry → IpOwnershipRouter: the complete, conflict-free list of peer claims.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct OwnershipChanged {
+    pub claims: Vec<(IpAddr, Arc<PeerRoute>)>,
+}
+
+/// PeerRegistry → Announcer: announce now (someone said hello, or a new peer appeared).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct AnnounceNow;
+
+/// → Announcer: tell the cluster this instance is leaving. Resolves once the broker confirmed.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "Result<(), BrokerError>")]
+pub struct Leave;
+
+/// → OutboxConsumer: stop taking new messages; resolves once every routed one is settled.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+/// → PeerRegistry: the live peers as last announced.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "Vec<PeerInfo>")]
+pub struct ListPeers;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub announcement: Announcement,
+    /// How long ago the last announcement arrived.
+    pub last_seen: std::time::Duration,
+}

@@ -1,0 +1,313 @@
+//! PeerRegistry: listens to all cluster traffic on a private queue, keeps the live peers, and
+//! tells the router who owns which IP. Forged or broken cluster messages are dropped and
+//! counted; nothing here can panic on input.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use rand::Rng;
+use tracing::{error, info, info_span, warn};
+
+use crate::backoff;
+use crate::broker::{BrokerError, Delivery, QueueSpec, SharedBroker};
+use crate::messages::{AnnounceNow, ListPeers, OwnershipChanged, PeerInfo};
+use crate::routing::PeerRoute;
+use crate::stats::{bump, Stats};
+use crate::wire::{self, Announcement, ClusterMessage};
+
+pub struct PeerRegistry {
+    broker: SharedBroker,
+    exchange: String,
+    me: String,
+    my_started_at: u64,
+    local_ips: Vec<IpAddr>,
+    peer_timeout: Duration,
+    handover_broker: String,
+    peers: HashMap<String, Peer>,
+    router: Recipient<OwnershipChanged>,
+    announcer: Recipient<AnnounceNow>,
+    stats: Arc<Stats>,
+    failures: u32,
+    last_claims: Option<Vec<(IpAddr, Arc<PeerRoute>)>>,
+}
+
+struct Peer {
+    announcement: Announcement,
+    route: Arc<PeerRoute>,
+    first_seen: Instant,
+    last_seen: Instant,
+}
+
+/// Registry settings that do not change at run time.
+pub struct RegistryConfig {
+    pub exchange: String,
+    pub me: String,
+    pub my_started_at: u64,
+    pub local_ips: Vec<IpAddr>,
+    pub peer_timeout: Duration,
+    /// Identity of the broker handovers are published to; a peer whose outbox lives on
+    /// another broker cannot be reached this way and gets no mail.
+    pub handover_broker: String,
+}
+
+impl PeerRegistry {
+    pub fn new(
+        broker: SharedBroker,
+        config: RegistryConfig,
+        router: Recipient<OwnershipChanged>,
+        announcer: Recipient<AnnounceNow>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        PeerRegistry {
+            broker,
+            exchange: config.exchange,
+            me: config.me,
+            my_started_at: config.my_started_at,
+            local_ips: config.local_ips,
+            peer_timeout: config.peer_timeout,
+            handover_broker: config.handover_broker,
+            peers: HashMap::new(),
+            router,
+            announcer,
+            stats,
+            failures: 0,
+            last_claims: None,
+        }
+    }
+
+    /// Recomputes claims, oldest peer first so an established owner keeps its IPs, and tells
+    /// the router if anything changed.
+    fn publish_ownership(&mut self) {
+        let mut peers: Vec<&Peer> = self.peers.values().collect();
+        peers.sort_by_key(|p| (p.first_seen, p.announcement.name.clone()));
+        let local: HashSet<IpAddr> = self.local_ips.iter().copied().collect();
+        let mut owner_of: HashMap<IpAddr, &str> = HashMap::new();
+        let mut claims = Vec::new();
+        for peer in peers {
+            if peer.route.broker != self.handover_broker {
+                continue;
+            }
+            for ip in &peer.announcement.local_ips {
+                if local.contains(ip) {
+                    bump(&self.stats.ownership_conflicts);
+                    warn!(peer = %peer.announcement.name, %ip, "peer claims an IP of this instance; ignored");
+                } else if let Some(holder) = owner_of.get(ip) {
+                    bump(&self.stats.ownership_conflicts);
+                    warn!(peer = %peer.announcement.name, %ip, %holder, "IP claimed twice; the older claim holds");
+                } else {
+                    owner_of.insert(*ip, &peer.announcement.name);
+                    claims.push((*ip, peer.route.clone()));
+                }
+            }
+        }
+        if self.last_claims.as_ref() != Some(&claims) {
+            self.last_claims = Some(claims.clone());
+            self.router.do_send(OwnershipChanged { claims });
+        }
+    }
+
+    fn on_announcement(&mut self, a: Announcement) {
+        bump(&self.stats.announcements_received);
+        if a.name == self.me {
+            if a.started_at != self.my_started_at {
+                bump(&self.stats.ownership_conflicts);
+                error!(name = %a.name, "another instance announces with this instance's name; ignored");
+            }
+            return;
+        }
+        let now = Instant::now();
+        let route = Arc::new(PeerRoute {
+            name: a.name.clone(),
+            outbox: a.outbox.clone(),
+            broker: a.broker.clone(),
+        });
+        match self.peers.get_mut(&a.name) {
+            Some(peer)
+                if peer.announcement.started_at == a.started_at
+                    && a.sequence <= peer.announcement.sequence =>
+            {
+                // Reordered or replayed: older news than what we hold.
+            }
+            Some(peer) => {
+                let changed = peer.announcement.local_ips != a.local_ips || *peer.route != *route;
+                if peer.announcement.started_at != a.started_at {
+                    info!(peer = %a.name, "peer restarted");
+                }
+                peer.last_seen = now;
+                if changed {
+                    peer.route = route;
+                }
+                peer.announcement = a;
+                if changed {
+                    self.publish_ownership();
+                }
+            }
+            None => {
+                if a.broker != self.handover_broker {
+                    warn!(peer = %a.name, peer_broker = %a.broker, handover_broker = %self.handover_broker,
+                        "peer's outbox is on another broker; no mail is handed over to it");
+                }
+                info!(peer = %a.name, ips = a.local_ips.len(), outbox = %a.outbox, "peer joined");
+                self.peers.insert(
+                    a.name.clone(),
+                    Peer {
+                        announcement: a,
+                        route,
+                        first_seen: now,
+                        last_seen: now,
+                    },
+                );
+                self.publish_ownership();
+                // The newcomer may not know us yet.
+                self.announcer.do_send(AnnounceNow);
+            }
+        }
+    }
+
+    fn on_message(&mut self, message: ClusterMessage) {
+        match message {
+            ClusterMessage::Announcement(a) => {
+                let span = info_span!("announcement", peer = %a.name);
+                let _enter = span.enter();
+                self.on_announcement(a);
+            }
+            ClusterMessage::Leaving { name, started_at } => {
+                let leaving = self
+                    .peers
+                    .get(&name)
+                    .is_some_and(|p| p.announcement.started_at == started_at);
+                if leaving {
+                    info!(peer = %name, "peer left");
+                    self.peers.remove(&name);
+                    self.publish_ownership();
+                }
+            }
+            ClusterMessage::Hello { from } => {
+                if from.as_deref() != Some(self.me.as_str()) {
+                    self.announcer.do_send(AnnounceNow);
+                }
+            }
+            ClusterMessage::Reload { from } => {
+                info!(
+                    from = from.as_deref().unwrap_or("operator"),
+                    "cluster reload: forgetting all peers"
+                );
+                bump(&self.stats.reloads);
+                self.peers.clear();
+                self.publish_ownership();
+                self.announcer.do_send(AnnounceNow);
+            }
+        }
+    }
+
+    fn expire(&mut self) {
+        let timeout = self.peer_timeout;
+        let before = self.peers.len();
+        self.peers.retain(|name, peer| {
+            let alive = peer.last_seen.elapsed() < timeout;
+            if !alive {
+                warn!(peer = %name, ?timeout, "peer fell silent; forgotten");
+            }
+            alive
+        });
+        if self.peers.len() != before {
+            self.publish_ownership();
+        }
+    }
+}
+
+impl Actor for PeerRegistry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let sweep = (self.peer_timeout / 4).max(Duration::from_millis(50));
+        ctx.run_interval(sweep, |act, _| act.expire());
+        let delay = backoff::delay(self.failures);
+        ctx.run_later(delay, |act, ctx| {
+            let broker = act.broker.clone();
+            let exchange = act.exchange.clone();
+            let me = act.me.clone();
+            let listen = async move {
+                let suffix: u32 = rand::rng().random();
+                let queue = format!("mailroute.cluster.{me}.{suffix:08x}");
+                broker.declare_topic_exchange(&exchange).await?;
+                broker.declare_queue(&QueueSpec::private(&queue)).await?;
+                broker.bind_queue(&queue, &exchange, "#").await?;
+                let stream = broker.consume(&queue, 256).await?;
+                let hello = ClusterMessage::Hello { from: Some(me) };
+                crate::announcer::publish(broker, exchange, hello).await?;
+                Ok::<_, BrokerError>(stream)
+            };
+            ctx.wait(listen.into_actor(act).map(|result, act, ctx| match result {
+                Ok(stream) => {
+                    info!(exchange = %act.exchange, "listening to the cluster");
+                    ctx.add_stream(stream);
+                }
+                Err(error) => {
+                    act.failures += 1;
+                    warn!(%error, "cannot listen to the cluster; restarting");
+                    ctx.stop();
+                }
+            }));
+        });
+    }
+}
+
+impl Supervised for PeerRegistry {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        bump(&self.stats.restarts);
+    }
+}
+
+impl StreamHandler<Result<Delivery, BrokerError>> for PeerRegistry {
+    fn handle(&mut self, item: Result<Delivery, BrokerError>, ctx: &mut Context<Self>) {
+        let delivery = match item {
+            Ok(delivery) => delivery,
+            Err(error) => {
+                self.failures += 1;
+                warn!(%error, "cluster listener failed; restarting");
+                ctx.stop();
+                return;
+            }
+        };
+        self.failures = 0;
+        let acker = delivery.acker;
+        // Cluster messages are state: acked on receipt, the next announcement repairs a loss.
+        actix::spawn(async move {
+            let _ = acker.ack().await;
+        });
+        match wire::decode(&delivery.message.body) {
+            Ok(message) => self.on_message(message),
+            Err(error) => {
+                self.stats.dropped(error.reason());
+                warn!(%error, "cluster message dropped");
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        warn!("cluster listener cancelled by the broker; listening again");
+        self.failures += 1;
+        ctx.stop();
+    }
+}
+
+impl Handler<ListPeers> for PeerRegistry {
+    type Result = MessageResult<ListPeers>;
+
+    fn handle(&mut self, _: ListPeers, _: &mut Context<Self>) -> Self::Result {
+        let mut peers: Vec<PeerInfo> = self
+            .peers
+            .values()
+            .map(|p| PeerInfo {
+                announcement: p.announcement.clone(),
+                last_seen: p.last_seen.elapsed(),
+            })
+            .collect();
+        peers.sort_by(|a, b| a.announcement.name.cmp(&b.announcement.name));
+        MessageResult(peers)
+    }
+}

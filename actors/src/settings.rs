@@ -1,0 +1,59 @@
+//! What one instance needs to run, already validated (the binary's config parser builds it).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::routing::RoutePolicy;
+
+#[derive(Debug, Clone)]
+pub struct InstanceSettings {
+    /// Stable instance name; the peer registry's key.
+    pub name: String,
+    pub outbox: String,
+    pub deliver: String,
+    pub failure: String,
+    /// Hold queue: messages wait here `hold_time`, then are dead-lettered back to the outbox.
+    pub retry: String,
+    /// Prefetch of the outbox consumer; bounds the messages in flight, and so memory.
+    pub prefetch: u16,
+    pub cluster_exchange: String,
+    pub announce_interval: Duration,
+    pub peer_timeout: Duration,
+    pub local_ips: Vec<IpAddr>,
+    pub policy: RoutePolicy,
+    pub hold_time: Duration,
+    pub console_url: Option<String>,
+    pub config_hash: String,
+    /// How long the outbox consumer waits after start so peers can announce first; without it,
+    /// mail for peers arriving in the first second would be treated as unroutable.
+    pub warmup: Duration,
+}
+
+impl InstanceSettings {
+    /// Sensible defaults around a name and an outbox; tests and the demo start from here.
+    pub fn new(name: impl Into<String>, local_ips: Vec<IpAddr>) -> Self {
+        let name = name.into();
+        InstanceSettings {
+            outbox: format!("{name}.outbox"),
+            deliver: format!("{name}.deliver"),
+            failure: format!("{name}.failure"),
+            retry: format!("{name}.retry"),
+            name,
+            prefetch: 1000,
+            cluster_exchange: "cluster".into(),
+            announce_interval: Duration::from_secs(2),
+            peer_timeout: Duration::from_secs(6),
+            local_ips,
+            policy: RoutePolicy {
+                default_ips: Vec::new(),
+                max_hops: 2,
+                unroutable: crate::routing::Unroutable::Hold,
+                max_hold: Duration::from_secs(3600),
+            },
+            hold_time: Duration::from_secs(60),
+            console_url: None,
+            config_hash: String::new(),
+            warmup: Duration::ZERO,
+        }
+    }
+}

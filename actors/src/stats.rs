@@ -1,0 +1,83 @@
+//! Counters of one instance, shared by its actors and read by the demo, tests and the console.
+//! Plain atomics: they are bumped on the hot path and must never wait.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Deliveries taken from the outbox (redeliveries included).
+    pub consumed: AtomicU64,
+    pub delivered: AtomicU64,
+    pub handed_over: AtomicU64,
+    pub held: AtomicU64,
+    pub failed: AtomicU64,
+    /// Handovers the broker returned (peer outbox missing); re-routed by the unroutable policy.
+    pub handover_returned: AtomicU64,
+    /// Publishes that failed; the original was requeued for another try.
+    pub publish_errors: AtomicU64,
+    pub announcements_sent: AtomicU64,
+    pub announcements_received: AtomicU64,
+    pub ownership_conflicts: AtomicU64,
+    pub dropped_oversized: AtomicU64,
+    pub dropped_bad_magic: AtomicU64,
+    pub dropped_bad_version: AtomicU64,
+    pub dropped_garbage: AtomicU64,
+    pub reloads: AtomicU64,
+    pub restarts: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub consumed: u64,
+    pub delivered: u64,
+    pub handed_over: u64,
+    pub held: u64,
+    pub failed: u64,
+    pub handover_returned: u64,
+    pub publish_errors: u64,
+    pub announcements_sent: u64,
+    pub announcements_received: u64,
+    pub ownership_conflicts: u64,
+    pub dropped: u64,
+    pub reloads: u64,
+    pub restarts: u64,
+}
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Stats {
+    /// Counts a dropped cluster message under its reason.
+    pub fn dropped(&self, reason: &str) {
+        bump(match reason {
+            "oversized" => &self.dropped_oversized,
+            "bad_magic" => &self.dropped_bad_magic,
+            "bad_version" => &self.dropped_bad_version,
+            _ => &self.dropped_garbage,
+        });
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            consumed: get(&self.consumed),
+            delivered: get(&self.delivered),
+            handed_over: get(&self.handed_over),
+            held: get(&self.held),
+            failed: get(&self.failed),
+            handover_returned: get(&self.handover_returned),
+            publish_errors: get(&self.publish_errors),
+            announcements_sent: get(&self.announcements_sent),
+            announcements_received: get(&self.announcements_received),
+            ownership_conflicts: get(&self.ownership_conflicts),
+            dropped: get(&self.dropped_oversized)
+                + get(&self.dropped_bad_magic)
+                + get(&self.dropped_bad_version)
+                + get(&self.dropped_garbage),
+            reloads: get(&self.reloads),
+            restarts: get(&self.restarts),
+        }
+    }
+}

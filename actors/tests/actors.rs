@@ -1,0 +1,342 @@
+//! Actor-level tests on the in-memory broker: membership, handover, faults and supervision.
+//! Every assertion counts messages where they ended up.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailroute_actors::broker::{
+    Broker, Destination, HeaderValue, Message, QueueSpec, SharedBroker,
+};
+use mailroute_actors::memory::MemoryBroker;
+use mailroute_actors::routing::{Owner, Unroutable, FROM_HEADER, HOPS_HEADER, REASON_HEADER};
+use mailroute_actors::testkit::wait_for;
+use mailroute_actors::traffic::{mailerq_json, test_id, test_message};
+use mailroute_actors::wire::{self, Announcement, ClusterMessage};
+use mailroute_actors::{Instance, InstanceSettings};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn settings(name: &str, ips: &[&str]) -> InstanceSettings {
+    let mut s = InstanceSettings::new(name, ips.iter().map(|i| ip(i)).collect());
+    s.announce_interval = Duration::from_millis(100);
+    s.peer_timeout = Duration::from_secs(60);
+    s.prefetch = 50;
+    s
+}
+
+async fn start(broker: &MemoryBroker, s: InstanceSettings) -> Instance {
+    let shared: SharedBroker = Arc::new(broker.clone());
+    Instance::start(s, shared.clone(), shared).await.unwrap()
+}
+
+async fn inject(broker: &MemoryBroker, outbox: &str, id: &str, ips: &[&str]) {
+    let ips: Vec<IpAddr> = ips.iter().map(|i| ip(i)).collect();
+    let message = test_message(id, mailerq_json(id, Some(&ips), 512));
+    broker
+        .publish(&Destination::queue(outbox), &message, true)
+        .await
+        .unwrap();
+}
+
+async fn wait_peers(instances: &[&Instance], count: usize) {
+    for instance in instances {
+        wait_for("peers announced", LIMIT, || async {
+            instance.peers().await.len() == count
+        })
+        .await
+        .unwrap();
+    }
+}
+
+async fn announce_ghost(
+    broker: &MemoryBroker,
+    name: &str,
+    ip_addr: &str,
+    outbox: &str,
+) -> Announcement {
+    let a = Announcement {
+        name: name.into(),
+        version: "test".into(),
+        started_at: 42,
+        sequence: 1,
+        local_ips: vec![ip(ip_addr)],
+        outbox: outbox.into(),
+        broker: broker.identity(),
+        console_url: None,
+        config_hash: String::new(),
+    };
+    publish_cluster(broker, &ClusterMessage::Announcement(a.clone())).await;
+    a
+}
+
+async fn publish_cluster(broker: &MemoryBroker, message: &ClusterMessage) {
+    let body = wire::encode(message).unwrap();
+    broker
+        .publish(
+            &Destination::exchange("cluster", message.routing_key()),
+            &Message::new(body, Default::default()),
+            false,
+        )
+        .await
+        .unwrap();
+}
+
+fn ids(messages: &[Message]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for m in messages {
+        *counts.entry(test_id(m).unwrap_or_default()).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[actix::test]
+async fn announcements_reach_every_peer() {
+    let broker = MemoryBroker::new("announce");
+    let a = start(&broker, settings("a", &["10.0.0.1"])).await;
+    let b = start(&broker, settings("b", &["10.0.0.2"])).await;
+    let c = start(&broker, settings("c", &["10.0.0.3", "2001:db8::3"])).await;
+    wait_peers(&[&a, &b, &c], 2).await;
+    let names: Vec<String> = a
+        .peers()
+        .await
+        .into_iter()
+        .map(|p| p.announcement.name)
+        .collect();
+    assert_eq!(names, ["b", "c"]);
+    match a.table.owner(&ip("2001:db8::3")) {
+        Some(Owner::Peer(p)) => assert_eq!(p.outbox, "c.outbox"),
+        other => panic!("expected c to own the IP, got {other:?}"),
+    }
+    assert_eq!(a.table.owner(&ip("10.0.0.1")), Some(Owner::Local));
+}
+
+#[actix::test]
+async fn a_silent_peer_expires() {
+    let broker = MemoryBroker::new("expire");
+    let mut s = settings("a", &["10.0.0.1"]);
+    s.peer_timeout = Duration::from_millis(300);
+    let a = start(&broker, s).await;
+    wait_for("a listens", LIMIT, || async {
+        a.stats.snapshot().announcements_received > 0
+    })
+    .await
+    .unwrap();
+    announce_ghost(&broker, "ghost", "10.9.9.9", "ghost.outbox").await;
+    wait_peers(&[&a], 1).await;
+    assert!(matches!(
+        a.table.owner(&ip("10.9.9.9")),
+        Some(Owner::Peer(_))
+    ));
+    // The ghost never announces again: it must be forgotten after peer-timeout.
+    wait_peers(&[&a], 0).await;
+    assert_eq!(a.table.owner(&ip("10.9.9.9")), None);
+}
+
+#[actix::test]
+async fn leaving_removes_a_peer_at_once() {
+    let broker = MemoryBroker::new("leave");
+    // peer-timeout of a minute: only `Leaving` can remove c within the test's limit.
+    let b = start(&broker, settings("b", &["10.0.0.2"])).await;
+    let c = start(&broker, settings("c", &["10.0.0.3"])).await;
+    wait_peers(&[&b, &c], 1).await;
+    c.shutdown(Duration::from_secs(5)).await;
+    wait_for("c removed from b", Duration::from_secs(5), || async {
+        b.peers().await.is_empty()
+    })
+    .await
+    .unwrap();
+    assert_eq!(b.table.owner(&ip("10.0.0.3")), None);
+}
+
+#[actix::test]
+async fn a_handover_lands_in_the_peer_outbox_untouched() {
+    let broker = MemoryBroker::new("handover");
+    broker
+        .declare_queue(&QueueSpec::durable("g.outbox"))
+        .await
+        .unwrap();
+    let a = start(&broker, settings("a", &["10.0.0.1"])).await;
+    wait_for("a listens", LIMIT, || async {
+        a.stats.snapshot().announcements_received > 0
+    })
+    .await
+    .unwrap();
+    announce_ghost(&broker, "g", "10.0.0.7", "g.outbox").await;
+    wait_peers(&[&a], 1).await;
+    for i in 0..20 {
+        inject(
+            &broker,
+            "a.outbox",
+            &format!("m{i}"),
+            &["192.0.2.1", "10.0.0.7"],
+        )
+        .await;
+    }
+    wait_for("20 handovers", LIMIT, || async {
+        broker.depth("g.outbox") == 20
+    })
+    .await
+    .unwrap();
+    let landed = broker.drain("g.outbox");
+    assert_eq!(ids(&landed).len(), 20);
+    let first = &landed[0];
+    let id = test_id(first).unwrap();
+    assert_eq!(
+        first.body,
+        mailerq_json(&id, Some(&[ip("192.0.2.1"), ip("10.0.0.7")]), 512)
+    );
+    assert_eq!(first.properties.message_id.as_deref(), Some(id.as_str()));
+    assert_eq!(
+        first.header(HOPS_HEADER).and_then(HeaderValue::as_i64),
+        Some(1)
+    );
+    assert_eq!(
+        first.header(FROM_HEADER).and_then(HeaderValue::as_str),
+        Some("a")
+    );
+    wait_for("outbox settled", LIMIT, || async {
+        broker.depth("a.outbox") == 0
+    })
+    .await
+    .unwrap();
+    assert_eq!(a.stats.snapshot().handed_over, 20);
+}
+
+#[actix::test]
+async fn unroutable_and_malformed_messages_follow_the_policy() {
+    let broker = MemoryBroker::new("policy");
+    let a = start(&broker, settings("a", &["10.0.0.1"])).await;
+    let mut fs = settings("f", &["10.0.0.6"]);
+    fs.policy.unroutable = Unroutable::Fail;
+    let f = start(&broker, fs).await;
+    wait_peers(&[&a, &f], 1).await;
+    inject(&broker, "a.outbox", "held", &["192.0.2.1"]).await;
+    inject(&broker, "f.outbox", "failed", &["192.0.2.1"]).await;
+    let garbage = test_message("garbage", b"{\"ips\": [\"10.0.0.1\"".to_vec());
+    broker
+        .publish(&Destination::queue("a.outbox"), &garbage, true)
+        .await
+        .unwrap();
+    inject(&broker, "a.outbox", "bad-ip", &[]).await;
+    let bad_ip = test_message("bad-ip2", br#"{"ips":["10.0.0.1","not-an-ip"]}"#.to_vec());
+    broker
+        .publish(&Destination::queue("a.outbox"), &bad_ip, true)
+        .await
+        .unwrap();
+
+    wait_for("all settled", LIMIT, || async {
+        broker.depth("a.retry") == 2
+            && broker.depth("f.failure") == 1
+            && broker.depth("a.failure") == 2
+    })
+    .await
+    .unwrap();
+    let reason = |m: &Message| {
+        m.header(REASON_HEADER)
+            .and_then(HeaderValue::as_str)
+            .unwrap()
+            .to_string()
+    };
+    let held = broker.drain("a.retry");
+    assert_eq!(
+        ids(&held).keys().count(),
+        2,
+        "held: the unowned one and the one with empty ips"
+    );
+    assert!(
+        reason(&held[0]).contains("no instance owns 192.0.2.1"),
+        "{}",
+        reason(&held[0])
+    );
+    let failed_f = broker.drain("f.failure");
+    assert!(reason(&failed_f[0]).starts_with("unroutable"));
+    let failed_a = broker.drain("a.failure");
+    let reasons: HashMap<String, String> = failed_a
+        .iter()
+        .map(|m| (test_id(m).unwrap(), reason(m)))
+        .collect();
+    assert!(
+        reasons["garbage"].starts_with("malformed message: body is not a JSON object"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons["bad-ip2"].contains("ips[1] is not an IP address"),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        failed_a[0].body.len() + failed_a[1].body.len(),
+        garbage.body.len() + bad_ip.body.len()
+    );
+}
+
+#[actix::test]
+async fn a_broker_failure_restarts_the_actors_and_loses_nothing() {
+    let broker = MemoryBroker::new("faults");
+    let a = start(&broker, settings("a", &["10.0.0.1"])).await;
+    let b = start(&broker, settings("b", &["10.0.0.2"])).await;
+    wait_peers(&[&a, &b], 1).await;
+    let mut expected = Vec::new();
+    for i in 0..400 {
+        let id = format!("m{i}");
+        let (outbox, target) = if i % 2 == 0 {
+            ("a.outbox", "10.0.0.2")
+        } else {
+            ("b.outbox", "10.0.0.1")
+        };
+        inject(&broker, outbox, &id, &[target]).await;
+        expected.push(id);
+        if i == 150 {
+            broker.sever();
+        }
+        if i == 250 {
+            broker.fail_next_publishes("a.deliver", 4);
+            broker.fail_next_publishes("b.deliver", 3);
+        }
+    }
+    broker.sever();
+    wait_for("all delivered", Duration::from_secs(30), || async {
+        broker.depth("a.outbox")
+            + broker.depth("b.outbox")
+            + broker.depth("a.retry")
+            + broker.depth("b.retry")
+            == 0
+            && broker.depth("a.deliver") + broker.depth("b.deliver") >= 400
+    })
+    .await
+    .unwrap();
+    let mut delivered = broker.drain("a.deliver");
+    let to_a = ids(&delivered);
+    let to_b_msgs = broker.drain("b.deliver");
+    let to_b = ids(&to_b_msgs);
+    delivered.extend(to_b_msgs);
+    let counts = ids(&delivered);
+    let missing: Vec<&String> = expected
+        .iter()
+        .filter(|id| !counts.contains_key(*id))
+        .collect();
+    assert!(missing.is_empty(), "lost: {missing:?}");
+    // Each went to its owner: odd ids were for a, even for b.
+    assert!(to_a
+        .keys()
+        .all(|id| id[1..].parse::<u32>().unwrap() % 2 == 1));
+    assert!(to_b
+        .keys()
+        .all(|id| id[1..].parse::<u32>().unwrap() % 2 == 0));
+    let (sa, sb) = (a.stats.snapshot(), b.stats.snapshot());
+    assert!(
+        sa.restarts + sb.restarts >= 4,
+        "actors restarted: {sa:?} {sb:?}"
+    );
+    assert!(sa.publish_errors + sb.publish_errors >= 7);
+    let duplicates = delivered.len() - counts.len();
+    println!(
+        "delivered {} unique, {duplicates} duplicates after faults",
+        counts.len()
+    );
+}
