@@ -1,1 +1,81 @@
-fn main() {}
+//! `mailroute`: routes outbox mail across a cluster of sending servers to the owner of its IP.
+
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "mailroute",
+    version,
+    about = "Routes outbox mail to the cluster instance that owns its sending IP"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run this instance: consume the outbox, route, hand over, announce.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Three instances in one process on the in-memory broker, with live handover. No setup.
+    Demo(commands::demo::DemoArgs),
+    /// Cluster operations.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Publish test messages (MailerQ JSON) into an outbox.
+    Inject(commands::inject::InjectArgs),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// List the instances that announce themselves within `cluster-timeout`.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Make every instance forget its peers and re-learn them (after a config change).
+    Reload {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    commands::init_tracing(default_level);
+    let system = actix_rt::System::new();
+    let result = system.block_on(async move {
+        match cli.command {
+            Command::Serve { config } => commands::serve::run(&config).await,
+            Command::Demo(args) => commands::demo::run(args).await,
+            Command::Cluster {
+                command: ClusterCommand::List { config },
+            } => commands::cluster::list(&config).await,
+            Command::Cluster {
+                command: ClusterCommand::Reload { config },
+            } => commands::cluster::reload(&config).await,
+            Command::Inject(args) => commands::inject::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("mailroute: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

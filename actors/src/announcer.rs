@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 use crate::backoff;
 use crate::broker::{BrokerError, Destination, Message, Properties, SharedBroker};
 use crate::messages::{AnnounceNow, Leave};
-use crate::stats::{bump, Stats};
+use crate::stats::{Stats, bump};
 use crate::wire::{self, Announcement, ClusterMessage};
 
 pub struct Announcer {

@@ -2,20 +2,20 @@
 //! so the consumer acks the original only after the broker took the copy. A handover goes
 //! straight into the owner's outbox queue, `mandatory`: a returned message is not a success.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix::prelude::*;
-use tracing::{warn, Instrument};
+use tracing::{Instrument, warn};
 
 use crate::broker::{BrokerError, Destination, HeaderValue, Message, SharedBroker};
 use crate::ip_ownership_router::now_ms;
 use crate::messages::{Dispatch, Outcome, Settled};
 use crate::routing::{
-    Decision, Unroutable, FROM_HEADER, HELD_SINCE_HEADER, HOPS_HEADER, ID_HEADER, REASON_HEADER,
+    Decision, FROM_HEADER, HELD_SINCE_HEADER, HOPS_HEADER, ID_HEADER, REASON_HEADER, Unroutable,
 };
 use crate::settings::InstanceSettings;
-use crate::stats::{bump, Stats};
+use crate::stats::{Stats, bump};
 
 pub struct HandoverPublisher {
     targets: Arc<Targets>,

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 use crate::announcer::Announcer;
 use crate::broker::{BrokerError, QueueSpec, SharedBroker};
 use crate::handover_publisher::HandoverPublisher;
-use crate::ip_ownership_router::{now_ms, IpOwnershipRouter};
+use crate::ip_ownership_router::{IpOwnershipRouter, now_ms};
 use crate::messages::{Drain, Leave, ListPeers, PeerInfo};
 use crate::outbox_consumer::OutboxConsumer;
 use crate::peer_registry::{PeerRegistry, RegistryConfig};

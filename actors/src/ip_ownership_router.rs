@@ -8,8 +8,8 @@ use actix::prelude::*;
 use tracing::{debug, info, warn};
 
 use crate::messages::{Dispatch, OwnershipChanged, Route, Settled};
-use crate::routing::{route_message, OwnershipTable, RoutePolicy};
-use crate::stats::{bump, Stats};
+use crate::routing::{OwnershipTable, RoutePolicy, route_message};
+use crate::stats::{Stats, bump};
 
 pub struct IpOwnershipRouter {
     local_ips: Vec<IpAddr>,

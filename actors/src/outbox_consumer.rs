@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 use crate::backoff;
 use crate::broker::{Acker, BrokerError, Delivery, SharedBroker};
 use crate::messages::{Drain, Route, Settled};
-use crate::stats::{bump, Stats};
+use crate::stats::{Stats, bump};
 
 pub struct OutboxConsumer {
     broker: SharedBroker,

@@ -15,7 +15,7 @@ use crate::backoff;
 use crate::broker::{BrokerError, Delivery, QueueSpec, SharedBroker};
 use crate::messages::{AnnounceNow, ListPeers, OwnershipChanged, PeerInfo};
 use crate::routing::PeerRoute;
-use crate::stats::{bump, Stats};
+use crate::stats::{Stats, bump};
 use crate::wire::{self, Announcement, ClusterMessage};
 
 pub struct PeerRegistry {

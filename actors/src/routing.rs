@@ -369,7 +369,7 @@ pub fn route_message(
         Err(malformed) => {
             return Decision::Fail {
                 reason: format!("malformed message: {malformed}"),
-            }
+            };
         }
     };
     let header_u64 = |name| {

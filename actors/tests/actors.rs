@@ -10,7 +10,7 @@ use mailroute_actors::broker::{
     Broker, Destination, HeaderValue, Message, QueueSpec, SharedBroker,
 };
 use mailroute_actors::memory::MemoryBroker;
-use mailroute_actors::routing::{Owner, Unroutable, FROM_HEADER, HOPS_HEADER, REASON_HEADER};
+use mailroute_actors::routing::{FROM_HEADER, HOPS_HEADER, Owner, REASON_HEADER, Unroutable};
 use mailroute_actors::testkit::wait_for;
 use mailroute_actors::traffic::{mailerq_json, test_id, test_message};
 use mailroute_actors::wire::{self, Announcement, ClusterMessage};
@@ -322,12 +322,14 @@ async fn a_broker_failure_restarts_the_actors_and_loses_nothing() {
         .collect();
     assert!(missing.is_empty(), "lost: {missing:?}");
     // Each went to its owner: odd ids were for a, even for b.
-    assert!(to_a
-        .keys()
-        .all(|id| id[1..].parse::<u32>().unwrap() % 2 == 1));
-    assert!(to_b
-        .keys()
-        .all(|id| id[1..].parse::<u32>().unwrap() % 2 == 0));
+    assert!(
+        to_a.keys()
+            .all(|id| id[1..].parse::<u32>().unwrap() % 2 == 1)
+    );
+    assert!(
+        to_b.keys()
+            .all(|id| id[1..].parse::<u32>().unwrap() % 2 == 0)
+    );
     let (sa, sb) = (a.stats.snapshot(), b.stats.snapshot());
     assert!(
         sa.restarts + sb.restarts >= 4,

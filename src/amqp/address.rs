@@ -1,0 +1,78 @@
+//! Broker addresses: identity (host:port/vhost, what peers compare) and a printable form with
+//! the password masked, so credentials never reach an announcement or a log line.
+
+use lapin::uri::AMQPUri;
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid broker address {masked}: {reason}")]
+pub struct AddressError {
+    pub masked: String,
+    pub reason: String,
+}
+
+/// Parses an `amqp://` URI; the error shows the address with its password masked.
+pub fn parse(address: &str) -> Result<AMQPUri, AddressError> {
+    address.parse::<AMQPUri>().map_err(|reason| AddressError {
+        masked: mask_password(address),
+        reason,
+    })
+}
+
+/// `host:port/vhost`: equal for two instances on the same broker, whatever their credentials.
+pub fn identity(uri: &AMQPUri) -> String {
+    format!(
+        "{}:{}/{}",
+        uri.authority.host, uri.authority.port, uri.vhost
+    )
+}
+
+/// The address as given, with any password replaced by `***`.
+pub fn mask_password(address: &str) -> String {
+    let Some((scheme, rest)) = address.split_once("://") else {
+        return address.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_string()
+            };
+            format!("{scheme}://{masked}@{host}{path}")
+        }
+        None => address.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_passwords() {
+        assert_eq!(
+            mask_password("amqp://guest:secret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(mask_password("amqp://host/vh"), "amqp://host/vh");
+        assert_eq!(mask_password("amqp://user@host/"), "amqp://user@host/");
+        assert_eq!(mask_password("amqp://u:p@ss@host/"), "amqp://u:***@host/");
+    }
+
+    #[test]
+    fn identity_has_no_credentials() {
+        let uri = parse("amqp://guest:secret@127.0.0.1:5672/%2f").unwrap();
+        assert_eq!(identity(&uri), "127.0.0.1:5672//");
+        let uri = parse("amqp://other:pw@127.0.0.1/%2f").unwrap();
+        assert_eq!(identity(&uri), "127.0.0.1:5672//");
+    }
+
+    #[test]
+    fn bad_address_error_is_masked() {
+        let err = parse("amqp://guest:secret@host:notaport/").unwrap_err();
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+}

@@ -1,0 +1,387 @@
+//! The Broker port on RabbitMQ, with lapin.
+//!
+//! One connection per broker address, reopened on demand after a failure. Publishes share one
+//! confirm-mode channel (recreated when it is no longer connected, as vector's channel pool
+//! does); each consumer gets its own channel, closed when its stream is dropped so RabbitMQ
+//! requeues whatever it had unacked. lapin's internal tasks run on the runtime handle given at
+//! construction, which must outlive the connection (the actix System's), or confirms stall.
+
+pub mod address;
+mod convert;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::{Stream, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use mailroute_actors::broker::{
+    Acker, Broker, BrokerError, Delivery, DeliveryStream, Destination, Message, QueueSpec,
+};
+use tokio::sync::Mutex;
+use tracing::{debug, info};
+
+pub use address::AddressError;
+
+/// How long a connect, declare or confirm may take before it counts as a broker failure.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct AmqpBroker {
+    address: String,
+    masked: String,
+    identity: String,
+    handle: tokio::runtime::Handle,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    connection: Option<Arc<Connection>>,
+    publisher: Option<Channel>,
+}
+
+fn lapin_error(e: lapin::Error) -> BrokerError {
+    BrokerError::ChannelClosed(e.to_string())
+}
+
+async fn timed<T>(what: impl Future<Output = Result<T, lapin::Error>>) -> Result<T, BrokerError> {
+    match tokio::time::timeout(TIMEOUT, what).await {
+        Ok(result) => result.map_err(lapin_error),
+        Err(_) => Err(BrokerError::Timeout(TIMEOUT)),
+    }
+}
+
+impl AmqpBroker {
+    /// Checks the address; connects lazily on first use. Must be called inside the runtime
+    /// that outlives the broker (the actix System in `mailroute serve`).
+    pub fn new(address: &str) -> Result<Self, AddressError> {
+        let uri = address::parse(address)?;
+        Ok(AmqpBroker {
+            address: address.to_string(),
+            masked: address::mask_password(address),
+            identity: address::identity(&uri),
+            handle: tokio::runtime::Handle::current(),
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// Connects now, so a wrong address or credentials stop startup with a clear error.
+    pub async fn connect(address: &str) -> Result<Self, BrokerError> {
+        let broker = Self::new(address).map_err(|e| BrokerError::ConnectFailed {
+            address: e.masked.clone(),
+            reason: e.reason,
+        })?;
+        broker.connection().await?;
+        Ok(broker)
+    }
+
+    pub fn masked_address(&self) -> &str {
+        &self.masked
+    }
+
+    async fn connection(&self) -> Result<Arc<Connection>, BrokerError> {
+        let mut state = self.state.lock().await;
+        self.connection_locked(&mut state).await
+    }
+
+    async fn connection_locked(&self, state: &mut State) -> Result<Arc<Connection>, BrokerError> {
+        if let Some(c) = &state.connection {
+            if c.status().connected() {
+                return Ok(c.clone());
+            }
+        }
+        state.publisher = None;
+        let runtime = async_rs::Runtime::tokio_with_handle(self.handle.clone());
+        let props = ConnectionProperties::default().with_connection_name(
+            format!("mailroute@{}", gethostname::gethostname().to_string_lossy()).into(),
+        );
+        let connect = Connection::connect_with_runtime(&self.address, props, runtime);
+        let connection = match tokio::time::timeout(TIMEOUT, connect).await {
+            Ok(Ok(c)) => Arc::new(c),
+            Ok(Err(e)) => {
+                return Err(BrokerError::ConnectFailed {
+                    address: self.masked.clone(),
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(BrokerError::ConnectFailed {
+                    address: self.masked.clone(),
+                    reason: format!("no answer within {TIMEOUT:?}"),
+                });
+            }
+        };
+        info!(broker = %self.masked, "connected");
+        state.connection = Some(connection.clone());
+        Ok(connection)
+    }
+
+    async fn publisher(&self) -> Result<Channel, BrokerError> {
+        let mut state = self.state.lock().await;
+        if let Some(channel) = &state.publisher {
+            if channel.status().connected() {
+                return Ok(channel.clone());
+            }
+        }
+        let connection = self.connection_locked(&mut state).await?;
+        let channel = timed(connection.create_channel()).await?;
+        timed(channel.confirm_select(ConfirmSelectOptions::default())).await?;
+        state.publisher = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// A short-lived channel for one administrative call: a failed passive declare or delete
+    /// closes its channel, and must not take the publish channel with it.
+    async fn admin_channel(&self) -> Result<Channel, BrokerError> {
+        let connection = self.connection().await?;
+        timed(connection.create_channel()).await
+    }
+
+    async fn with_admin<T, F, Fut>(&self, op: F) -> Result<T, BrokerError>
+    where
+        F: FnOnce(Channel) -> Fut,
+        Fut: Future<Output = Result<T, lapin::Error>>,
+    {
+        let channel = self.admin_channel().await?;
+        let result = timed(op(channel.clone())).await;
+        if channel.status().connected() {
+            let _ = channel.close(200, "done".into()).await;
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Broker for AmqpBroker {
+    fn identity(&self) -> String {
+        self.identity.clone()
+    }
+
+    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), BrokerError> {
+        let mut arguments = FieldTable::default();
+        if let Some(ttl) = spec.message_ttl {
+            let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+            arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ms));
+        }
+        if let Some(target) = &spec.dead_letter_queue {
+            arguments.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(LongString::from("")),
+            );
+            arguments.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(LongString::from(target.as_str())),
+            );
+        }
+        let options = QueueDeclareOptions {
+            durable: !spec.exclusive,
+            exclusive: spec.exclusive,
+            auto_delete: spec.auto_delete,
+            ..QueueDeclareOptions::default()
+        };
+        let name = spec.name.clone();
+        // Exclusive queues belong to the connection; admin channels share it, so that holds.
+        self.with_admin(|ch| async move {
+            ch.queue_declare(name.as_str().into(), options, arguments)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    async fn declare_topic_exchange(&self, name: &str) -> Result<(), BrokerError> {
+        let options = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        let name = name.to_string();
+        self.with_admin(|ch| async move {
+            ch.exchange_declare(
+                name.as_str().into(),
+                ExchangeKind::Topic,
+                options,
+                FieldTable::default(),
+            )
+            .await
+        })
+        .await
+    }
+
+    async fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        pattern: &str,
+    ) -> Result<(), BrokerError> {
+        let (q, e, p) = (queue.to_string(), exchange.to_string(), pattern.to_string());
+        self.with_admin(|ch| async move {
+            ch.queue_bind(
+                q.as_str().into(),
+                e.as_str().into(),
+                p.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+        })
+        .await
+    }
+
+    async fn publish(
+        &self,
+        to: &Destination,
+        message: &Message,
+        mandatory: bool,
+    ) -> Result<(), BrokerError> {
+        let channel = self.publisher().await?;
+        let options = BasicPublishOptions {
+            mandatory,
+            ..BasicPublishOptions::default()
+        };
+        let confirm = timed(channel.basic_publish(
+            to.exchange.as_str().into(),
+            to.routing_key.as_str().into(),
+            options,
+            &message.body,
+            convert::to_lapin(&message.properties),
+        ))
+        .await?;
+        match timed(confirm).await? {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(returned)) => Err(BrokerError::Returned {
+                reply_code: returned.reply_code,
+                reply_text: returned.reply_text.as_str().to_string(),
+            }),
+            Confirmation::Nack(_) => Err(BrokerError::Nack),
+            Confirmation::NotRequested => Err(BrokerError::Other(
+                "publish channel lost confirm mode".into(),
+            )),
+        }
+    }
+
+    async fn consume(&self, queue: &str, prefetch: u16) -> Result<DeliveryStream, BrokerError> {
+        let connection = self.connection().await?;
+        let channel = timed(connection.create_channel()).await?;
+        timed(channel.basic_qos(prefetch, BasicQosOptions::default())).await?;
+        let consumer = timed(channel.basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ))
+        .await?;
+        debug!(queue, prefetch, "consumer started");
+        Ok(Box::pin(AmqpConsumer {
+            inner: consumer,
+            channel: Some(channel),
+            handle: self.handle.clone(),
+        }))
+    }
+
+    async fn queue_len(&self, queue: &str) -> Result<u32, BrokerError> {
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let name = queue.to_string();
+        self.with_admin(|ch| async move {
+            ch.queue_declare(name.as_str().into(), options, FieldTable::default())
+                .await
+                .map(|q| q.message_count())
+        })
+        .await
+        .map_err(|e| match e {
+            BrokerError::ChannelClosed(reason) if reason.contains("NOT_FOUND") => {
+                BrokerError::NoSuchQueue(queue.to_string())
+            }
+            other => other,
+        })
+    }
+
+    async fn delete_queue(&self, queue: &str) -> Result<(), BrokerError> {
+        let name = queue.to_string();
+        self.with_admin(|ch| async move {
+            ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    async fn delete_exchange(&self, exchange: &str) -> Result<(), BrokerError> {
+        let name = exchange.to_string();
+        self.with_admin(|ch| async move {
+            ch.exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
+                .await
+        })
+        .await
+    }
+}
+
+struct AmqpConsumer {
+    inner: lapin::Consumer,
+    channel: Option<Channel>,
+    handle: tokio::runtime::Handle,
+}
+
+impl Stream for AmqpConsumer {
+    type Item = Result<Delivery, BrokerError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.poll_next_unpin(cx).map(|item| {
+            item.map(|result| {
+                result.map_err(lapin_error).map(|d| Delivery {
+                    message: Message {
+                        properties: convert::from_lapin(&d.properties),
+                        body: d.data.into(),
+                    },
+                    redelivered: d.redelivered,
+                    acker: Box::new(AmqpAcker(d.acker)),
+                })
+            })
+        })
+    }
+}
+
+impl Drop for AmqpConsumer {
+    fn drop(&mut self) {
+        // Closing the channel is what makes RabbitMQ requeue the unacked deliveries now
+        // rather than when the connection dies.
+        if let Some(channel) = self.channel.take() {
+            if channel.status().connected() {
+                self.handle.spawn(async move {
+                    let _ = channel.close(200, "consumer stopped".into()).await;
+                });
+            }
+        }
+    }
+}
+
+struct AmqpAcker(lapin::Acker);
+
+#[async_trait]
+impl Acker for AmqpAcker {
+    async fn ack(&self) -> Result<(), BrokerError> {
+        self.0
+            .ack(BasicAckOptions::default())
+            .await
+            .map(|_| ())
+            .map_err(lapin_error)
+    }
+
+    async fn nack(&self, requeue: bool) -> Result<(), BrokerError> {
+        let options = BasicNackOptions {
+            requeue,
+            ..BasicNackOptions::default()
+        };
+        self.0.nack(options).await.map(|_| ()).map_err(lapin_error)
+    }
+}

@@ -1,0 +1,44 @@
+//! `mailroute serve`: one instance until SIGINT/SIGTERM, then a graceful leave.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use mailroute_actors::Instance;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+
+/// How long a graceful stop waits for in-flight messages before leaving anyway.
+const GRACE: Duration = Duration::from_secs(30);
+
+pub async fn run(path: &Path) -> anyhow::Result<()> {
+    let config = super::load_config(path)?;
+    if config.cluster_secret.is_none() {
+        warn!("cluster-secret is not set: any client of the cluster broker can claim IPs");
+    }
+    if config.local_ips.is_empty() {
+        warn!("no local-ips: this instance sends nothing itself and hands everything over");
+    }
+    let (local, cluster) = super::connect(&config).await?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let instance = Instance::start(config.settings(), local, cluster)
+        .await
+        .context("cannot declare this instance's queues")?;
+    info!(name = %config.cluster_name, outbox = %config.rabbitmq_outbox, "serving");
+    tokio::select! {
+        _ = terminate.recv() => info!("SIGTERM: shutting down"),
+        _ = interrupt.recv() => info!("SIGINT: shutting down"),
+    }
+    instance.shutdown(GRACE).await;
+    let s = instance.stats.snapshot();
+    info!(
+        consumed = s.consumed,
+        delivered = s.delivered,
+        handed_over = s.handed_over,
+        held = s.held,
+        failed = s.failed,
+        "stopped"
+    );
+    Ok(())
+}

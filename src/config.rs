@@ -1,0 +1,529 @@
+//! Configuration in MailerQ's `key: value` file format, with `MAILROUTE_<KEY>` environment
+//! overrides (`rabbitmq-qos` → `MAILROUTE_RABBITMQ_QOS`). A bad value stops startup with an
+//! error naming the key and where it came from; keys mailroute does not know are reported
+//! but accepted, so a MailerQ config file can be shared.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use mailroute_actors::InstanceSettings;
+use mailroute_actors::routing::{RoutePolicy, Unroutable};
+use sha2::{Digest, Sha256};
+
+/// Where a value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Default,
+    File { path: String, line: usize },
+    Env(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("default"),
+            Origin::File { path, line } => write!(f, "{path} line {line}"),
+            Origin::Env(var) => write!(f, "environment variable {var}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{origin}: expected `key: value`, got {text:?}")]
+    Syntax { origin: Origin, text: String },
+    #[error("{origin}: invalid value for `{key}`: {reason}")]
+    Value {
+        key: &'static str,
+        origin: Origin,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub rabbitmq_address: String,
+    pub rabbitmq_outbox: String,
+    pub rabbitmq_deliver: String,
+    pub rabbitmq_failure: String,
+    pub rabbitmq_retry: String,
+    pub rabbitmq_qos: u16,
+    pub cluster_address: String,
+    pub cluster_exchange: String,
+    pub cluster_secret: Option<String>,
+    pub cluster_timeout: Duration,
+    pub cluster_name: String,
+    pub announce_interval: Duration,
+    pub peer_timeout: Duration,
+    pub local_ips: Vec<IpAddr>,
+    pub default_ips: Vec<IpAddr>,
+    pub max_hops: u32,
+    pub unroutable: Unroutable,
+    pub hold_time: Duration,
+    pub max_hold: Duration,
+    pub warmup: Duration,
+    pub www_address: Option<String>,
+    pub www_url: Option<String>,
+    /// Keys that were set but mean nothing to mailroute (e.g. MailerQ's own).
+    pub unknown_keys: Vec<(String, Origin)>,
+    /// Short hash of the effective settings, announced so operators can spot drift.
+    pub hash: String,
+}
+
+const KEYS: &[&str] = &[
+    "rabbitmq-address",
+    "rabbitmq-outbox",
+    "rabbitmq-deliver",
+    "rabbitmq-failure",
+    "rabbitmq-retry",
+    "rabbitmq-qos",
+    "cluster-address",
+    "cluster-exchange",
+    "cluster-secret",
+    "cluster-timeout",
+    "cluster-name",
+    "announce-interval",
+    "peer-timeout",
+    "local-ips",
+    "default-ips",
+    "max-hops",
+    "unroutable",
+    "hold-time",
+    "max-hold",
+    "warmup",
+    "www-address",
+    "www-url",
+];
+
+type Raw = BTreeMap<String, (String, Origin)>;
+
+/// Reads `key: value` lines; `#` starts a comment; a later line wins.
+pub fn parse_text(text: &str, path: &str) -> Result<Raw, ConfigError> {
+    let mut raw = Raw::new();
+    for (index, line) in text.lines().enumerate() {
+        let origin = Origin::File {
+            path: path.to_string(),
+            line: index + 1,
+        };
+        let content = line
+            .split_once('#')
+            .map_or(line, |(before, _)| before)
+            .trim();
+        if content.is_empty() {
+            continue;
+        }
+        let Some((key, value)) = content.split_once(':') else {
+            return Err(ConfigError::Syntax {
+                origin,
+                text: content.to_string(),
+            });
+        };
+        let key = key.trim().to_ascii_lowercase();
+        if key.is_empty() || key.contains(char::is_whitespace) {
+            return Err(ConfigError::Syntax {
+                origin,
+                text: content.to_string(),
+            });
+        }
+        raw.insert(key, (value.trim().to_string(), origin));
+    }
+    Ok(raw)
+}
+
+/// Applies `MAILROUTE_<KEY>` overrides from `vars`.
+pub fn apply_env(raw: &mut Raw, vars: impl IntoIterator<Item = (String, String)>) {
+    for (var, value) in vars {
+        let Some(rest) = var.strip_prefix("MAILROUTE_") else {
+            continue;
+        };
+        let key = rest.to_ascii_lowercase().replace('_', "-");
+        raw.insert(key, (value, Origin::Env(var)));
+    }
+}
+
+impl Config {
+    /// File, then the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let mut raw = parse_text(&text, &shown)?;
+        apply_env(&mut raw, std::env::vars());
+        Config::from_raw(raw)
+    }
+
+    pub fn from_raw(raw: Raw) -> Result<Config, ConfigError> {
+        let values = Values { raw: &raw };
+        let rabbitmq_address =
+            values.string("rabbitmq-address", "amqp://guest:guest@localhost/")?;
+        crate::amqp::address::parse(&rabbitmq_address)
+            .map_err(|e| values.error("rabbitmq-address", e.reason))?;
+        let cluster_address = values.string("cluster-address", "")?;
+        let cluster_address = if cluster_address.is_empty() {
+            rabbitmq_address.clone()
+        } else {
+            crate::amqp::address::parse(&cluster_address)
+                .map_err(|e| values.error("cluster-address", e.reason))?;
+            cluster_address
+        };
+        let announce_interval = values.duration("announce-interval", Duration::from_secs(2))?;
+        let peer_timeout = values.duration("peer-timeout", announce_interval * 3)?;
+        if peer_timeout <= announce_interval {
+            return Err(values.error(
+                "peer-timeout",
+                format!("must be longer than announce-interval ({announce_interval:?}), or every peer flaps"),
+            ));
+        }
+        let local_ips = match raw.get("local-ips") {
+            Some(_) => values.ips("local-ips")?,
+            None => detect_local_ips(),
+        };
+        let config = Config {
+            rabbitmq_outbox: values.name("rabbitmq-outbox", "outbox")?,
+            rabbitmq_deliver: values.name("rabbitmq-deliver", "deliver")?,
+            rabbitmq_failure: values.name("rabbitmq-failure", "failure")?,
+            rabbitmq_retry: values.name("rabbitmq-retry", "retry")?,
+            rabbitmq_qos: values.number("rabbitmq-qos", 1000, 1, u64::from(u16::MAX))? as u16,
+            cluster_exchange: values.name("cluster-exchange", "cluster")?,
+            cluster_secret: Some(values.string("cluster-secret", "")?).filter(|s| !s.is_empty()),
+            cluster_timeout: values.duration("cluster-timeout", Duration::from_secs(1))?,
+            cluster_name: values.name("cluster-name", &default_name())?,
+            announce_interval,
+            peer_timeout,
+            local_ips,
+            default_ips: match raw.get("default-ips") {
+                Some(_) => values.ips("default-ips")?,
+                None => Vec::new(),
+            },
+            max_hops: values.number("max-hops", 2, 1, 100)? as u32,
+            unroutable: match values.string("unroutable", "hold")?.as_str() {
+                "hold" => Unroutable::Hold,
+                "fail" => Unroutable::Fail,
+                "local" => Unroutable::Local,
+                other => {
+                    return Err(values.error(
+                        "unroutable",
+                        format!("expected hold, fail or local, got {other:?}"),
+                    ));
+                }
+            },
+            hold_time: values.duration("hold-time", Duration::from_secs(60))?,
+            max_hold: values.duration("max-hold", Duration::from_secs(3600))?,
+            warmup: values.duration("warmup", announce_interval)?,
+            www_address: Some(values.string("www-address", "")?).filter(|s| !s.is_empty()),
+            www_url: Some(values.string("www-url", "")?).filter(|s| !s.is_empty()),
+            unknown_keys: raw
+                .iter()
+                .filter(|(k, _)| !KEYS.contains(&k.as_str()))
+                .map(|(k, (_, origin))| (k.clone(), origin.clone()))
+                .collect(),
+            hash: hash(&raw),
+            rabbitmq_address,
+            cluster_address,
+        };
+        let queues = [
+            ("rabbitmq-deliver", &config.rabbitmq_deliver),
+            ("rabbitmq-failure", &config.rabbitmq_failure),
+            ("rabbitmq-retry", &config.rabbitmq_retry),
+        ];
+        for (key, queue) in queues {
+            if *queue == config.rabbitmq_outbox {
+                return Err(values.error(
+                    key,
+                    format!("must differ from rabbitmq-outbox ({queue}), or mail loops"),
+                ));
+            }
+        }
+        if config.hold_time.is_zero() {
+            return Err(values.error("hold-time", "must be more than zero".into()));
+        }
+        Ok(config)
+    }
+
+    pub fn settings(&self) -> InstanceSettings {
+        let mut s = InstanceSettings::new(self.cluster_name.clone(), self.local_ips.clone());
+        s.outbox = self.rabbitmq_outbox.clone();
+        s.deliver = self.rabbitmq_deliver.clone();
+        s.failure = self.rabbitmq_failure.clone();
+        s.retry = self.rabbitmq_retry.clone();
+        s.prefetch = self.rabbitmq_qos;
+        s.cluster_exchange = self.cluster_exchange.clone();
+        s.announce_interval = self.announce_interval;
+        s.peer_timeout = self.peer_timeout;
+        s.policy = RoutePolicy {
+            default_ips: self.default_ips.clone(),
+            max_hops: self.max_hops,
+            unroutable: self.unroutable,
+            max_hold: self.max_hold,
+        };
+        s.hold_time = self.hold_time;
+        s.console_url = self.www_url.clone();
+        s.config_hash = self.hash.clone();
+        s.warmup = self.warmup;
+        s
+    }
+}
+
+struct Values<'a> {
+    raw: &'a Raw,
+}
+
+impl Values<'_> {
+    fn origin(&self, key: &str) -> Origin {
+        self.raw
+            .get(key)
+            .map_or(Origin::Default, |(_, o)| o.clone())
+    }
+
+    fn error(&self, key: &'static str, reason: String) -> ConfigError {
+        ConfigError::Value {
+            key,
+            origin: self.origin(key),
+            reason,
+        }
+    }
+
+    fn string(&self, key: &'static str, default: &str) -> Result<String, ConfigError> {
+        Ok(self
+            .raw
+            .get(key)
+            .map_or_else(|| default.to_string(), |(v, _)| v.clone()))
+    }
+
+    /// A queue, exchange or instance name: non-empty, printable, no spaces.
+    fn name(&self, key: &'static str, default: &str) -> Result<String, ConfigError> {
+        let value = self.string(key, default)?;
+        if value.is_empty()
+            || value.len() > 200
+            || value.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(self.error(
+                key,
+                format!("expected a non-empty name without spaces, got {value:?}"),
+            ));
+        }
+        Ok(value)
+    }
+
+    fn number(
+        &self,
+        key: &'static str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<u64, ConfigError> {
+        let Some((value, _)) = self.raw.get(key) else {
+            return Ok(default);
+        };
+        match value.parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(self.error(
+                key,
+                format!("expected a whole number from {min} to {max}, got {value:?}"),
+            )),
+        }
+    }
+
+    fn duration(&self, key: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        let Some((value, _)) = self.raw.get(key) else {
+            return Ok(default);
+        };
+        parse_duration(value).ok_or_else(|| {
+            self.error(key, format!("expected a duration such as 2, 2s, 500ms, 5m or 1h (bare numbers are seconds), got {value:?}"))
+        })
+    }
+
+    fn ips(&self, key: &'static str) -> Result<Vec<IpAddr>, ConfigError> {
+        let value = self.string(key, "")?;
+        value
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse()
+                    .map_err(|_| self.error(key, format!("{s:?} is not an IP address")))
+            })
+            .collect()
+    }
+}
+
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let seconds = match unit.trim() {
+        "" | "s" | "sec" | "secs" | "seconds" => number,
+        "ms" => number / 1000.0,
+        "m" | "min" | "minutes" => number * 60.0,
+        "h" | "hours" => number * 3600.0,
+        _ => return None,
+    };
+    (seconds.is_finite() && seconds >= 0.0 && seconds < 1e9)
+        .then(|| Duration::from_secs_f64(seconds))
+}
+
+fn default_name() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+/// Non-loopback addresses of this machine's interfaces.
+pub fn detect_local_ips() -> Vec<IpAddr> {
+    if_addrs::get_if_addrs()
+        .map(|addrs| {
+            addrs
+                .into_iter()
+                .filter(|a| !a.is_loopback())
+                .map(|a| a.ip())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn hash(raw: &Raw) -> String {
+    let mut digest = Sha256::new();
+    for (key, (value, _)) in raw {
+        if key == "cluster-secret" {
+            continue;
+        }
+        digest.update(key.as_bytes());
+        digest.update(b"\0");
+        digest.update(value.as_bytes());
+        digest.update(b"\n");
+    }
+    digest
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let mut raw = parse_text(text, "test.conf")?;
+        apply_env(&mut raw, Vec::new());
+        Config::from_raw(raw)
+    }
+
+    #[test]
+    fn defaults_and_values() {
+        let c = load(
+            "# a MailerQ-style file\nrabbitmq-address: amqp://u:p@broker:5673/vh\nrabbitmq-outbox: outbox-a\n\
+             local-ips: 10.0.0.1, 2001:db8::1\nannounce-interval: 500ms\nunroutable: fail\nmax-hops: 3\n\
+             license-key: xyz  # MailerQ's own key\n",
+        )
+        .unwrap();
+        assert_eq!(c.rabbitmq_outbox, "outbox-a");
+        assert_eq!(c.cluster_address, c.rabbitmq_address);
+        assert_eq!(c.cluster_exchange, "cluster");
+        assert_eq!(c.rabbitmq_qos, 1000);
+        assert_eq!(c.local_ips.len(), 2);
+        assert_eq!(c.peer_timeout, Duration::from_millis(1500));
+        assert_eq!(c.unroutable, Unroutable::Fail);
+        assert_eq!(c.max_hops, 3);
+        assert_eq!(c.unknown_keys.len(), 1);
+        assert_eq!(c.unknown_keys[0].0, "license-key");
+        let s = c.settings();
+        assert_eq!(s.outbox, "outbox-a");
+        assert_eq!(s.policy.max_hops, 3);
+    }
+
+    #[test]
+    fn env_overrides_the_file() {
+        let mut raw = parse_text("rabbitmq-qos: 10\n", "f").unwrap();
+        apply_env(
+            &mut raw,
+            vec![
+                ("MAILROUTE_RABBITMQ_QOS".into(), "20".into()),
+                ("OTHER".into(), "1".into()),
+            ],
+        );
+        assert_eq!(Config::from_raw(raw).unwrap().rabbitmq_qos, 20);
+    }
+
+    fn error_of(text: &str) -> String {
+        load(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_line() {
+        let cases = [
+            (
+                "x: 1\nrabbitmq-qos: lots\n",
+                "test.conf line 2: invalid value for `rabbitmq-qos`",
+            ),
+            (
+                "rabbitmq-qos: 0\n",
+                "`rabbitmq-qos`: expected a whole number from 1 to 65535",
+            ),
+            (
+                "unroutable: maybe\n",
+                "`unroutable`: expected hold, fail or local",
+            ),
+            (
+                "local-ips: 10.0.0.1, 10.0.0.300\n",
+                "`local-ips`: \"10.0.0.300\" is not an IP address",
+            ),
+            (
+                "announce-interval: soon\n",
+                "`announce-interval`: expected a duration",
+            ),
+            (
+                "announce-interval: 5\npeer-timeout: 5\n",
+                "line 2: invalid value for `peer-timeout`",
+            ),
+            ("rabbitmq-address: http://x\n", "`rabbitmq-address`"),
+            (
+                "rabbitmq-deliver: outbox\n",
+                "`rabbitmq-deliver`: must differ from rabbitmq-outbox",
+            ),
+            (
+                "rabbitmq-outbox: two words\n",
+                "`rabbitmq-outbox`: expected a non-empty name",
+            ),
+            ("\n\njust text\n", "test.conf line 3: expected `key: value`"),
+        ];
+        for (text, want) in cases {
+            let got = error_of(text);
+            assert!(got.contains(want), "{text:?}: got {got:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn env_errors_name_the_variable() {
+        let mut raw = Raw::new();
+        apply_env(&mut raw, vec![("MAILROUTE_MAX_HOPS".into(), "-1".into())]);
+        let err = Config::from_raw(raw).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "environment variable MAILROUTE_MAX_HOPS: invalid value for `max-hops`"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("-1"), None);
+        assert_eq!(parse_duration("1 fortnight"), None);
+    }
+}
