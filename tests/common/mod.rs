@@ -1,0 +1,248 @@
+//! Shared by the integration tests: a private RabbitMQ vhost per test (deleted on drop, even
+//! when the test fails), traffic generation and accounting by message id.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use mailroute::amqp::AmqpBroker;
+use mailroute_actors::broker::{Destination, HeaderValue, Message, SharedBroker};
+use mailroute_actors::routing::REASON_HEADER;
+use mailroute_actors::testkit::wait_for;
+use mailroute_actors::traffic::{mailerq_json, test_id, test_message};
+use rand::Rng;
+
+pub const BROKER_ROOT: &str = "amqp://guest:guest@127.0.0.1:5672";
+
+/// A vhost of its own, so tests run in parallel and leave nothing behind.
+pub struct TestVhost {
+    pub name: String,
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs (is RabbitMQ installed?)");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TestVhost {
+    pub fn new(test: &str) -> Self {
+        let name = format!("test-{test}-{:08x}", rand::rng().random::<u32>());
+        rabbitmqctl(&["add_vhost", &name]);
+        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
+        TestVhost { name }
+    }
+
+    pub fn address(&self) -> String {
+        format!("{BROKER_ROOT}/{}", self.name)
+    }
+
+    pub async fn broker(&self) -> SharedBroker {
+        Arc::new(
+            AmqpBroker::connect(&self.address())
+                .await
+                .expect("RabbitMQ reachable at 127.0.0.1:5672"),
+        )
+    }
+}
+
+impl Drop for TestVhost {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_vhost", &self.name])
+            .output();
+    }
+}
+
+/// Where each message must end up.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Expect {
+    Delivered(String),
+    Held(String),
+    Failed(String),
+}
+
+/// Test ids and their expected destination, plus the messages to publish per outbox.
+#[derive(Default)]
+pub struct Traffic {
+    pub expected: HashMap<String, Expect>,
+    pub batches: Vec<(String, Message)>,
+}
+
+/// One cluster member as the traffic generator sees it.
+pub struct Member {
+    pub name: String,
+    pub outbox: String,
+    pub ips: Vec<IpAddr>,
+}
+
+/// `count` messages spread over the members' outboxes: IPs of every member, `unowned_pct`
+/// percent for nobody (held by the receiving instance), `malformed_pct` percent broken JSON
+/// (failed by the receiving instance).
+pub fn traffic(
+    members: &[Member],
+    count: usize,
+    unowned_pct: u32,
+    malformed_pct: u32,
+    prefix: &str,
+) -> Traffic {
+    let mut rng = rand::rng();
+    let mut t = Traffic::default();
+    for i in 0..count {
+        let id = format!("{prefix}-{i}");
+        let entry = &members[rng.random_range(0..members.len())];
+        let roll = rng.random_range(0..100);
+        let (body, expect) = if roll < malformed_pct {
+            (
+                b"{\"ips\": [\"10.1.0.1\"], \"mime\": \"unterminated".to_vec(),
+                Expect::Failed(entry.name.clone()),
+            )
+        } else if roll < malformed_pct + unowned_pct {
+            let ip = IpAddr::from([192, 0, 2, rng.random_range(1..255)]);
+            (
+                mailerq_json(&id, Some(&[ip]), 1024),
+                Expect::Held(entry.name.clone()),
+            )
+        } else {
+            let owner = &members[rng.random_range(0..members.len())];
+            let ip = owner.ips[rng.random_range(0..owner.ips.len())];
+            (
+                mailerq_json(&id, Some(&[ip]), 1024),
+                Expect::Delivered(owner.name.clone()),
+            )
+        };
+        t.expected.insert(id.clone(), expect);
+        t.batches
+            .push((entry.outbox.clone(), test_message(&id, body)));
+    }
+    t
+}
+
+/// Publishes with pipelined confirms.
+pub async fn publish_all(broker: &SharedBroker, messages: &[(String, Message)]) {
+    let mut confirms = futures::stream::iter(messages.iter().map(|(queue, m)| async move {
+        broker.publish(&Destination::queue(queue), m, true).await
+    }))
+    .buffer_unordered(256);
+    while let Some(result) = confirms.next().await {
+        result.expect("test publish confirmed");
+    }
+}
+
+pub async fn ready(broker: &SharedBroker, queue: &str) -> usize {
+    broker.queue_len(queue).await.map_or(0, |n| n as usize)
+}
+
+/// Waits until the outboxes are empty and `total` messages sit in `sinks`.
+pub async fn wait_settled(
+    broker: &SharedBroker,
+    outboxes: &[String],
+    sinks: &[String],
+    total: usize,
+    limit: Duration,
+) {
+    let result = wait_for("all messages settled", limit, || async {
+        let mut in_sinks = 0;
+        for q in sinks {
+            in_sinks += ready(broker, q).await;
+        }
+        let mut in_outboxes = 0;
+        for q in outboxes {
+            in_outboxes += ready(broker, q).await;
+        }
+        in_outboxes == 0 && in_sinks >= total
+    })
+    .await;
+    if let Err(e) = result {
+        let mut state = Vec::new();
+        for q in outboxes.iter().chain(sinks) {
+            state.push(format!("{q}={}", ready(broker, q).await));
+        }
+        panic!("{e}; queues: {}", state.join(" "));
+    }
+}
+
+/// Takes every ready message out of a queue.
+pub async fn drain(broker: &SharedBroker, queue: &str) -> Vec<Message> {
+    let n = ready(broker, queue).await;
+    let mut out = Vec::with_capacity(n);
+    if n == 0 {
+        return out;
+    }
+    let mut stream = broker.consume(queue, 1000).await.expect("consume");
+    while out.len() < n {
+        let d = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("delivery within 10s")
+            .expect("stream open")
+            .expect("delivery");
+        d.acker.ack().await.expect("ack");
+        out.push(d.message);
+    }
+    out
+}
+
+/// The accounting of one run, by message id.
+#[derive(Debug, Default)]
+pub struct Accounting {
+    pub sent: usize,
+    pub delivered: HashMap<String, usize>,
+    pub held: usize,
+    pub failed: usize,
+    pub lost: Vec<String>,
+    pub misplaced: Vec<String>,
+    pub duplicates: usize,
+    pub failed_without_reason: usize,
+}
+
+/// Collects `(expect, messages)` pairs and compares them with what was sent.
+pub fn account(
+    expected: &HashMap<String, Expect>,
+    found: Vec<(Expect, Vec<Message>)>,
+) -> Accounting {
+    let mut acc = Accounting {
+        sent: expected.len(),
+        ..Accounting::default()
+    };
+    let mut seen: HashMap<String, Vec<Expect>> = HashMap::new();
+    for (place, messages) in found {
+        for m in messages {
+            match &place {
+                Expect::Delivered(who) => *acc.delivered.entry(who.clone()).or_default() += 1,
+                Expect::Held(_) => acc.held += 1,
+                Expect::Failed(_) => {
+                    acc.failed += 1;
+                    if m.header(REASON_HEADER)
+                        .and_then(HeaderValue::as_str)
+                        .is_none_or(str::is_empty)
+                    {
+                        acc.failed_without_reason += 1;
+                    }
+                }
+            }
+            seen.entry(test_id(&m).unwrap_or_default())
+                .or_default()
+                .push(place.clone());
+        }
+    }
+    for (id, want) in expected {
+        match seen.get(id) {
+            None => acc.lost.push(id.clone()),
+            Some(places) if !places.contains(want) => acc.misplaced.push(id.clone()),
+            Some(_) => {}
+        }
+    }
+    acc.duplicates = seen.values().map(|v| v.len().saturating_sub(1)).sum();
+    acc
+}
