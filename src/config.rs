@@ -370,8 +370,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "h" | "hours" => number * 3600.0,
         _ => return None,
     };
-    (seconds.is_finite() && seconds >= 0.0 && seconds < 1e9)
-        .then(|| Duration::from_secs_f64(seconds))
+    (seconds.is_finite() && (0.0..1e9).contains(&seconds)).then(|| Duration::from_secs_f64(seconds))
 }
 
 fn default_name() -> String {

@@ -1,0 +1,223 @@
+//! Three `mailroute serve` processes from the built binary on the real RabbitMQ: 1,000
+//! messages accounted by id; then one instance gets SIGTERM, drains, says `Leaving`, and mail
+//! for its IPs follows the unroutable policy (hold) at the others.
+
+mod common;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Expect, Member, TestVhost};
+use mailroute_actors::testkit::wait_for;
+
+struct Server {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Server {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn log_count(&self, needle: &str) -> usize {
+        self.log_text().matches(needle).count()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ips(n: u8) -> Vec<IpAddr> {
+    (1..=3).map(|h| IpAddr::from([10, 2, n, h])).collect()
+}
+
+fn write_config(dir: &Path, vhost: &TestVhost, name: &str, ips: &[IpAddr]) -> PathBuf {
+    let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
+    let text = format!(
+        "# written by cluster_processes.rs\n\
+         rabbitmq-address: {address}\n\
+         rabbitmq-outbox: {name}.outbox\n\
+         rabbitmq-deliver: {name}.deliver\n\
+         rabbitmq-failure: {name}.failure\n\
+         rabbitmq-retry: {name}.retry\n\
+         rabbitmq-qos: 200\n\
+         cluster-name: {name}\n\
+         local-ips: {ips}\n\
+         announce-interval: 300ms\n\
+         peer-timeout: 60s\n\
+         hold-time: 10m\n\
+         warmup: 0\n",
+        address = vhost.address(),
+        ips = ips.join(", ")
+    );
+    let path = dir.join(format!("{name}.conf"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn spawn(dir: &Path, name: &str, config: &Path) -> Server {
+    let log = dir.join(format!("{name}.log"));
+    let child = Command::new(env!("CARGO_BIN_EXE_mailroute"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("mailroute binary starts");
+    Server {
+        name: name.to_string(),
+        child,
+        log,
+    }
+}
+
+#[actix::test]
+async fn three_serve_processes_route_and_one_leaves() {
+    let vhost = TestVhost::new("processes");
+    let dir = std::env::temp_dir().join(&vhost.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let names = ["a", "b", "c"];
+    let mut servers: Vec<Server> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| spawn(&dir, name, &write_config(&dir, &vhost, name, &ips(i as u8))))
+        .collect();
+    for s in &servers {
+        let joined = wait_for("two peers joined", Duration::from_secs(30), || async {
+            s.log_count("peer joined") >= 2
+        })
+        .await;
+        if let Err(e) = joined {
+            panic!("{}: {e}\n{}", s.name, s.log_text());
+        }
+    }
+
+    let members: Vec<Member> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Member {
+            name: n.to_string(),
+            outbox: format!("{n}.outbox"),
+            ips: ips(i as u8),
+        })
+        .collect();
+    let traffic = common::traffic(&members, 1000, 5, 1, "proc");
+    let client = vhost.broker().await;
+    common::publish_all(&client, &traffic.batches).await;
+    let outboxes: Vec<String> = names.iter().map(|n| format!("{n}.outbox")).collect();
+    let sinks: Vec<String> = names
+        .iter()
+        .flat_map(|n| {
+            [
+                format!("{n}.deliver"),
+                format!("{n}.retry"),
+                format!("{n}.failure"),
+            ]
+        })
+        .collect();
+    common::wait_settled(&client, &outboxes, &sinks, 1000, Duration::from_secs(120)).await;
+    let mut found = Vec::new();
+    for n in names {
+        found.push((
+            Expect::Delivered(n.into()),
+            common::drain(&client, &format!("{n}.deliver")).await,
+        ));
+        found.push((
+            Expect::Held(n.into()),
+            common::drain(&client, &format!("{n}.retry")).await,
+        ));
+        found.push((
+            Expect::Failed(n.into()),
+            common::drain(&client, &format!("{n}.failure")).await,
+        ));
+    }
+    let acc = common::account(&traffic.expected, found);
+    println!(
+        "three processes: sent {} | delivered {:?} | held {} | failed {} | duplicates {} | lost {}",
+        acc.sent,
+        acc.delivered,
+        acc.held,
+        acc.failed,
+        acc.duplicates,
+        acc.lost.len()
+    );
+    assert!(acc.lost.is_empty(), "lost: {:?}", acc.lost);
+    assert!(acc.misplaced.is_empty(), "misplaced: {:?}", acc.misplaced);
+    assert_eq!(acc.duplicates, 0);
+    assert_eq!(acc.failed_without_reason, 0);
+
+    // SIGTERM c: it drains, says Leaving and exits cleanly. peer-timeout is a minute, so only
+    // the Leaving message can make a and b forget it within the wait below.
+    let mut c = servers.pop().unwrap();
+    c.signal("-TERM");
+    let (status, c) = tokio::task::spawn_blocking(move || (c.child.wait(), c))
+        .await
+        .unwrap();
+    assert!(status.unwrap().success(), "{}", c.log_text());
+    assert_eq!(c.log_count("left the cluster"), 1, "{}", c.log_text());
+    for s in &servers {
+        wait_for("peer left", Duration::from_secs(10), || async {
+            s.log_count("peer left") >= 1
+        })
+        .await
+        .unwrap();
+    }
+    let senders: Vec<Member> = ["a", "b"]
+        .iter()
+        .map(|n| Member {
+            name: n.to_string(),
+            outbox: format!("{n}.outbox"),
+            ips: ips(2),
+        })
+        .collect();
+    let after = common::traffic(&senders, 200, 0, 0, "after-leave");
+    common::publish_all(&client, &after.batches).await;
+    let retries = ["a.retry".to_string(), "b.retry".to_string()];
+    common::wait_settled(
+        &client,
+        &outboxes[..2],
+        &retries,
+        200,
+        Duration::from_secs(60),
+    )
+    .await;
+    let held_a = common::drain(&client, "a.retry").await;
+    let held_b = common::drain(&client, "b.retry").await;
+    let want_a = after
+        .batches
+        .iter()
+        .filter(|(q, _)| q == "a.outbox")
+        .count();
+    assert_eq!(
+        (held_a.len(), held_b.len()),
+        (want_a, 200 - want_a),
+        "each holds what it got"
+    );
+    assert_eq!(
+        common::ready(&client, "c.outbox").await,
+        0,
+        "c got nothing after leaving"
+    );
+    for s in &servers {
+        s.signal("-TERM");
+    }
+    drop(servers);
+    let _ = std::fs::remove_dir_all(&dir);
+}
