@@ -163,6 +163,55 @@ async fn three_serve_processes_route_and_one_leaves() {
     assert_eq!(acc.duplicates, 0);
     assert_eq!(acc.failed_without_reason, 0);
 
+    // The operator commands, as a person would run them.
+    let conf_a = dir.join("a.conf");
+    let list = Command::new(env!("CARGO_BIN_EXE_mailroute"))
+        .args(["cluster", "list", "--config"])
+        .arg(&conf_a)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success(), "{listed}");
+    for n in names {
+        assert!(
+            listed.lines().any(|l| l.starts_with(&format!("{n} "))),
+            "{n} missing in:\n{listed}"
+        );
+    }
+    assert!(listed.contains("10.2.1.1,10.2.1.2,10.2.1.3"), "{listed}");
+    assert!(
+        !listed.contains("guest"),
+        "credentials must not be announced: {listed}"
+    );
+    let inject = Command::new(env!("CARGO_BIN_EXE_mailroute"))
+        .args([
+            "inject", "-n", "50", "--ips", "10.2.1.2", "--prefix", "injected", "--config",
+        ])
+        .arg(&conf_a)
+        .output()
+        .unwrap();
+    assert!(
+        inject.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inject.stderr)
+    );
+    common::wait_settled(
+        &client,
+        &outboxes,
+        &["b.deliver".to_string()],
+        50,
+        Duration::from_secs(60),
+    )
+    .await;
+    let injected = common::drain(&client, "b.deliver").await;
+    let mut ids: Vec<String> = injected
+        .iter()
+        .filter_map(mailroute_actors::traffic::test_id)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 50, "inject via a reached b: {ids:?}");
+
     // SIGTERM c: it drains, says Leaving and exits cleanly. peer-timeout is a minute, so only
     // the Leaving message can make a and b forget it within the wait below.
     let mut c = servers.pop().unwrap();

@@ -342,3 +342,98 @@ async fn a_broker_failure_restarts_the_actors_and_loses_nothing() {
         counts.len()
     );
 }
+
+#[actix::test]
+async fn operator_json_hello_makes_everyone_announce_now() {
+    let broker = MemoryBroker::new("hello");
+    let mut s = settings("a", &["10.0.0.1"]);
+    // A long interval: only a hello can cause another announcement within the test.
+    s.announce_interval = Duration::from_secs(3600);
+    let a = start(&broker, s).await;
+    wait_for("first announcement", LIMIT, || async {
+        a.stats.snapshot().announcements_sent >= 1
+    })
+    .await
+    .unwrap();
+    let before = a.stats.snapshot().announcements_sent;
+    let hello = Message::new(&br#"{"hello": true}"#[..], Default::default());
+    broker
+        .publish(&Destination::exchange("cluster", "hello"), &hello, false)
+        .await
+        .unwrap();
+    wait_for("announcement on hello", LIMIT, || async {
+        a.stats.snapshot().announcements_sent > before
+    })
+    .await
+    .unwrap();
+}
+
+#[actix::test]
+async fn reload_forgets_peers_and_relearns_them() {
+    let broker = MemoryBroker::new("reload");
+    let a = start(&broker, settings("a", &["10.0.0.1"])).await;
+    let b = start(&broker, settings("b", &["10.0.0.2"])).await;
+    wait_peers(&[&a, &b], 1).await;
+    let reload = Message::new(&br#"{"reload": true}"#[..], Default::default());
+    broker
+        .publish(&Destination::exchange("cluster", "reload"), &reload, false)
+        .await
+        .unwrap();
+    wait_for("both reloaded", LIMIT, || async {
+        a.stats.snapshot().reloads == 1 && b.stats.snapshot().reloads == 1
+    })
+    .await
+    .unwrap();
+    wait_peers(&[&a, &b], 1).await;
+    assert!(matches!(
+        a.table.owner(&ip("10.0.0.2")),
+        Some(Owner::Peer(_))
+    ));
+}
+
+#[actix::test]
+async fn garbage_and_forged_cluster_messages_are_dropped_and_counted() {
+    let broker = MemoryBroker::new("garbage");
+    let a = start(&broker, settings("a", &["10.0.0.1"])).await;
+    wait_for("a listens", LIMIT, || async {
+        a.stats.snapshot().announcements_received > 0
+    })
+    .await
+    .unwrap();
+    for body in [
+        &b"\x00\x01garbage"[..],
+        b"MR\x07future",
+        b"MR\x01\xff\xff\xff",
+        b"{\"nope\": 1}",
+    ] {
+        let m = Message::new(body.to_vec(), Default::default());
+        broker
+            .publish(&Destination::exchange("cluster", "announce.x"), &m, false)
+            .await
+            .unwrap();
+    }
+    let huge = Message::new(vec![b'M'; wire::MAX_FRAME + 1], Default::default());
+    broker
+        .publish(
+            &Destination::exchange("cluster", "announce.x"),
+            &huge,
+            false,
+        )
+        .await
+        .unwrap();
+    // A peer claiming a's own IP must not take its mail.
+    announce_ghost(&broker, "thief", "10.0.0.1", "thief.outbox").await;
+    wait_for("drops counted", LIMIT, || async {
+        let s = a.stats.snapshot();
+        s.dropped == 5 && s.ownership_conflicts >= 1
+    })
+    .await
+    .unwrap();
+    assert_eq!(a.table.owner(&ip("10.0.0.1")), Some(Owner::Local));
+    inject(&broker, "a.outbox", "mine", &["10.0.0.1"]).await;
+    wait_for("delivered locally", LIMIT, || async {
+        broker.depth("a.deliver") == 1
+    })
+    .await
+    .unwrap();
+}
