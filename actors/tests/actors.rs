@@ -437,3 +437,36 @@ async fn garbage_and_forged_cluster_messages_are_dropped_and_counted() {
     .await
     .unwrap();
 }
+
+#[actix::test]
+async fn a_returned_handover_follows_the_unroutable_policy() {
+    let broker = MemoryBroker::new("returned");
+    let a = start(&broker, settings("a", &["10.0.0.1"])).await;
+    wait_for("a listens", LIMIT, || async {
+        a.stats.snapshot().announcements_received > 0
+    })
+    .await
+    .unwrap();
+    // The peer is alive in the registry, but its outbox queue does not exist.
+    announce_ghost(&broker, "g", "10.0.0.7", "g.missing-outbox").await;
+    wait_peers(&[&a], 1).await;
+    for i in 0..5 {
+        inject(&broker, "a.outbox", &format!("r{i}"), &["10.0.0.7"]).await;
+    }
+    wait_for("held", LIMIT, || async { broker.depth("a.retry") == 5 })
+        .await
+        .unwrap();
+    let held = broker.drain("a.retry");
+    let reason = held[0]
+        .header(REASON_HEADER)
+        .and_then(HeaderValue::as_str)
+        .unwrap();
+    assert!(
+        reason.contains("handover to g returned by the broker"),
+        "{reason}"
+    );
+    // The held copy is the original: no hop was added by the failed handover.
+    assert_eq!(held[0].header(HOPS_HEADER), None);
+    assert_eq!(a.stats.snapshot().handover_returned, 5);
+    assert_eq!(broker.depth("a.outbox"), 0);
+}
