@@ -596,7 +596,24 @@ async fn rabbitmq_reachable() -> bool {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // `--engine N`: only the engine-only scenario with N messages (for profiling).
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--engine")
+        .and_then(|i| args.get(i + 1)?.parse::<usize>().ok())
+    {
+        let system = actix_rt::System::new();
+        let sample = system.block_on(engine_only(&bodies(n, 1024), 1000));
+        let r = row("engine only (memory broker)", 1024, n, vec![sample]);
+        println!(
+            "{:.0} msgs/s, {:.2} us CPU per message",
+            r.msgs_per_s,
+            r.cpu_s_per_10k * 100.0
+        );
+        return;
+    }
     let system = actix_rt::System::new();
     system.block_on(run(quick));
 }
