@@ -58,8 +58,10 @@ pub struct Config {
     pub rabbitmq_qos: u16,
     pub cluster_address: String,
     pub cluster_exchange: String,
-    pub cluster_secret: Option<String>,
+    pub cluster_secret: Option<Secret>,
     pub cluster_timeout: Duration,
+    /// How far a signed cluster message's timestamp may be from this clock (replay window).
+    pub cluster_freshness: Duration,
     pub cluster_name: String,
     pub announce_interval: Duration,
     pub peer_timeout: Duration,
@@ -78,6 +80,16 @@ pub struct Config {
     pub hash: String,
 }
 
+/// A secret value: printed as `***`, so a logged config never leaks it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
 const KEYS: &[&str] = &[
     "rabbitmq-address",
     "rabbitmq-outbox",
@@ -89,6 +101,7 @@ const KEYS: &[&str] = &[
     "cluster-exchange",
     "cluster-secret",
     "cluster-timeout",
+    "cluster-freshness",
     "cluster-name",
     "announce-interval",
     "peer-timeout",
@@ -195,8 +208,11 @@ impl Config {
             rabbitmq_retry: values.name("rabbitmq-retry", "retry")?,
             rabbitmq_qos: values.number("rabbitmq-qos", 1000, 1, u64::from(u16::MAX))? as u16,
             cluster_exchange: values.name("cluster-exchange", "cluster")?,
-            cluster_secret: Some(values.string("cluster-secret", "")?).filter(|s| !s.is_empty()),
+            cluster_secret: Some(values.string("cluster-secret", "")?)
+                .filter(|s| !s.is_empty())
+                .map(Secret),
             cluster_timeout: values.duration("cluster-timeout", Duration::from_secs(1))?,
+            cluster_freshness: values.duration("cluster-freshness", Duration::from_secs(30))?,
             cluster_name: values.name("cluster-name", &default_name())?,
             announce_interval,
             peer_timeout,
@@ -270,7 +286,15 @@ impl Config {
         s.console_url = self.www_url.clone();
         s.config_hash = self.hash.clone();
         s.warmup = self.warmup;
+        s.codec = self.codec();
         s
+    }
+
+    pub fn codec(&self) -> mailroute_actors::wire::Codec {
+        mailroute_actors::wire::Codec::new(
+            self.cluster_secret.as_ref().map(|s| s.0.as_str()),
+            self.cluster_freshness,
+        )
     }
 }
 
@@ -514,6 +538,15 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_secret_signs_and_never_prints() {
+        let c = load("cluster-secret: hunter2\nrabbitmq-address: amqp://u:pw@h/\n").unwrap();
+        assert!(c.codec().is_signed());
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!load("").unwrap().codec().is_signed());
     }
 
     #[test]

@@ -12,6 +12,8 @@ use std::time::Duration;
 use common::{Expect, Member, TestVhost};
 use mailroute_actors::testkit::wait_for;
 
+const SECRET: &str = "processes-test-secret";
+
 struct Server {
     name: String,
     child: Child,
@@ -62,7 +64,8 @@ fn write_config(dir: &Path, vhost: &TestVhost, name: &str, ips: &[IpAddr]) -> Pa
          announce-interval: 300ms\n\
          peer-timeout: 60s\n\
          hold-time: 10m\n\
-         warmup: 0\n",
+         warmup: 0\n\
+         cluster-secret: {SECRET}\n",
         address = vhost.address(),
         ips = ips.join(", ")
     );
@@ -266,6 +269,15 @@ async fn three_serve_processes_route_and_one_leaves() {
     );
     for s in &servers {
         s.signal("-TERM");
+    }
+    for s in servers.iter().chain(std::iter::once(&c)) {
+        let log = s.log_text();
+        assert!(
+            !log.contains(SECRET) && !log.contains("guest:guest"),
+            "secrets leaked into {}'s log",
+            s.name
+        );
+        assert!(!log.contains("cluster-secret is not set"), "{}", s.name);
     }
     drop(servers);
     let _ = std::fs::remove_dir_all(&dir);

@@ -11,7 +11,7 @@ use crate::backoff;
 use crate::broker::{BrokerError, Destination, Message, Properties, SharedBroker};
 use crate::messages::{AnnounceNow, Leave};
 use crate::stats::{Stats, bump};
-use crate::wire::{self, Announcement, ClusterMessage};
+use crate::wire::{Announcement, ClusterMessage, Codec};
 
 pub struct Announcer {
     broker: SharedBroker,
@@ -19,6 +19,7 @@ pub struct Announcer {
     announcement: Announcement,
     interval: Duration,
     stats: Arc<Stats>,
+    codec: Codec,
     failures: u32,
 }
 
@@ -29,6 +30,7 @@ impl Announcer {
         announcement: Announcement,
         interval: Duration,
         stats: Arc<Stats>,
+        codec: Codec,
     ) -> Self {
         Announcer {
             broker,
@@ -36,6 +38,7 @@ impl Announcer {
             announcement,
             interval,
             stats,
+            codec,
             failures: 0,
         }
     }
@@ -43,7 +46,12 @@ impl Announcer {
     fn announce(&mut self, ctx: &mut Context<Self>) {
         self.announcement.sequence += 1;
         let message = ClusterMessage::Announcement(self.announcement.clone());
-        let publish = publish(self.broker.clone(), self.exchange.clone(), message);
+        let publish = publish(
+            self.broker.clone(),
+            self.exchange.clone(),
+            self.codec.clone(),
+            message,
+        );
         ctx.spawn(
             publish
                 .into_actor(self)
@@ -64,12 +72,15 @@ impl Announcer {
 
 /// Publishes one cluster message with confirm. Cluster messages are state, not mail: they are
 /// not persistent, and a lost one is repaired by the next announcement.
-pub(crate) async fn publish(
+pub async fn publish(
     broker: SharedBroker,
     exchange: String,
+    codec: Codec,
     message: ClusterMessage,
 ) -> Result<(), BrokerError> {
-    let body = wire::encode(&message).map_err(|e| BrokerError::Other(e.to_string()))?;
+    let body = codec
+        .encode(&message, crate::wire::now_ms())
+        .map_err(|e| BrokerError::Other(e.to_string()))?;
     let to = Destination::exchange(exchange, message.routing_key());
     broker
         .publish(&to, &Message::new(body, Properties::default()), false)
@@ -123,6 +134,11 @@ impl Handler<Leave> for Announcer {
             name: self.announcement.name.clone(),
             started_at: self.announcement.started_at,
         };
-        Box::pin(publish(self.broker.clone(), self.exchange.clone(), message))
+        Box::pin(publish(
+            self.broker.clone(),
+            self.exchange.clone(),
+            self.codec.clone(),
+            message,
+        ))
     }
 }

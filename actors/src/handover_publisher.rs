@@ -9,13 +9,13 @@ use actix::prelude::*;
 use tracing::{Instrument, warn};
 
 use crate::broker::{BrokerError, Destination, HeaderValue, Message, SharedBroker};
-use crate::ip_ownership_router::now_ms;
 use crate::messages::{Dispatch, Outcome, Settled};
 use crate::routing::{
     Decision, FROM_HEADER, HELD_SINCE_HEADER, HOPS_HEADER, ID_HEADER, REASON_HEADER, Unroutable,
 };
 use crate::settings::InstanceSettings;
 use crate::stats::{Stats, bump};
+use crate::wire::now_ms;
 
 pub struct HandoverPublisher {
     targets: Arc<Targets>,

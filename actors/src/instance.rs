@@ -9,7 +9,7 @@ use tracing::{info, warn};
 use crate::announcer::Announcer;
 use crate::broker::{BrokerError, QueueSpec, SharedBroker};
 use crate::handover_publisher::HandoverPublisher;
-use crate::ip_ownership_router::{IpOwnershipRouter, now_ms};
+use crate::ip_ownership_router::IpOwnershipRouter;
 use crate::messages::{Drain, Leave, ListPeers, PeerInfo};
 use crate::outbox_consumer::OutboxConsumer;
 use crate::peer_registry::{PeerRegistry, RegistryConfig};
@@ -17,6 +17,7 @@ use crate::routing::OwnershipTable;
 use crate::settings::InstanceSettings;
 use crate::stats::Stats;
 use crate::wire::Announcement;
+use crate::wire::now_ms;
 
 pub struct Instance {
     pub settings: InstanceSettings,
@@ -95,7 +96,8 @@ impl Instance {
                 settings.announce_interval,
                 stats.clone(),
             );
-            Supervisor::start(move |_| Announcer::new(b, ex, announcement, iv, st))
+            let codec = settings.codec.clone();
+            Supervisor::start(move |_| Announcer::new(b, ex, announcement, iv, st, codec))
         };
         let registry = {
             let config = RegistryConfig {
@@ -105,6 +107,7 @@ impl Instance {
                 local_ips: settings.local_ips.clone(),
                 peer_timeout: settings.peer_timeout,
                 handover_broker: cluster.identity(),
+                codec: settings.codec.clone(),
             };
             let (b, r, a, st) = (
                 cluster.clone(),

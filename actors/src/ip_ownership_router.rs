@@ -10,6 +10,7 @@ use tracing::{debug, info, warn};
 use crate::messages::{Dispatch, OwnershipChanged, Route, Settled};
 use crate::routing::{OwnershipTable, RoutePolicy, route_message};
 use crate::stats::{Stats, bump};
+use crate::wire::now_ms;
 
 pub struct IpOwnershipRouter {
     local_ips: Vec<IpAddr>,
@@ -52,12 +53,6 @@ impl Supervised for IpOwnershipRouter {
     fn restarting(&mut self, _: &mut Context<Self>) {
         bump(&self.stats.restarts);
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Handler<Route> for IpOwnershipRouter {

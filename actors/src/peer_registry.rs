@@ -16,7 +16,7 @@ use crate::broker::{BrokerError, Delivery, QueueSpec, SharedBroker};
 use crate::messages::{AnnounceNow, ListPeers, OwnershipChanged, PeerInfo};
 use crate::routing::PeerRoute;
 use crate::stats::{Stats, bump};
-use crate::wire::{self, Announcement, ClusterMessage};
+use crate::wire::{Announcement, ClusterMessage, Codec};
 
 pub struct PeerRegistry {
     broker: SharedBroker,
@@ -26,6 +26,7 @@ pub struct PeerRegistry {
     local_ips: Vec<IpAddr>,
     peer_timeout: Duration,
     handover_broker: String,
+    codec: Codec,
     peers: HashMap<String, Peer>,
     router: Recipient<OwnershipChanged>,
     announcer: Recipient<AnnounceNow>,
@@ -51,6 +52,7 @@ pub struct RegistryConfig {
     /// Identity of the broker handovers are published to; a peer whose outbox lives on
     /// another broker cannot be reached this way and gets no mail.
     pub handover_broker: String,
+    pub codec: Codec,
 }
 
 impl PeerRegistry {
@@ -69,6 +71,7 @@ impl PeerRegistry {
             local_ips: config.local_ips,
             peer_timeout: config.peer_timeout,
             handover_broker: config.handover_broker,
+            codec: config.codec,
             peers: HashMap::new(),
             router,
             announcer,
@@ -230,6 +233,7 @@ impl Actor for PeerRegistry {
             let broker = act.broker.clone();
             let exchange = act.exchange.clone();
             let me = act.me.clone();
+            let codec = act.codec.clone();
             let listen = async move {
                 let suffix: u32 = rand::rng().random();
                 let queue = format!("mailroute.cluster.{me}.{suffix:08x}");
@@ -238,7 +242,7 @@ impl Actor for PeerRegistry {
                 broker.bind_queue(&queue, &exchange, "#").await?;
                 let stream = broker.consume(&queue, 256).await?;
                 let hello = ClusterMessage::Hello { from: Some(me) };
-                crate::announcer::publish(broker, exchange, hello).await?;
+                crate::announcer::publish(broker, exchange, codec, hello).await?;
                 Ok::<_, BrokerError>(stream)
             };
             ctx.wait(listen.into_actor(act).map(|result, act, ctx| match result {
@@ -279,7 +283,10 @@ impl StreamHandler<Result<Delivery, BrokerError>> for PeerRegistry {
         actix::spawn(async move {
             let _ = acker.ack().await;
         });
-        match wire::decode(&delivery.message.body) {
+        match self
+            .codec
+            .decode(&delivery.message.body, crate::wire::now_ms())
+        {
             Ok(message) => self.on_message(message),
             Err(error) => {
                 self.stats.dropped(error.reason());

@@ -24,6 +24,8 @@ pub struct InstanceSettings {
     pub hold_time: Duration,
     pub console_url: Option<String>,
     pub config_hash: String,
+    /// Signs and checks cluster messages (`cluster-secret`, `cluster-freshness`).
+    pub codec: crate::wire::Codec,
     /// How long the outbox consumer waits after start so peers can announce first; without it,
     /// mail for peers arriving in the first second would be treated as unroutable.
     pub warmup: Duration,
@@ -53,6 +55,7 @@ impl InstanceSettings {
             hold_time: Duration::from_secs(60),
             console_url: None,
             config_hash: String::new(),
+            codec: crate::wire::Codec::default(),
             warmup: Duration::ZERO,
         }
     }

@@ -22,6 +22,9 @@ pub struct Stats {
     pub dropped_bad_magic: AtomicU64,
     pub dropped_bad_version: AtomicU64,
     pub dropped_garbage: AtomicU64,
+    pub dropped_unsigned: AtomicU64,
+    pub dropped_bad_signature: AtomicU64,
+    pub dropped_stale: AtomicU64,
     pub reloads: AtomicU64,
     pub restarts: AtomicU64,
 }
@@ -55,6 +58,9 @@ impl Stats {
             "oversized" => &self.dropped_oversized,
             "bad_magic" => &self.dropped_bad_magic,
             "bad_version" => &self.dropped_bad_version,
+            "unsigned" => &self.dropped_unsigned,
+            "bad_signature" => &self.dropped_bad_signature,
+            "stale" => &self.dropped_stale,
             _ => &self.dropped_garbage,
         });
     }
@@ -75,7 +81,10 @@ impl Stats {
             dropped: get(&self.dropped_oversized)
                 + get(&self.dropped_bad_magic)
                 + get(&self.dropped_bad_version)
-                + get(&self.dropped_garbage),
+                + get(&self.dropped_garbage)
+                + get(&self.dropped_unsigned)
+                + get(&self.dropped_bad_signature)
+                + get(&self.dropped_stale),
             reloads: get(&self.reloads),
             restarts: get(&self.restarts),
         }

@@ -1,17 +1,31 @@
-//! The cluster wire format: `MAGIC`, a version byte, then the message in bincode 2 with a size
-//! limit. MailerQ's operator messages `{"hello": true}` / `{"reload": true}` are read too, so
-//! existing tooling keeps working.
+//! The cluster wire format:
+//!
+//! ```text
+//! "MR" | version (1) | flags (1) | sent at, Unix ms (8, big endian) | bincode 2 payload | [tag]
+//! ```
+//!
+//! With `cluster-secret` set, every frame carries an HMAC-SHA256 tag (flag bit 0) over all the
+//! bytes before it: version, flags, timestamp and the payload (whose first field is the kind).
+//! Receivers with the secret drop unsigned, badly signed and stale frames (timestamp outside
+//! the freshness window: a replay). MailerQ's operator messages `{"hello": true}` /
+//! `{"reload": true}` are read too when no secret is set.
 //!
 //! Decoding never panics and never allocates beyond `MAX_FRAME`: anything off is an error whose
 //! [`DecodeError::reason`] names a counter.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 
 pub const MAGIC: [u8; 2] = *b"MR";
 pub const VERSION: u8 = 1;
 pub const MAX_FRAME: usize = 65536;
+const SIGNED: u8 = 0x01;
+const HEADER: usize = 2 + 1 + 1 + 8;
+const TAG: usize = 32;
 
 /// One instance telling the cluster who it is and what it owns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +86,12 @@ pub enum DecodeError {
     UnsupportedVersion(u8),
     #[error("undecodable cluster message: {0}")]
     Garbage(String),
+    #[error("unsigned cluster message while cluster-secret is set")]
+    Unsigned,
+    #[error("cluster message with a bad signature")]
+    BadSignature,
+    #[error("stale cluster message: sent {age_ms} ms from now, outside the freshness window")]
+    Stale { age_ms: i64 },
 }
 
 impl DecodeError {
@@ -82,6 +102,9 @@ impl DecodeError {
             DecodeError::BadMagic => "bad_magic",
             DecodeError::UnsupportedVersion(_) => "bad_version",
             DecodeError::Garbage(_) => "garbage",
+            DecodeError::Unsigned => "unsigned",
+            DecodeError::BadSignature => "bad_signature",
+            DecodeError::Stale { .. } => "stale",
         }
     }
 }
@@ -94,42 +117,148 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_FRAME>()
 }
 
-pub fn encode(message: &ClusterMessage) -> Result<Vec<u8>, EncodeError> {
-    let mut out = Vec::with_capacity(128);
-    out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
-    bincode::serde::encode_into_std_write(message, &mut out, config())
-        .map_err(|e| EncodeError(e.to_string()))?;
-    if out.len() > MAX_FRAME {
-        return Err(EncodeError(format!(
-            "{} bytes exceeds {MAX_FRAME}",
-            out.len()
-        )));
-    }
-    Ok(out)
+/// Signs and checks cluster frames. Without a secret it neither signs nor checks.
+#[derive(Clone)]
+pub struct Codec {
+    key: Option<Hmac<Sha256>>,
+    freshness: Duration,
 }
 
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("Codec")
+            .field("signed", &self.key.is_some())
+            .field("freshness", &self.freshness)
+            .finish()
+    }
+}
+
+impl Default for Codec {
+    fn default() -> Self {
+        Codec::new(None, Duration::from_secs(30))
+    }
+}
+
+impl Codec {
+    /// `freshness`: how far a signed frame's timestamp may be from the receiver's clock.
+    pub fn new(secret: Option<&str>, freshness: Duration) -> Self {
+        let key = secret
+            .filter(|s| !s.is_empty())
+            .and_then(|s| Hmac::<Sha256>::new_from_slice(s.as_bytes()).ok());
+        Codec { key, freshness }
+    }
+
+    pub fn is_signed(&self) -> bool {
+        self.key.is_some()
+    }
+
+    pub fn encode(&self, message: &ClusterMessage, now_ms: u64) -> Result<Vec<u8>, EncodeError> {
+        let mut out = Vec::with_capacity(160);
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION);
+        out.push(if self.key.is_some() { SIGNED } else { 0 });
+        out.extend_from_slice(&now_ms.to_be_bytes());
+        bincode::serde::encode_into_std_write(message, &mut out, config())
+            .map_err(|e| EncodeError(e.to_string()))?;
+        if let Some(key) = &self.key {
+            let mut mac = key.clone();
+            mac.update(&out);
+            out.extend_from_slice(&mac.finalize().into_bytes());
+        }
+        if out.len() > MAX_FRAME {
+            return Err(EncodeError(format!(
+                "{} bytes exceeds {MAX_FRAME}",
+                out.len()
+            )));
+        }
+        Ok(out)
+    }
+
+    pub fn decode(&self, frame: &[u8], now_ms: u64) -> Result<ClusterMessage, DecodeError> {
+        if frame.len() > MAX_FRAME {
+            return Err(DecodeError::Oversized(frame.len()));
+        }
+        if let Some(json) = operator_json(frame) {
+            return match self.key {
+                Some(_) => Err(DecodeError::Unsigned),
+                None => json,
+            };
+        }
+        if !frame.starts_with(&MAGIC) {
+            return Err(DecodeError::BadMagic);
+        }
+        let version = *frame.get(2).ok_or(DecodeError::BadMagic)?;
+        if version != VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        if frame.len() < HEADER {
+            return Err(DecodeError::Garbage("truncated header".into()));
+        }
+        let flags = frame[3];
+        if flags & !SIGNED != 0 {
+            return Err(DecodeError::Garbage(format!("unknown flags {flags:#04x}")));
+        }
+        let mut sent = [0u8; 8];
+        sent.copy_from_slice(&frame[4..HEADER]);
+        let sent = u64::from_be_bytes(sent);
+        let signed = flags & SIGNED != 0;
+        let body_end = if signed {
+            frame
+                .len()
+                .checked_sub(TAG)
+                .filter(|&end| end >= HEADER)
+                .ok_or_else(|| DecodeError::Garbage("truncated tag".into()))?
+        } else {
+            frame.len()
+        };
+        match (&self.key, signed) {
+            (Some(_), false) => return Err(DecodeError::Unsigned),
+            (Some(key), true) => {
+                let mut mac = key.clone();
+                mac.update(&frame[..body_end]);
+                // verify_slice compares in constant time.
+                mac.verify_slice(&frame[body_end..])
+                    .map_err(|_| DecodeError::BadSignature)?;
+                let age_ms = i64::try_from(now_ms)
+                    .unwrap_or(i64::MAX)
+                    .saturating_sub(i64::try_from(sent).unwrap_or(i64::MAX));
+                if age_ms.unsigned_abs() > self.freshness.as_millis() as u64 {
+                    return Err(DecodeError::Stale { age_ms });
+                }
+            }
+            // Without a secret a signed frame is read unchecked: it lets a cluster roll the
+            // secret out one instance at a time.
+            (None, _) => {}
+        }
+        let payload = &frame[HEADER..body_end];
+        let (message, used) = bincode::serde::decode_from_slice(payload, config())
+            .map_err(|e| DecodeError::Garbage(e.to_string()))?;
+        if used != payload.len() {
+            return Err(DecodeError::Garbage(format!(
+                "{} trailing bytes",
+                payload.len() - used
+            )));
+        }
+        Ok(message)
+    }
+}
+
+/// Wall-clock Unix milliseconds (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Unsigned encoding, stamped now.
+pub fn encode(message: &ClusterMessage) -> Result<Vec<u8>, EncodeError> {
+    Codec::default().encode(message, now_ms())
+}
+
+/// Decoding without a secret.
 pub fn decode(frame: &[u8]) -> Result<ClusterMessage, DecodeError> {
-    if frame.len() > MAX_FRAME {
-        return Err(DecodeError::Oversized(frame.len()));
-    }
-    if let Some(json) = operator_json(frame) {
-        return json;
-    }
-    let rest = frame.strip_prefix(&MAGIC).ok_or(DecodeError::BadMagic)?;
-    let (&version, payload) = rest.split_first().ok_or(DecodeError::BadMagic)?;
-    if version != VERSION {
-        return Err(DecodeError::UnsupportedVersion(version));
-    }
-    let (message, used) = bincode::serde::decode_from_slice(payload, config())
-        .map_err(|e| DecodeError::Garbage(e.to_string()))?;
-    if used != payload.len() {
-        return Err(DecodeError::Garbage(format!(
-            "{} trailing bytes",
-            payload.len() - used
-        )));
-    }
-    Ok(message)
+    Codec::default().decode(frame, now_ms())
 }
 
 /// MailerQ's JSON operator commands. `None` if the frame does not look like JSON at all.
@@ -234,12 +363,62 @@ mod tests {
             Err(DecodeError::Oversized(MAX_FRAME + 1))
         );
         // A length prefix claiming 4 GiB must not make the decoder allocate it.
-        let mut huge = b"MR\x01\x00".to_vec();
+        let mut huge = b"MR\x01\x00\0\0\0\0\0\0\0\0\x00".to_vec();
         huge.extend_from_slice(&[0xfc, 0xff, 0xff, 0xff, 0xff]);
         assert!(decode(&huge).is_err());
         let mut trailing = encode(&announcement()).unwrap();
         trailing.push(0);
         assert!(matches!(decode(&trailing), Err(DecodeError::Garbage(_))));
+    }
+
+    #[test]
+    fn signed_frames() {
+        let secret = Codec::new(Some("s3cret"), Duration::from_secs(30));
+        let other = Codec::new(Some("other"), Duration::from_secs(30));
+        let open = Codec::default();
+        let now = 1_700_000_000_000;
+        let m = announcement();
+        let frame = secret.encode(&m, now).unwrap();
+        assert_eq!(secret.decode(&frame, now + 1000), Ok(m.clone()));
+        assert_eq!(
+            open.decode(&frame, now),
+            Ok(m.clone()),
+            "no secret: read unchecked"
+        );
+        assert_eq!(other.decode(&frame, now), Err(DecodeError::BadSignature));
+        assert_eq!(
+            secret.decode(&open.encode(&m, now).unwrap(), now),
+            Err(DecodeError::Unsigned)
+        );
+        assert_eq!(
+            secret.decode(br#"{"hello": true}"#, now),
+            Err(DecodeError::Unsigned)
+        );
+        assert!(matches!(
+            secret.decode(&frame, now + 31_000),
+            Err(DecodeError::Stale { .. })
+        ));
+        assert!(matches!(
+            secret.decode(&frame, now - 31_000),
+            Err(DecodeError::Stale { .. })
+        ));
+        // Any flipped bit breaks the tag: kind, payload, timestamp or the tag itself.
+        for i in 4..frame.len() {
+            let mut forged = frame.clone();
+            forged[i] ^= 0x01;
+            assert!(
+                secret.decode(&forged, now).is_err(),
+                "flipped byte {i} accepted"
+            );
+        }
+        // Stripping the signed flag does not help a forger.
+        let mut stripped = frame[..frame.len() - TAG].to_vec();
+        stripped[3] = 0;
+        assert_eq!(secret.decode(&stripped, now), Err(DecodeError::Unsigned));
+        for len in 0..frame.len() {
+            assert!(secret.decode(&frame[..len], now).is_err());
+        }
+        assert!(!format!("{secret:?}").contains("s3cret"));
     }
 
     #[test]
@@ -251,10 +430,11 @@ mod tests {
             seed ^= seed << 17;
             let len = (seed % 200) as usize;
             let mut bytes: Vec<u8> = (0..len).map(|i| (seed >> (i % 56)) as u8).collect();
-            if seed % 2 == 0 && bytes.len() > 3 {
-                bytes[..3].copy_from_slice(b"MR\x01");
+            if seed % 2 == 0 && bytes.len() > 4 {
+                bytes[..4].copy_from_slice(b"MR\x01\x00");
             }
             let _ = decode(&bytes);
+            let _ = Codec::new(Some("k"), Duration::from_secs(1)).decode(&bytes, seed);
         }
     }
 }

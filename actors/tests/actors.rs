@@ -470,3 +470,73 @@ async fn a_returned_handover_follows_the_unroutable_policy() {
     assert_eq!(a.stats.snapshot().handover_returned, 5);
     assert_eq!(broker.depth("a.outbox"), 0);
 }
+
+#[actix::test]
+async fn with_a_secret_only_signed_fresh_messages_count() {
+    use mailroute_actors::wire::Codec;
+    let broker = MemoryBroker::new("signed");
+    let secret = Codec::new(Some("cluster-secret"), Duration::from_secs(30));
+    let mut sa = settings("a", &["10.0.0.1"]);
+    sa.codec = secret.clone();
+    let mut sb = settings("b", &["10.0.0.2"]);
+    sb.codec = secret.clone();
+    let a = start(&broker, sa).await;
+    let b = start(&broker, sb).await;
+    wait_peers(&[&a, &b], 1).await;
+
+    // A forger without the secret, one with a wrong secret, and a replay of a stale frame.
+    let forged = ClusterMessage::Announcement(Announcement {
+        name: "mallory".into(),
+        version: "x".into(),
+        started_at: 1,
+        sequence: 1,
+        local_ips: vec![ip("10.0.0.66")],
+        outbox: "mallory.outbox".into(),
+        broker: broker.identity(),
+        console_url: None,
+        config_hash: String::new(),
+    });
+    let now = mailroute_actors::wire::now_ms();
+    let frames = [
+        Codec::default().encode(&forged, now).unwrap(),
+        Codec::new(Some("guess"), Duration::from_secs(30))
+            .encode(&forged, now)
+            .unwrap(),
+        secret.encode(&forged, now - 120_000).unwrap(),
+        br#"{"reload": true}"#.to_vec(),
+    ];
+    for frame in frames {
+        broker
+            .publish(
+                &Destination::exchange("cluster", "announce.mallory"),
+                &Message::new(frame, Default::default()),
+                false,
+            )
+            .await
+            .unwrap();
+    }
+    wait_for("drops counted", LIMIT, || async {
+        let s = a.stats.snapshot();
+        s.dropped == 4
+    })
+    .await
+    .unwrap();
+    let s = &a.stats;
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(
+        s.dropped_unsigned.load(Relaxed),
+        2,
+        "unsigned announcement and unsigned JSON reload"
+    );
+    assert_eq!(s.dropped_bad_signature.load(Relaxed), 1);
+    assert_eq!(s.dropped_stale.load(Relaxed), 1);
+    assert_eq!(a.stats.snapshot().reloads, 0);
+    let names: Vec<String> = a
+        .peers()
+        .await
+        .into_iter()
+        .map(|p| p.announcement.name)
+        .collect();
+    assert_eq!(names, ["b"]);
+    assert_eq!(a.table.owner(&ip("10.0.0.66")), None);
+}

@@ -6,22 +6,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
-use mailroute_actors::broker::{Destination, Message, QueueSpec, SharedBroker};
-use mailroute_actors::wire::{self, Announcement, ClusterMessage};
+use mailroute_actors::announcer;
+use mailroute_actors::broker::{QueueSpec, SharedBroker};
+use mailroute_actors::wire::{Announcement, ClusterMessage, Codec, now_ms};
 use rand::Rng;
 
 async fn publish(
     broker: &SharedBroker,
     exchange: &str,
-    message: &ClusterMessage,
+    codec: &Codec,
+    message: ClusterMessage,
 ) -> anyhow::Result<()> {
-    let body = wire::encode(message)?;
-    broker
-        .publish(
-            &Destination::exchange(exchange, message.routing_key()),
-            &Message::new(body, Default::default()),
-            false,
-        )
+    announcer::publish(broker.clone(), exchange.to_string(), codec.clone(), message)
         .await
         .context("cannot publish to the cluster exchange")
 }
@@ -30,6 +26,7 @@ async fn publish(
 pub async fn gather(
     broker: &SharedBroker,
     exchange: &str,
+    codec: &Codec,
     wait: Duration,
 ) -> anyhow::Result<Vec<Announcement>> {
     let queue = format!("mailroute.cli.{:08x}", rand::rng().random::<u32>());
@@ -37,7 +34,13 @@ pub async fn gather(
     broker.declare_queue(&QueueSpec::private(&queue)).await?;
     broker.bind_queue(&queue, exchange, "announce.*").await?;
     let mut stream = broker.consume(&queue, 100).await?;
-    publish(broker, exchange, &ClusterMessage::Hello { from: None }).await?;
+    publish(
+        broker,
+        exchange,
+        codec,
+        ClusterMessage::Hello { from: None },
+    )
+    .await?;
     let mut seen: BTreeMap<String, Announcement> = BTreeMap::new();
     let deadline = tokio::time::sleep(wait);
     tokio::pin!(deadline);
@@ -47,7 +50,7 @@ pub async fn gather(
             item = stream.next() => match item {
                 Some(Ok(delivery)) => {
                     let _ = delivery.acker.ack().await;
-                    if let Ok(ClusterMessage::Announcement(a)) = wire::decode(&delivery.message.body) {
+                    if let Ok(ClusterMessage::Announcement(a)) = codec.decode(&delivery.message.body, now_ms()) {
                         seen.insert(a.name.clone(), a);
                     }
                 }
@@ -64,7 +67,13 @@ pub async fn gather(
 pub async fn list(path: &Path) -> anyhow::Result<()> {
     let config = super::load_config(path)?;
     let (_, cluster) = super::connect(&config).await?;
-    let peers = gather(&cluster, &config.cluster_exchange, config.cluster_timeout).await?;
+    let peers = gather(
+        &cluster,
+        &config.cluster_exchange,
+        &config.codec(),
+        config.cluster_timeout,
+    )
+    .await?;
     if peers.is_empty() {
         println!(
             "no instance answered within {:?} on exchange {}",
@@ -101,7 +110,8 @@ pub async fn reload(path: &Path) -> anyhow::Result<()> {
     publish(
         &cluster,
         &config.cluster_exchange,
-        &ClusterMessage::Reload { from: None },
+        &config.codec(),
+        ClusterMessage::Reload { from: None },
     )
     .await?;
     println!("reload sent to exchange {}", config.cluster_exchange);

@@ -39,9 +39,13 @@ pub async fn run(args: InjectArgs) -> anyhow::Result<()> {
     let config = super::load_config(&args.config)?;
     let (local, cluster) = super::connect(&config).await?;
     let (pool, pick_one) = if args.ips.is_empty() {
-        let peers =
-            super::cluster::gather(&cluster, &config.cluster_exchange, config.cluster_timeout)
-                .await?;
+        let peers = super::cluster::gather(
+            &cluster,
+            &config.cluster_exchange,
+            &config.codec(),
+            config.cluster_timeout,
+        )
+        .await?;
         let ips: Vec<IpAddr> = peers
             .iter()
             .flat_map(|a| a.local_ips.iter().copied())
