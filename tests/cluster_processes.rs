@@ -5,90 +5,17 @@
 mod common;
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use common::servers::{Server, write_config};
 use common::{Expect, Member, TestVhost};
 use mailroute_actors::testkit::wait_for;
 
 const SECRET: &str = "processes-test-secret";
 
-struct Server {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Server {
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn log_count(&self, needle: &str) -> usize {
-        self.log_text().matches(needle).count()
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn ips(n: u8) -> Vec<IpAddr> {
     (1..=3).map(|h| IpAddr::from([10, 2, n, h])).collect()
-}
-
-fn write_config(dir: &Path, vhost: &TestVhost, name: &str, ips: &[IpAddr]) -> PathBuf {
-    let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
-    let text = format!(
-        "# written by cluster_processes.rs\n\
-         rabbitmq-address: {address}\n\
-         rabbitmq-outbox: {name}.outbox\n\
-         rabbitmq-deliver: {name}.deliver\n\
-         rabbitmq-failure: {name}.failure\n\
-         rabbitmq-retry: {name}.retry\n\
-         rabbitmq-qos: 200\n\
-         cluster-name: {name}\n\
-         local-ips: {ips}\n\
-         announce-interval: 300ms\n\
-         peer-timeout: 60s\n\
-         hold-time: 10m\n\
-         warmup: 0\n\
-         cluster-secret: {SECRET}\n",
-        address = vhost.address(),
-        ips = ips.join(", ")
-    );
-    let path = dir.join(format!("{name}.conf"));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn spawn(dir: &Path, name: &str, config: &Path) -> Server {
-    let log = dir.join(format!("{name}.log"));
-    let child = Command::new(env!("CARGO_BIN_EXE_mailroute"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("mailroute binary starts");
-    Server {
-        name: name.to_string(),
-        child,
-        log,
-    }
 }
 
 #[actix::test]
@@ -100,7 +27,11 @@ async fn three_serve_processes_route_and_one_leaves() {
     let mut servers: Vec<Server> = names
         .iter()
         .enumerate()
-        .map(|(i, name)| spawn(&dir, name, &write_config(&dir, &vhost, name, &ips(i as u8))))
+        .map(|(i, name)| {
+            let extra = format!("cluster-secret: {SECRET}\n");
+            let config = write_config(&dir, &vhost.address(), name, &ips(i as u8), &extra);
+            Server::spawn(&dir, name, &config)
+        })
         .collect();
     for s in &servers {
         let joined = wait_for("two peers joined", Duration::from_secs(30), || async {
@@ -219,10 +150,10 @@ async fn three_serve_processes_route_and_one_leaves() {
     // the Leaving message can make a and b forget it within the wait below.
     let mut c = servers.pop().unwrap();
     c.signal("-TERM");
-    let (status, c) = tokio::task::spawn_blocking(move || (c.child.wait(), c))
+    let (status, c) = tokio::task::spawn_blocking(move || (c.wait(), c))
         .await
         .unwrap();
-    assert!(status.unwrap().success(), "{}", c.log_text());
+    assert!(status.success(), "{}", c.log_text());
     assert_eq!(c.log_count("left the cluster"), 1, "{}", c.log_text());
     for s in &servers {
         wait_for("peer left", Duration::from_secs(10), || async {

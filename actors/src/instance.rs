@@ -99,24 +99,6 @@ impl Instance {
             let codec = settings.codec.clone();
             Supervisor::start(move |_| Announcer::new(b, ex, announcement, iv, st, codec))
         };
-        let registry = {
-            let config = RegistryConfig {
-                exchange: settings.cluster_exchange.clone(),
-                me: settings.name.clone(),
-                my_started_at: started_at,
-                local_ips: settings.local_ips.clone(),
-                peer_timeout: settings.peer_timeout,
-                handover_broker: cluster.identity(),
-                codec: settings.codec.clone(),
-            };
-            let (b, r, a, st) = (
-                cluster.clone(),
-                router.clone().recipient(),
-                announcer.clone().recipient(),
-                stats.clone(),
-            );
-            Supervisor::start(move |_| PeerRegistry::new(b, config, r, a, st))
-        };
         let consumer = {
             let (b, q, p, r, st, w) = (
                 local.clone(),
@@ -127,6 +109,25 @@ impl Instance {
                 settings.warmup,
             );
             Supervisor::start(move |_| OutboxConsumer::new(b, q, p, r, st, w))
+        };
+        let registry = {
+            let config = RegistryConfig {
+                exchange: settings.cluster_exchange.clone(),
+                me: settings.name.clone(),
+                my_started_at: started_at,
+                local_ips: settings.local_ips.clone(),
+                peer_timeout: settings.peer_timeout,
+                handover_broker: cluster.identity(),
+                codec: settings.codec.clone(),
+            };
+            let (b, r, a, l, st) = (
+                cluster.clone(),
+                router.clone().recipient(),
+                announcer.clone().recipient(),
+                consumer.clone().recipient(),
+                stats.clone(),
+            );
+            Supervisor::start(move |_| PeerRegistry::new(b, config, r, a, l, st))
         };
         info!(instance = %settings.name, outbox = %settings.outbox, ips = settings.local_ips.len(), "instance started");
         Ok(Instance {

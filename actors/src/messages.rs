@@ -60,6 +60,12 @@ pub struct OwnershipChanged {
 #[rtype(result = "()")]
 pub struct AnnounceNow;
 
+/// PeerRegistry → OutboxConsumer: the registry listens and has asked everyone to announce;
+/// start consuming after the warm-up, so the first messages are routed with the peers known.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct ClusterHeard;
+
 /// → Announcer: tell the cluster this instance is leaving. Resolves once the broker confirmed.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "Result<(), BrokerError>")]

@@ -9,8 +9,8 @@ use actix::prelude::*;
 use tracing::{debug, info, warn};
 
 use crate::backoff;
-use crate::broker::{Acker, BrokerError, Delivery, SharedBroker};
-use crate::messages::{Drain, Route, Settled};
+use crate::broker::{Acker, BrokerError, Delivery, QueueSpec, SharedBroker};
+use crate::messages::{ClusterHeard, Drain, Route, Settled};
 use crate::stats::{Stats, bump};
 
 pub struct OutboxConsumer {
@@ -21,12 +21,18 @@ pub struct OutboxConsumer {
     stats: Arc<Stats>,
     /// Ackers of the deliveries routed but not yet settled.
     in_flight: HashMap<u64, Box<dyn Acker>>,
+    /// Acks and nacks sent but not yet answered: a drain waits for them, since closing the
+    /// channel first would requeue (and so duplicate) messages already handed over.
+    acking: usize,
     /// Never reset, so a `Settled` from before a restart cannot settle a newer delivery.
     next_id: u64,
     failures: u32,
     draining: bool,
     drained: Vec<tokio::sync::oneshot::Sender<()>>,
-    delay: std::time::Duration,
+    warmup: std::time::Duration,
+    /// Closed until the registry first listens to the cluster: routing before the peers are
+    /// known would hold mail that a peer owns.
+    gate_open: bool,
     stream: Option<SpawnHandle>,
 }
 
@@ -37,7 +43,7 @@ impl OutboxConsumer {
         prefetch: u16,
         router: Recipient<Route>,
         stats: Arc<Stats>,
-        initial_delay: std::time::Duration,
+        warmup: std::time::Duration,
     ) -> Self {
         OutboxConsumer {
             broker,
@@ -46,17 +52,19 @@ impl OutboxConsumer {
             router,
             stats,
             in_flight: HashMap::new(),
+            acking: 0,
             next_id: 0,
             failures: 0,
             draining: false,
             drained: Vec::new(),
-            delay: initial_delay,
+            warmup,
+            gate_open: false,
             stream: None,
         }
     }
 
     fn settle_if_drained(&mut self, ctx: &mut Context<Self>) {
-        if self.draining && self.in_flight.is_empty() {
+        if self.draining && self.in_flight.is_empty() && self.acking == 0 {
             for waiter in self.drained.drain(..) {
                 let _ = waiter.send(());
             }
@@ -73,15 +81,26 @@ impl Actor for OutboxConsumer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if self.draining {
-            return;
+        if self.gate_open && !self.draining {
+            self.consume(ctx, backoff::delay(self.failures));
         }
-        let delay = self.delay.max(backoff::delay(self.failures));
-        self.delay = std::time::Duration::ZERO;
+    }
+}
+
+impl OutboxConsumer {
+    fn consume(&mut self, ctx: &mut Context<Self>, delay: std::time::Duration) {
         ctx.run_later(delay, |act, ctx| {
             let broker = act.broker.clone();
             let (queue, prefetch) = (act.queue.clone(), act.prefetch);
-            let consume = async move { broker.consume(&queue, prefetch).await };
+            // Declared again on every start: if an operator or a broker failure removed the
+            // outbox, this instance brings it back instead of sitting idle while peers' handovers
+            // to it are returned.
+            let consume = async move {
+                broker
+                    .declare_queue(&QueueSpec::durable(queue.as_str()))
+                    .await?;
+                broker.consume(&queue, prefetch).await
+            };
             ctx.wait(
                 consume
                     .into_actor(act)
@@ -107,6 +126,7 @@ impl Supervised for OutboxConsumer {
         // The old consumer was dropped with the old context, so the broker requeues all that
         // was unacked; the old ackers are dead.
         self.in_flight.clear();
+        self.acking = 0;
         self.stream = None;
         for waiter in self.drained.drain(..) {
             let _ = waiter.send(());
@@ -167,6 +187,19 @@ impl StreamHandler<Result<Delivery, BrokerError>> for OutboxConsumer {
     }
 }
 
+impl Handler<ClusterHeard> for OutboxConsumer {
+    type Result = ();
+
+    fn handle(&mut self, _: ClusterHeard, ctx: &mut Context<Self>) {
+        if !self.gate_open {
+            self.gate_open = true;
+            if !self.draining {
+                self.consume(ctx, self.warmup);
+            }
+        }
+    }
+}
+
 impl Handler<Settled> for OutboxConsumer {
     type Result = ();
 
@@ -183,18 +216,22 @@ impl Handler<Settled> for OutboxConsumer {
             bump(&self.stats.publish_errors);
             warn!(id = settled.id, %error, "outcome not confirmed; requeueing the original");
         }
-        actix::spawn(async move {
-            let result = if requeue {
+        self.acking += 1;
+        let settle = async move {
+            if requeue {
                 acker.nack(true).await
             } else {
                 acker.ack().await
-            };
+            }
+        };
+        ctx.spawn(settle.into_actor(self).map(|result, act, ctx| {
+            act.acking = act.acking.saturating_sub(1);
             if let Err(error) = result {
                 // The channel died; the broker redelivers, and duplicates beat loss.
                 debug!(%error, "settling failed");
             }
-        });
-        self.settle_if_drained(ctx);
+            act.settle_if_drained(ctx);
+        }));
     }
 }
 

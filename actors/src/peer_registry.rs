@@ -13,7 +13,7 @@ use tracing::{error, info, info_span, warn};
 
 use crate::backoff;
 use crate::broker::{BrokerError, Delivery, QueueSpec, SharedBroker};
-use crate::messages::{AnnounceNow, ListPeers, OwnershipChanged, PeerInfo};
+use crate::messages::{AnnounceNow, ClusterHeard, ListPeers, OwnershipChanged, PeerInfo};
 use crate::routing::PeerRoute;
 use crate::stats::{Stats, bump};
 use crate::wire::{Announcement, ClusterMessage, Codec};
@@ -30,6 +30,7 @@ pub struct PeerRegistry {
     peers: HashMap<String, Peer>,
     router: Recipient<OwnershipChanged>,
     announcer: Recipient<AnnounceNow>,
+    listening: Recipient<ClusterHeard>,
     stats: Arc<Stats>,
     failures: u32,
     last_claims: Option<Vec<(IpAddr, Arc<PeerRoute>)>>,
@@ -61,6 +62,7 @@ impl PeerRegistry {
         config: RegistryConfig,
         router: Recipient<OwnershipChanged>,
         announcer: Recipient<AnnounceNow>,
+        listening: Recipient<ClusterHeard>,
         stats: Arc<Stats>,
     ) -> Self {
         PeerRegistry {
@@ -75,6 +77,7 @@ impl PeerRegistry {
             peers: HashMap::new(),
             router,
             announcer,
+            listening,
             stats,
             failures: 0,
             last_claims: None,
@@ -249,6 +252,7 @@ impl Actor for PeerRegistry {
                 Ok(stream) => {
                     info!(exchange = %act.exchange, "listening to the cluster");
                     ctx.add_stream(stream);
+                    act.listening.do_send(ClusterHeard);
                 }
                 Err(error) => {
                     act.failures += 1;

@@ -1,9 +1,15 @@
 //! The Broker port on RabbitMQ, with lapin.
 //!
-//! One connection per broker address, reopened on demand after a failure. Publishes share one
-//! confirm-mode channel (recreated when it is no longer connected, as vector's channel pool
-//! does); each consumer gets its own channel, closed when its stream is dropped so RabbitMQ
-//! requeues whatever it had unacked. lapin's internal tasks run on the runtime handle given at
+//! One connection per broker address, reopened on demand after a failure. Publishes take a
+//! confirm-mode channel from a pool, one publish in flight per channel (a channel goes back to
+//! the pool only while it is connected, as in vector's AMQP sink); each consumer gets its own
+//! channel, closed when its stream is dropped so RabbitMQ requeues whatever it had unacked.
+//!
+//! Why one publish per channel: RabbitMQ may confirm several publishes with one `multiple` ack,
+//! and lapin attaches a preceding `basic.return` to whichever of those confirms it completes
+//! first. With concurrent mandatory publishes on one channel, a returned handover can then be
+//! reported as confirmed while another publish is reported as returned: lost mail. With one
+//! publish in flight per channel, a return can only belong to that publish. lapin's internal tasks run on the runtime handle given at
 //! construction, which must outlive the connection (the actix System's), or confirms stall.
 
 pub mod address;
@@ -40,13 +46,18 @@ pub struct AmqpBroker {
     identity: String,
     handle: tokio::runtime::Handle,
     state: Mutex<State>,
+    publish_slots: tokio::sync::Semaphore,
 }
 
 #[derive(Default)]
 struct State {
     connection: Option<Arc<Connection>>,
-    publisher: Option<Channel>,
+    /// Idle confirm-mode channels of the current connection.
+    publishers: Vec<Channel>,
 }
+
+/// At most this many publishes in flight per broker (and so this many publish channels).
+const PUBLISH_CHANNELS: usize = 128;
 
 fn lapin_error(e: lapin::Error) -> BrokerError {
     BrokerError::ChannelClosed(e.to_string())
@@ -70,6 +81,7 @@ impl AmqpBroker {
             identity: address::identity(&uri),
             handle: tokio::runtime::Handle::current(),
             state: Mutex::new(State::default()),
+            publish_slots: tokio::sync::Semaphore::new(PUBLISH_CHANNELS),
         })
     }
 
@@ -98,7 +110,7 @@ impl AmqpBroker {
                 return Ok(c.clone());
             }
         }
-        state.publisher = None;
+        state.publishers.clear();
         let runtime = async_rs::Runtime::tokio_with_handle(self.handle.clone());
         let props = ConnectionProperties::default().with_connection_name(
             format!("mailroute@{}", gethostname::gethostname().to_string_lossy()).into(),
@@ -124,18 +136,26 @@ impl AmqpBroker {
         Ok(connection)
     }
 
-    async fn publisher(&self) -> Result<Channel, BrokerError> {
-        let mut state = self.state.lock().await;
-        if let Some(channel) = &state.publisher {
-            if channel.status().connected() {
-                return Ok(channel.clone());
+    /// An idle connected publish channel, or a new one.
+    async fn checkout(&self) -> Result<Channel, BrokerError> {
+        let connection = {
+            let mut state = self.state.lock().await;
+            while let Some(channel) = state.publishers.pop() {
+                if channel.status().connected() {
+                    return Ok(channel);
+                }
             }
-        }
-        let connection = self.connection_locked(&mut state).await?;
+            self.connection_locked(&mut state).await?
+        };
         let channel = timed(connection.create_channel()).await?;
         timed(channel.confirm_select(ConfirmSelectOptions::default())).await?;
-        state.publisher = Some(channel.clone());
         Ok(channel)
+    }
+
+    async fn checkin(&self, channel: Channel) {
+        if channel.status().connected() {
+            self.state.lock().await.publishers.push(channel);
+        }
     }
 
     /// A short-lived channel for one administrative call: a failed passive declare or delete
@@ -156,6 +176,38 @@ impl AmqpBroker {
             let _ = channel.close(200, "done".into()).await;
         }
         result
+    }
+
+    async fn publish_on(
+        &self,
+        channel: &Channel,
+        to: &Destination,
+        message: &Message,
+        mandatory: bool,
+    ) -> Result<(), BrokerError> {
+        let options = BasicPublishOptions {
+            mandatory,
+            ..BasicPublishOptions::default()
+        };
+        let confirm = timed(channel.basic_publish(
+            to.exchange.as_str().into(),
+            to.routing_key.as_str().into(),
+            options,
+            &message.body,
+            convert::to_lapin(&message.properties),
+        ))
+        .await?;
+        match timed(confirm).await? {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(returned)) => Err(BrokerError::Returned {
+                reply_code: returned.reply_code,
+                reply_text: returned.reply_text.as_str().to_string(),
+            }),
+            Confirmation::Nack(_) => Err(BrokerError::Nack),
+            Confirmation::NotRequested => Err(BrokerError::Other(
+                "publish channel lost confirm mode".into(),
+            )),
+        }
     }
 }
 
@@ -241,32 +293,17 @@ impl Broker for AmqpBroker {
         message: &Message,
         mandatory: bool,
     ) -> Result<(), BrokerError> {
-        let channel = self.publisher().await?;
-        let options = BasicPublishOptions {
-            mandatory,
-            ..BasicPublishOptions::default()
-        };
-        let confirm = timed(channel.basic_publish(
-            to.exchange.as_str().into(),
-            to.routing_key.as_str().into(),
-            options,
-            &message.body,
-            convert::to_lapin(&message.properties),
-        ))
-        .await?;
-        match timed(confirm).await? {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(returned)) => Err(BrokerError::Returned {
-                reply_code: returned.reply_code,
-                reply_text: returned.reply_text.as_str().to_string(),
-            }),
-            Confirmation::Nack(_) => Err(BrokerError::Nack),
-            Confirmation::NotRequested => Err(BrokerError::Other(
-                "publish channel lost confirm mode".into(),
-            )),
-        }
+        // The permit bounds the channels; it is held until the channel is back in the pool.
+        let _slot = self
+            .publish_slots
+            .acquire()
+            .await
+            .map_err(|_| BrokerError::Other("publisher closed".into()))?;
+        let channel = self.checkout().await?;
+        let result = self.publish_on(&channel, to, message, mandatory).await;
+        self.checkin(channel).await;
+        result
     }
-
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<DeliveryStream, BrokerError> {
         let connection = self.connection().await?;
         let channel = timed(connection.create_channel()).await?;

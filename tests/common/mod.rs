@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod scenario;
+pub mod servers;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::process::Command;
@@ -19,9 +22,12 @@ use rand::Rng;
 
 pub const BROKER_ROOT: &str = "amqp://guest:guest@127.0.0.1:5672";
 
-/// A vhost of its own, so tests run in parallel and leave nothing behind.
+/// A vhost of its own, so tests run in parallel and leave nothing behind, and a user of its own
+/// for the instances, so a fault test can cut their connections and not the test's.
 pub struct TestVhost {
     pub name: String,
+    pub user: String,
+    password: String,
 }
 
 fn rabbitmqctl(args: &[&str]) {
@@ -39,13 +45,46 @@ fn rabbitmqctl(args: &[&str]) {
 impl TestVhost {
     pub fn new(test: &str) -> Self {
         let name = format!("test-{test}-{:08x}", rand::rng().random::<u32>());
+        let password = format!("{:016x}", rand::rng().random::<u64>());
         rabbitmqctl(&["add_vhost", &name]);
         rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
-        TestVhost { name }
+        rabbitmqctl(&["add_user", &name, &password]);
+        rabbitmqctl(&["set_permissions", "-p", &name, &name, ".*", ".*", ".*"]);
+        TestVhost {
+            user: name.clone(),
+            name,
+            password,
+        }
     }
 
+    /// The test's own address (user guest).
     pub fn address(&self) -> String {
         format!("{BROKER_ROOT}/{}", self.name)
+    }
+
+    /// The address the instances under test use (the vhost's own user).
+    pub fn instance_address(&self) -> String {
+        format!(
+            "amqp://{}:{}@127.0.0.1:5672/{}",
+            self.user, self.password, self.name
+        )
+    }
+
+    pub async fn instance_broker(&self) -> SharedBroker {
+        Arc::new(
+            AmqpBroker::connect(&self.instance_address())
+                .await
+                .expect("RabbitMQ reachable"),
+        )
+    }
+
+    /// Closes every connection of the instances (not the test's own).
+    pub fn close_instance_connections(&self) {
+        rabbitmqctl(&[
+            "close_all_user_connections",
+            &self.user,
+            "mailroute fault test",
+        ]);
     }
 
     pub async fn broker(&self) -> SharedBroker {
@@ -62,7 +101,62 @@ impl Drop for TestVhost {
         let _ = Command::new("rabbitmqctl")
             .args(["delete_vhost", &self.name])
             .output();
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_user", &self.user])
+            .output();
     }
+}
+
+/// Publishes `messages` at about `rate` per second, each in its own task, retrying a failed
+/// publish (broker down, connection closed) until it is confirmed. Returns the retries: a
+/// retried message may have been stored twice, which the accounting then shows as a duplicate.
+pub async fn publish_stream(
+    broker: &SharedBroker,
+    messages: Vec<(String, Message)>,
+    rate: u32,
+) -> usize {
+    let retries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let per_tick = (rate as usize / 100).max(1);
+    let mut interval = tokio::time::interval(Duration::from_millis(10));
+    let mut tasks = Vec::with_capacity(messages.len());
+    let mut messages = messages.into_iter();
+    loop {
+        interval.tick().await;
+        let batch: Vec<_> = messages.by_ref().take(per_tick).collect();
+        if batch.is_empty() {
+            break;
+        }
+        for (queue, message) in batch {
+            let (broker, retries) = (broker.clone(), retries.clone());
+            tasks.push(actix_rt::spawn(async move {
+                let to = Destination::queue(&queue);
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+                while let Err(e) = broker.publish(&to, &message, true).await {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "publish kept failing: {e}"
+                    );
+                    retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.expect("publish task");
+    }
+    retries.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// One line of the README's reliability table, printed by the test that measured it.
+pub fn report(scenario: &str, acc: &Accounting, rejected: usize) {
+    let delivered: usize = acc.delivered.values().sum();
+    println!(
+        "RELIABILITY | {scenario} | {} | {delivered} | {} | {} | {rejected} |",
+        acc.sent,
+        acc.lost.len(),
+        acc.duplicates
+    );
 }
 
 /// Where each message must end up.
@@ -202,6 +296,8 @@ pub struct Accounting {
     pub failed: usize,
     pub lost: Vec<String>,
     pub misplaced: Vec<String>,
+    /// `id: expected …, found …` for each misplaced message.
+    pub misplaced_detail: Vec<String>,
     pub duplicates: usize,
     pub failed_without_reason: usize,
 }
@@ -239,7 +335,11 @@ pub fn account(
     for (id, want) in expected {
         match seen.get(id) {
             None => acc.lost.push(id.clone()),
-            Some(places) if !places.contains(want) => acc.misplaced.push(id.clone()),
+            Some(places) if !places.contains(want) => {
+                acc.misplaced.push(id.clone());
+                acc.misplaced_detail
+                    .push(format!("{id}: expected {want:?}, found {places:?}"));
+            }
             Some(_) => {}
         }
     }

@@ -1,0 +1,186 @@
+//! A fault scenario: three `mailroute serve` processes, a steady stream of test mail, faults
+//! while it flows, then every message counted by id where it ended up.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mailroute_actors::broker::{Destination, Message, SharedBroker};
+use mailroute_actors::testkit::wait_for;
+use mailroute_actors::wire::{self, Announcement, ClusterMessage};
+
+use super::servers::{Server, write_config};
+use super::{Accounting, Expect, Member, TestVhost};
+
+pub const NAMES: [&str; 3] = ["a", "b", "c"];
+
+pub fn ips(index: u8) -> Vec<IpAddr> {
+    (1..=3).map(|h| IpAddr::from([10, 4, index, h])).collect()
+}
+
+pub struct Cluster {
+    pub vhost: TestVhost,
+    pub dir: PathBuf,
+    pub servers: Vec<Server>,
+    pub client: SharedBroker,
+}
+
+impl Cluster {
+    pub async fn start(label: &str) -> Cluster {
+        let vhost = TestVhost::new(label);
+        let dir = std::env::temp_dir().join(&vhost.name);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let servers: Vec<Server> = NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let config = write_config(&dir, &vhost.instance_address(), name, &ips(i as u8), "");
+                Server::spawn(&dir, name, &config)
+            })
+            .collect();
+        for s in &servers {
+            let joined = wait_for("peers joined", Duration::from_secs(60), || async {
+                s.log_count("peer joined") >= 2
+            })
+            .await;
+            if let Err(e) = joined {
+                panic!("{}: {e}\n{}", s.name, s.log_text());
+            }
+        }
+        let client = vhost.broker().await;
+        Cluster {
+            vhost,
+            dir,
+            servers,
+            client,
+        }
+    }
+
+    pub fn members(&self) -> Vec<Member> {
+        NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Member {
+                name: n.to_string(),
+                outbox: format!("{n}.outbox"),
+                ips: ips(i as u8),
+            })
+            .collect()
+    }
+
+    /// Ready messages in all deliver queues: how far the stream has got.
+    pub async fn delivered(&self) -> usize {
+        let mut total = 0;
+        for n in NAMES {
+            total += super::ready(&self.client, &format!("{n}.deliver")).await;
+        }
+        total
+    }
+
+    pub async fn wait_delivered(&self, count: usize) {
+        wait_for("stream progress", Duration::from_secs(300), || async {
+            self.delivered().await >= count
+        })
+        .await
+        .expect("the stream flows");
+    }
+
+    pub fn server(&mut self, name: &str) -> &mut Server {
+        self.servers
+            .iter_mut()
+            .find(|s| s.name == name)
+            .expect("known server")
+    }
+
+    /// Waits until everything sent is in a deliver, retry or failure queue and the outboxes
+    /// are empty, then takes it all out and counts it against `expected`.
+    pub async fn account(&self, expected: &HashMap<String, Expect>) -> Accounting {
+        let outboxes: Vec<String> = NAMES.iter().map(|n| format!("{n}.outbox")).collect();
+        let sinks: Vec<String> = NAMES
+            .iter()
+            .flat_map(|n| {
+                [
+                    format!("{n}.deliver"),
+                    format!("{n}.retry"),
+                    format!("{n}.failure"),
+                ]
+            })
+            .collect();
+        super::wait_settled(
+            &self.client,
+            &outboxes,
+            &sinks,
+            expected.len(),
+            Duration::from_secs(300),
+        )
+        .await;
+        let mut found = Vec::new();
+        for n in NAMES {
+            found.push((
+                Expect::Delivered(n.into()),
+                super::drain(&self.client, &format!("{n}.deliver")).await,
+            ));
+            found.push((
+                Expect::Held(n.into()),
+                super::drain(&self.client, &format!("{n}.retry")).await,
+            ));
+            found.push((
+                Expect::Failed(n.into()),
+                super::drain(&self.client, &format!("{n}.failure")).await,
+            ));
+        }
+        super::account(expected, found)
+    }
+
+    pub fn logs(&self) -> String {
+        self.servers
+            .iter()
+            .map(|s| format!("--- {}\n{}", s.name, s.log_text()))
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.servers.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Announces a peer `name` whose outbox queue does not exist, every 300 ms until aborted: it
+/// is alive in every registry, and every handover to it is returned by the broker.
+pub fn phantom_peer(
+    broker: SharedBroker,
+    name: &str,
+    ips: Vec<IpAddr>,
+) -> actix_rt::task::JoinHandle<()> {
+    let name = name.to_string();
+    actix_rt::spawn(async move {
+        let mut sequence = 0;
+        loop {
+            sequence += 1;
+            let message = ClusterMessage::Announcement(Announcement {
+                name: name.clone(),
+                version: "phantom".into(),
+                started_at: 7,
+                sequence,
+                local_ips: ips.clone(),
+                outbox: format!("{name}.outbox-deleted"),
+                broker: broker.identity(),
+                console_url: None,
+                config_hash: String::new(),
+            });
+            if let Ok(body) = wire::encode(&message) {
+                let _ = broker
+                    .publish(
+                        &Destination::exchange("cluster", message.routing_key()),
+                        &Message::new(body, Default::default()),
+                        false,
+                    )
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+}

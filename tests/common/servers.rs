@@ -1,0 +1,103 @@
+//! `mailroute serve` processes from the built binary, with their logs in files.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+
+pub struct Server {
+    pub name: String,
+    pub config: PathBuf,
+    pub child: Child,
+    pub log: PathBuf,
+    /// How many times this server was started (each start appends to the same log).
+    pub starts: usize,
+}
+
+/// A config file for instance `name` on `address`: queues `<name>.outbox|deliver|retry|failure`.
+pub fn write_config(dir: &Path, address: &str, name: &str, ips: &[IpAddr], extra: &str) -> PathBuf {
+    let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
+    let text = format!(
+        "# written by the integration tests\n\
+         rabbitmq-address: {address}\n\
+         rabbitmq-outbox: {name}.outbox\n\
+         rabbitmq-deliver: {name}.deliver\n\
+         rabbitmq-failure: {name}.failure\n\
+         rabbitmq-retry: {name}.retry\n\
+         rabbitmq-qos: 200\n\
+         cluster-name: {name}\n\
+         local-ips: {ips}\n\
+         announce-interval: 300ms\n\
+         peer-timeout: 60s\n\
+         hold-time: 10m\n\
+         warmup: 300ms\n\
+         {extra}",
+        ips = ips.join(", ")
+    );
+    let path = dir.join(format!("{name}.conf"));
+    std::fs::write(&path, text).expect("config written");
+    path
+}
+
+impl Server {
+    pub fn spawn(dir: &Path, name: &str, config: &Path) -> Server {
+        let log = dir.join(format!("{name}.log"));
+        let child = Self::start(config, &log);
+        Server {
+            name: name.to_string(),
+            config: config.to_path_buf(),
+            child,
+            log,
+            starts: 1,
+        }
+    }
+
+    fn start(config: &Path, log: &Path) -> Child {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        Command::new(env!("CARGO_BIN_EXE_mailroute"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("mailroute binary starts")
+    }
+
+    /// Starts the same instance again after it exited (or was killed).
+    pub fn restart(&mut self) {
+        let _ = self.child.wait();
+        self.child = Self::start(&self.config, &self.log);
+        self.starts += 1;
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log_text().matches(needle).count()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {}", self.name);
+    }
+
+    pub fn wait(&mut self) -> ExitStatus {
+        self.child.wait().expect("wait for mailroute")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
