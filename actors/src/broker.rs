@@ -243,6 +243,16 @@ pub trait Broker: Send + Sync + 'static {
         message: &Message,
         mandatory: bool,
     ) -> Result<(), BrokerError>;
+    /// A mandatory publish: `Err(Returned)` when the broker returned this very message.
+    async fn publish_mandatory(
+        &self,
+        to: &Destination,
+        message: &Message,
+    ) -> Result<Confirmed, BrokerError> {
+        self.publish(to, message, true)
+            .await
+            .map(|()| Confirmed::Routed)
+    }
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<DeliveryStream, BrokerError>;
     /// Messages ready in the queue (not counting unacked ones).
     async fn queue_len(&self, queue: &str) -> Result<u32, BrokerError>;
@@ -251,3 +261,20 @@ pub trait Broker: Send + Sync + 'static {
 }
 
 pub type SharedBroker = Arc<dyn Broker>;
+
+/// What a confirmed mandatory publish did.
+///
+/// AMQP does not say which publish a `basic.return` belongs to; clients pair it with the next
+/// confirm, and when the broker confirms several publishes at once the pairing can be wrong.
+/// So a confirm may come with a message that is not the one published: that message was
+/// returned (not routed) and must be taken care of by whoever received it, or it is lost.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Confirmed {
+    Routed,
+    /// Ours was routed (or, if it was returned too, its return reached another publish), and
+    /// the broker returned this other message.
+    AlsoReturned {
+        message: Box<Message>,
+        reply_text: String,
+    },
+}

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix::prelude::*;
-use tracing::{Instrument, warn};
+use tracing::{Instrument, error, warn};
 
-use crate::broker::{BrokerError, Destination, HeaderValue, Message, SharedBroker};
+use crate::broker::{BrokerError, Confirmed, Destination, HeaderValue, Message, SharedBroker};
 use crate::messages::{Dispatch, Outcome, Settled};
 use crate::routing::{
     Decision, FROM_HEADER, HELD_SINCE_HEADER, HOPS_HEADER, ID_HEADER, REASON_HEADER, Unroutable,
@@ -148,9 +148,10 @@ impl Targets {
     }
 
     async fn execute(&self, plan: Plan) -> Result<Outcome, BrokerError> {
-        match plan.broker.publish(&plan.to, &plan.message, true).await {
-            Ok(()) => {
+        match plan.broker.publish_mandatory(&plan.to, &plan.message).await {
+            Ok(confirmed) => {
                 self.count(&plan.outcome);
+                self.keep_returned(&plan.broker, confirmed).await;
                 Ok(plan.outcome)
             }
             Err(BrokerError::Returned { reply_text, .. }) => {
@@ -165,14 +166,45 @@ impl Targets {
                 bump(&self.stats.handover_returned);
                 warn!(%peer, to = %plan.to, "handover returned; applying the unroutable policy");
                 let second = self.plan(self.fallback(peer, &reply_text), original);
-                second
+                let confirmed = second
                     .broker
-                    .publish(&second.to, &second.message, true)
+                    .publish_mandatory(&second.to, &second.message)
                     .await?;
                 self.count(&second.outcome);
+                self.keep_returned(&second.broker, confirmed).await;
                 Ok(second.outcome)
             }
             Err(error) => Err(error),
+        }
+    }
+
+    /// A message the broker returned with the confirm of another publish was not routed, and
+    /// its own publisher was told it was: it is ours to keep now, by the unroutable policy.
+    async fn keep_returned(&self, broker: &SharedBroker, mut confirmed: Confirmed) {
+        // Bounded: each round is a publish that itself came back with yet another return.
+        for _ in 0..16 {
+            let Confirmed::AlsoReturned {
+                message,
+                reply_text,
+            } = confirmed
+            else {
+                return;
+            };
+            bump(&self.stats.handover_returned);
+            let plan = self.plan(
+                self.fallback("a peer", &reply_text),
+                undo_handover(*message),
+            );
+            confirmed = match broker.publish_mandatory(&plan.to, &plan.message).await {
+                Ok(next) => {
+                    self.count(&plan.outcome);
+                    next
+                }
+                Err(error) => {
+                    error!(%error, to = %plan.to, "cannot keep a message the broker returned");
+                    return;
+                }
+            };
         }
     }
 
@@ -184,6 +216,21 @@ impl Targets {
             Outcome::Failed { .. } => &self.stats.failed,
         });
     }
+}
+
+/// The message as it was before a handover added to it.
+fn undo_handover(mut message: Message) -> Message {
+    let headers = &mut message.properties.headers;
+    headers.remove(FROM_HEADER);
+    match headers.get(HOPS_HEADER).and_then(HeaderValue::as_i64) {
+        Some(hops) if hops > 1 => {
+            headers.insert(HOPS_HEADER.into(), HeaderValue::I64(hops - 1));
+        }
+        _ => {
+            headers.remove(HOPS_HEADER);
+        }
+    }
+    message
 }
 
 impl Actor for HandoverPublisher {

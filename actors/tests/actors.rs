@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mailroute_actors::broker::{
-    Broker, Destination, HeaderValue, Message, QueueSpec, SharedBroker,
+    Broker, Confirmed, Destination, HeaderValue, Message, QueueSpec, SharedBroker,
 };
 use mailroute_actors::memory::MemoryBroker;
 use mailroute_actors::routing::{FROM_HEADER, HOPS_HEADER, Owner, REASON_HEADER, Unroutable};
@@ -539,4 +539,117 @@ async fn with_a_secret_only_signed_fresh_messages_count() {
         .collect();
     assert_eq!(names, ["b"]);
     assert_eq!(a.table.owner(&ip("10.0.0.66")), None);
+}
+
+/// Plays lapin's pairing of returns with confirms gone wrong: the return of a handover is
+/// reported on the confirm of the next publish, and the handover itself is reported routed.
+struct MisattributingBroker {
+    inner: MemoryBroker,
+    stolen: std::sync::Mutex<Option<Message>>,
+}
+
+#[async_trait::async_trait]
+impl Broker for MisattributingBroker {
+    fn identity(&self) -> String {
+        self.inner.identity()
+    }
+    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), mailroute_actors::BrokerError> {
+        self.inner.declare_queue(spec).await
+    }
+    async fn declare_topic_exchange(
+        &self,
+        name: &str,
+    ) -> Result<(), mailroute_actors::BrokerError> {
+        self.inner.declare_topic_exchange(name).await
+    }
+    async fn bind_queue(
+        &self,
+        q: &str,
+        e: &str,
+        p: &str,
+    ) -> Result<(), mailroute_actors::BrokerError> {
+        self.inner.bind_queue(q, e, p).await
+    }
+    async fn publish(
+        &self,
+        to: &Destination,
+        m: &Message,
+        mandatory: bool,
+    ) -> Result<(), mailroute_actors::BrokerError> {
+        self.inner.publish(to, m, mandatory).await
+    }
+    async fn publish_mandatory(
+        &self,
+        to: &Destination,
+        m: &Message,
+    ) -> Result<Confirmed, mailroute_actors::BrokerError> {
+        match self.inner.publish(to, m, true).await {
+            Err(mailroute_actors::BrokerError::Returned { .. }) => {
+                *self.stolen.lock().unwrap() = Some(m.clone());
+                Ok(Confirmed::Routed)
+            }
+            Err(e) => Err(e),
+            Ok(()) => Ok(match self.stolen.lock().unwrap().take() {
+                Some(message) => Confirmed::AlsoReturned {
+                    message: Box::new(message),
+                    reply_text: "NO_ROUTE".into(),
+                },
+                None => Confirmed::Routed,
+            }),
+        }
+    }
+    async fn consume(
+        &self,
+        q: &str,
+        prefetch: u16,
+    ) -> Result<mailroute_actors::broker::DeliveryStream, mailroute_actors::BrokerError> {
+        self.inner.consume(q, prefetch).await
+    }
+    async fn queue_len(&self, q: &str) -> Result<u32, mailroute_actors::BrokerError> {
+        self.inner.queue_len(q).await
+    }
+    async fn delete_queue(&self, q: &str) -> Result<(), mailroute_actors::BrokerError> {
+        self.inner.delete_queue(q).await
+    }
+    async fn delete_exchange(&self, e: &str) -> Result<(), mailroute_actors::BrokerError> {
+        self.inner.delete_exchange(e).await
+    }
+}
+
+#[actix::test]
+async fn a_return_reported_with_another_confirm_is_kept() {
+    let memory = MemoryBroker::new("misattributed");
+    let broker: SharedBroker = Arc::new(MisattributingBroker {
+        inner: memory.clone(),
+        stolen: Default::default(),
+    });
+    let mut s = settings("a", &["10.0.0.1"]);
+    s.prefetch = 1; // one at a time, so the order of publishes is known
+    let a = Instance::start(s, broker.clone(), broker).await.unwrap();
+    wait_for("a listens", LIMIT, || async {
+        a.stats.snapshot().announcements_received > 0
+    })
+    .await
+    .unwrap();
+    announce_ghost(&memory, "g", "10.0.0.7", "g.missing-outbox").await;
+    wait_peers(&[&a], 1).await;
+    inject(&memory, "a.outbox", "to-g", &["10.0.0.7"]).await;
+    inject(&memory, "a.outbox", "local", &["10.0.0.1"]).await;
+    wait_for("both settled", LIMIT, || async {
+        memory.depth("a.retry") == 1 && memory.depth("a.deliver") == 1
+    })
+    .await
+    .unwrap();
+    let held = memory.drain("a.retry");
+    assert_eq!(test_id(&held[0]).as_deref(), Some("to-g"));
+    assert_eq!(
+        held[0].header(HOPS_HEADER),
+        None,
+        "the handover's hop is undone"
+    );
+    assert_eq!(
+        test_id(&memory.drain("a.deliver")[0]).as_deref(),
+        Some("local")
+    );
+    assert_eq!(a.stats.snapshot().handover_returned, 1);
 }

@@ -1,20 +1,23 @@
 //! The Broker port on RabbitMQ, with lapin.
 //!
-//! One connection per broker address, reopened on demand after a failure. Publishes take a
-//! confirm-mode channel from a pool, one publish in flight per channel (a channel goes back to
-//! the pool only while it is connected, as in vector's AMQP sink); each consumer gets its own
+//! One connection per broker address, reopened on demand after a failure. Mandatory publishes
+//! use one confirm-mode channel per destination, other publishes a shared one; a channel is
+//! reused only while it is connected (as in vector's AMQP sink). Each consumer gets its own
 //! channel, closed when its stream is dropped so RabbitMQ requeues whatever it had unacked.
 //!
-//! Why one publish per channel: RabbitMQ may confirm several publishes with one `multiple` ack,
-//! and lapin attaches a preceding `basic.return` to whichever of those confirms it completes
-//! first. With concurrent mandatory publishes on one channel, a returned handover can then be
-//! reported as confirmed while another publish is reported as returned: lost mail. With one
-//! publish in flight per channel, a return can only belong to that publish. lapin's internal tasks run on the runtime handle given at
-//! construction, which must outlive the connection (the actix System's), or confirms stall.
+//! Why a channel per destination: RabbitMQ may confirm several publishes with one `multiple`
+//! ack, and lapin attaches a preceding `basic.return` to whichever of those confirms it
+//! completes first (HashMap order). On a shared channel, a returned handover could be reported
+//! confirmed while a delivery is reported returned: lost mail. When every publish in flight on
+//! a channel goes to the same queue, they are either all returned or all routed, and a return
+//! lands on a publish of the same fate. The one case left (the queue created or deleted while
+//! publishes to it are in flight) is detected by comparing the returned message with the one
+//! published, and surfaced as `Confirmed::AlsoReturned` so the caller keeps the returned copy.
 
 pub mod address;
 mod convert;
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -30,10 +33,11 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use mailroute_actors::broker::{
-    Acker, Broker, BrokerError, Delivery, DeliveryStream, Destination, Message, QueueSpec,
+    Acker, Broker, BrokerError, Confirmed, Delivery, DeliveryStream, Destination, Message,
+    QueueSpec,
 };
 use tokio::sync::Mutex;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 pub use address::AddressError;
 
@@ -46,18 +50,15 @@ pub struct AmqpBroker {
     identity: String,
     handle: tokio::runtime::Handle,
     state: Mutex<State>,
-    publish_slots: tokio::sync::Semaphore,
 }
 
 #[derive(Default)]
 struct State {
     connection: Option<Arc<Connection>>,
-    /// Idle confirm-mode channels of the current connection.
-    publishers: Vec<Channel>,
+    /// Confirm-mode channels of the current connection: one per mandatory destination, and
+    /// one (`None`) for everything else.
+    publishers: HashMap<Option<Destination>, Channel>,
 }
-
-/// At most this many publishes in flight per broker (and so this many publish channels).
-const PUBLISH_CHANNELS: usize = 128;
 
 fn lapin_error(e: lapin::Error) -> BrokerError {
     BrokerError::ChannelClosed(e.to_string())
@@ -81,7 +82,6 @@ impl AmqpBroker {
             identity: address::identity(&uri),
             handle: tokio::runtime::Handle::current(),
             state: Mutex::new(State::default()),
-            publish_slots: tokio::sync::Semaphore::new(PUBLISH_CHANNELS),
         })
     }
 
@@ -136,26 +136,19 @@ impl AmqpBroker {
         Ok(connection)
     }
 
-    /// An idle connected publish channel, or a new one.
-    async fn checkout(&self) -> Result<Channel, BrokerError> {
-        let connection = {
-            let mut state = self.state.lock().await;
-            while let Some(channel) = state.publishers.pop() {
-                if channel.status().connected() {
-                    return Ok(channel);
-                }
+    /// The publish channel for `key`, opened (in confirm mode) when missing or closed.
+    async fn publisher(&self, key: Option<&Destination>) -> Result<Channel, BrokerError> {
+        let mut state = self.state.lock().await;
+        if let Some(channel) = state.publishers.get(&key.cloned()) {
+            if channel.status().connected() {
+                return Ok(channel.clone());
             }
-            self.connection_locked(&mut state).await?
-        };
+        }
+        let connection = self.connection_locked(&mut state).await?;
         let channel = timed(connection.create_channel()).await?;
         timed(channel.confirm_select(ConfirmSelectOptions::default())).await?;
+        state.publishers.insert(key.cloned(), channel.clone());
         Ok(channel)
-    }
-
-    async fn checkin(&self, channel: Channel) {
-        if channel.status().connected() {
-            self.state.lock().await.publishers.push(channel);
-        }
     }
 
     /// A short-lived channel for one administrative call: a failed passive declare or delete
@@ -184,7 +177,7 @@ impl AmqpBroker {
         to: &Destination,
         message: &Message,
         mandatory: bool,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<Confirmed, BrokerError> {
         let options = BasicPublishOptions {
             mandatory,
             ..BasicPublishOptions::default()
@@ -198,11 +191,27 @@ impl AmqpBroker {
         ))
         .await?;
         match timed(confirm).await? {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(returned)) => Err(BrokerError::Returned {
-                reply_code: returned.reply_code,
-                reply_text: returned.reply_text.as_str().to_string(),
-            }),
+            Confirmation::Ack(None) => Ok(Confirmed::Routed),
+            Confirmation::Ack(Some(returned)) => {
+                let reply_text = returned.reply_text.as_str().to_string();
+                let content = Message {
+                    properties: convert::from_lapin(&returned.delivery.properties),
+                    body: returned.delivery.data.into(),
+                };
+                // Two identical messages are interchangeable: equal content is ours.
+                if content == *message {
+                    Err(BrokerError::Returned {
+                        reply_code: returned.reply_code,
+                        reply_text,
+                    })
+                } else {
+                    warn!(to = %to, "a returned message came with another publish's confirm");
+                    Ok(Confirmed::AlsoReturned {
+                        message: Box::new(content),
+                        reply_text,
+                    })
+                }
+            }
             Confirmation::Nack(_) => Err(BrokerError::Nack),
             Confirmation::NotRequested => Err(BrokerError::Other(
                 "publish channel lost confirm mode".into(),
@@ -293,17 +302,30 @@ impl Broker for AmqpBroker {
         message: &Message,
         mandatory: bool,
     ) -> Result<(), BrokerError> {
-        // The permit bounds the channels; it is held until the channel is back in the pool.
-        let _slot = self
-            .publish_slots
-            .acquire()
+        if mandatory {
+            return match self.publish_mandatory(to, message).await? {
+                Confirmed::Routed => Ok(()),
+                // A caller of plain `publish` cannot keep the other message: say so loudly.
+                Confirmed::AlsoReturned { reply_text, .. } => Err(BrokerError::Other(format!(
+                    "the broker returned another message with this confirm ({reply_text})"
+                ))),
+            };
+        }
+        let channel = self.publisher(None).await?;
+        self.publish_on(&channel, to, message, false)
             .await
-            .map_err(|_| BrokerError::Other("publisher closed".into()))?;
-        let channel = self.checkout().await?;
-        let result = self.publish_on(&channel, to, message, mandatory).await;
-        self.checkin(channel).await;
-        result
+            .map(|_| ())
     }
+
+    async fn publish_mandatory(
+        &self,
+        to: &Destination,
+        message: &Message,
+    ) -> Result<Confirmed, BrokerError> {
+        let channel = self.publisher(Some(to)).await?;
+        self.publish_on(&channel, to, message, true).await
+    }
+
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<DeliveryStream, BrokerError> {
         let connection = self.connection().await?;
         let channel = timed(connection.create_channel()).await?;
