@@ -132,6 +132,11 @@ async fn closing_all_connections_twice_loses_nothing() {
         restarts,
         elapsed
     );
+    common::report(
+        "in-process instances: all connections closed twice (20k queued first)",
+        &acc,
+        acc.held + acc.failed,
+    );
     assert!(
         acc.lost.is_empty(),
         "lost: {:?}",

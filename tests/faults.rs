@@ -203,3 +203,116 @@ async fn a_live_peer_whose_outbox_is_gone() {
             >= 1_000
     );
 }
+
+#[actix::test]
+async fn hostile_input_is_rejected_and_counted() {
+    use mailroute_actors::broker::{Destination, Message};
+    use mailroute_actors::wire::{Announcement, ClusterMessage, Codec, MAX_FRAME, now_ms};
+
+    let cluster = Cluster::start_with("hostile", "cluster-secret: the-real-secret\n").await;
+    let client = cluster.client.clone();
+    // Forged claims on every instance's IPs, in every form an attacker could try.
+    let forged = |name: &str| {
+        ClusterMessage::Announcement(Announcement {
+            name: name.into(),
+            version: "evil".into(),
+            started_at: 1,
+            sequence: 1,
+            local_ips: (0..3).flat_map(ips).collect(),
+            outbox: "mallory.outbox".into(),
+            broker: client.identity(),
+            console_url: None,
+            config_hash: String::new(),
+        })
+    };
+    let now = now_ms();
+    let real = Codec::new(Some("the-real-secret"), Duration::from_secs(30));
+    let classes: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "unsigned forged announcement",
+            Codec::default().encode(&forged("u"), now).unwrap(),
+        ),
+        (
+            "wrongly signed announcement",
+            Codec::new(Some("guess"), Duration::from_secs(30))
+                .encode(&forged("w"), now)
+                .unwrap(),
+        ),
+        (
+            "replayed (stale) announcement",
+            real.encode(&forged("s"), now - 600_000).unwrap(),
+        ),
+        ("garbage cluster frame", b"\x00garbage\xff".to_vec()),
+        ("oversized cluster frame", vec![b'M'; MAX_FRAME + 10]),
+        ("unsigned JSON reload", br#"{"reload": true}"#.to_vec()),
+    ];
+    const EACH: usize = 50;
+    for (_, frame) in &classes {
+        for _ in 0..EACH {
+            let m = Message::new(frame.clone(), Default::default());
+            client
+                .publish(
+                    &Destination::exchange("cluster", "announce.mallory"),
+                    &m,
+                    false,
+                )
+                .await
+                .unwrap();
+        }
+    }
+    // Real mail and malformed mail after the attack: it must reach the real owners.
+    let traffic = common::traffic(&cluster.members(), 2_000, 0, 10, "hostile");
+    common::publish_all(&client, &traffic.batches).await;
+    let acc = cluster.account(&traffic.expected).await;
+    let total = classes.len() * EACH;
+    for s in &cluster.servers {
+        mailroute_actors::testkit::wait_for("drops logged", Duration::from_secs(30), || async {
+            s.log_count("cluster message dropped") >= total
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", s.name));
+        assert_eq!(s.log_count("mallory"), 0, "{} took a forged peer", s.name);
+        assert_eq!(s.log_count("cluster reload"), 0);
+    }
+    let a = &cluster.servers[0];
+    let log = a.log_text();
+    for (class, sent, reason) in [
+        (
+            "unsigned: forged announcement + MailerQ JSON reload",
+            2 * EACH,
+            "unsigned cluster message",
+        ),
+        (classes[1].0, EACH, "bad signature"),
+        (classes[2].0, EACH, "stale cluster message"),
+        (classes[3].0, EACH, "bad magic"),
+        (classes[4].0, EACH, "exceeds the 65536 byte limit"),
+    ] {
+        let counted = log.matches(reason).count();
+        println!(
+            "RELIABILITY | hostile: {class} (per instance) | {sent} | 0 | 0 | 0 | {counted} |"
+        );
+        assert_eq!(counted, sent, "{class}");
+    }
+    let malformed = traffic
+        .expected
+        .values()
+        .filter(|e| matches!(e, Expect::Failed(_)))
+        .count();
+    println!(
+        "RELIABILITY | hostile: malformed outbox JSON (with x-mailroute-reason) | {malformed} | 0 | 0 | 0 | {} |",
+        acc.failed
+    );
+    report("real mail sent after the attack", &acc, acc.failed);
+    assert!(
+        acc.lost.is_empty(),
+        "lost {:?}",
+        &acc.lost[..acc.lost.len().min(5)]
+    );
+    assert!(
+        acc.misplaced.is_empty(),
+        "misplaced {:?}",
+        &acc.misplaced_detail[..acc.misplaced.len().min(5)]
+    );
+    assert_eq!(acc.failed, malformed);
+    assert_eq!(acc.failed_without_reason, 0);
+}

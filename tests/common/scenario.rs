@@ -28,6 +28,11 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(label: &str) -> Cluster {
+        Self::start_with(label, "").await
+    }
+
+    /// `extra`: more config lines for every instance.
+    pub async fn start_with(label: &str, extra: &str) -> Cluster {
         let vhost = TestVhost::new(label);
         let dir = std::env::temp_dir().join(&vhost.name);
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -35,7 +40,8 @@ impl Cluster {
             .iter()
             .enumerate()
             .map(|(i, name)| {
-                let config = write_config(&dir, &vhost.instance_address(), name, &ips(i as u8), "");
+                let config =
+                    write_config(&dir, &vhost.instance_address(), name, &ips(i as u8), extra);
                 Server::spawn(&dir, name, &config)
             })
             .collect();
