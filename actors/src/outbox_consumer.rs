@@ -34,6 +34,8 @@ pub struct OutboxConsumer {
     /// known would hold mail that a peer owns.
     gate_open: bool,
     stream: Option<SpawnHandle>,
+    /// This actor as the `Settled` recipient, made once: it travels with every message.
+    me: Option<Recipient<Settled>>,
 }
 
 impl OutboxConsumer {
@@ -60,7 +62,14 @@ impl OutboxConsumer {
             warmup,
             gate_open: false,
             stream: None,
+            me: None,
         }
+    }
+
+    fn reply(&mut self, ctx: &Context<Self>) -> Recipient<Settled> {
+        self.me
+            .get_or_insert_with(|| ctx.address().recipient())
+            .clone()
     }
 
     fn settle_if_drained(&mut self, ctx: &mut Context<Self>) {
@@ -161,7 +170,7 @@ impl StreamHandler<Result<Delivery, BrokerError>> for OutboxConsumer {
         let route = Route {
             id,
             message: delivery.message,
-            reply: ctx.address().recipient(),
+            reply: self.reply(ctx),
         };
         // `do_send`: a supervised router keeps its mailbox across restarts; prefetch bounds it.
         if self.router.connected() {

@@ -55,9 +55,11 @@ pub struct AmqpBroker {
 #[derive(Default)]
 struct State {
     connection: Option<Arc<Connection>>,
-    /// Confirm-mode channels of the current connection: one per mandatory destination, and
-    /// one (`None`) for everything else.
-    publishers: HashMap<Option<Destination>, Channel>,
+    /// Confirm-mode channels of the current connection for mandatory publishes, by exchange
+    /// then routing key (looked up with borrowed keys: this is on every publish).
+    mandatory: HashMap<String, HashMap<String, Channel>>,
+    /// The confirm-mode channel for every other publish.
+    shared: Option<Channel>,
 }
 
 fn lapin_error(e: lapin::Error) -> BrokerError {
@@ -110,7 +112,8 @@ impl AmqpBroker {
                 return Ok(c.clone());
             }
         }
-        state.publishers.clear();
+        state.mandatory.clear();
+        state.shared = None;
         let runtime = async_rs::Runtime::tokio_with_handle(self.handle.clone());
         let props = ConnectionProperties::default().with_connection_name(
             format!("mailroute@{}", gethostname::gethostname().to_string_lossy()).into(),
@@ -136,18 +139,33 @@ impl AmqpBroker {
         Ok(connection)
     }
 
-    /// The publish channel for `key`, opened (in confirm mode) when missing or closed.
-    async fn publisher(&self, key: Option<&Destination>) -> Result<Channel, BrokerError> {
+    /// The publish channel for mandatory publishes to `to` (`None`: the shared one), opened in
+    /// confirm mode when missing or closed.
+    async fn publisher(&self, to: Option<&Destination>) -> Result<Channel, BrokerError> {
         let mut state = self.state.lock().await;
-        if let Some(channel) = state.publishers.get(&key.cloned()) {
-            if channel.status().connected() {
-                return Ok(channel.clone());
-            }
+        let current = match to {
+            Some(to) => state
+                .mandatory
+                .get(&to.exchange)
+                .and_then(|keys| keys.get(&to.routing_key)),
+            None => state.shared.as_ref(),
+        };
+        if let Some(channel) = current.filter(|c| c.status().connected()) {
+            return Ok(channel.clone());
         }
         let connection = self.connection_locked(&mut state).await?;
         let channel = timed(connection.create_channel()).await?;
         timed(channel.confirm_select(ConfirmSelectOptions::default())).await?;
-        state.publishers.insert(key.cloned(), channel.clone());
+        match to {
+            Some(to) => {
+                state
+                    .mandatory
+                    .entry(to.exchange.clone())
+                    .or_default()
+                    .insert(to.routing_key.clone(), channel.clone());
+            }
+            None => state.shared = Some(channel.clone()),
+        }
         Ok(channel)
     }
 
