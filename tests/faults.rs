@@ -53,6 +53,13 @@ async fn connections_closed_twice() {
             .iter()
             .all(|s| s.log_count("restarting") + s.log_count("consuming again") > 0)
     );
+    // No cluster-secret in this cluster: every instance warned about it at start-up.
+    assert!(
+        cluster
+            .servers
+            .iter()
+            .all(|s| s.log_count("cluster-secret is not set") == 1)
+    );
 }
 
 #[actix::test]

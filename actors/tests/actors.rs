@@ -653,3 +653,34 @@ async fn a_return_reported_with_another_confirm_is_kept() {
     );
     assert_eq!(a.stats.snapshot().handover_returned, 1);
 }
+
+#[actix::test]
+async fn a_second_claim_on_a_live_peers_ip_does_not_take_it_over() {
+    let broker = MemoryBroker::new("conflict");
+    broker
+        .declare_queue(&QueueSpec::durable("first.outbox"))
+        .await
+        .unwrap();
+    broker
+        .declare_queue(&QueueSpec::durable("second.outbox"))
+        .await
+        .unwrap();
+    let a = start(&broker, settings("a", &["10.0.0.1"])).await;
+    wait_for("a listens", LIMIT, || async {
+        a.stats.snapshot().announcements_received > 0
+    })
+    .await
+    .unwrap();
+    announce_ghost(&broker, "first", "10.0.0.9", "first.outbox").await;
+    wait_peers(&[&a], 1).await;
+    announce_ghost(&broker, "second", "10.0.0.9", "second.outbox").await;
+    wait_peers(&[&a], 2).await;
+    assert!(a.stats.snapshot().ownership_conflicts >= 1);
+    inject(&broker, "a.outbox", "contested", &["10.0.0.9"]).await;
+    wait_for("handed over", LIMIT, || async {
+        broker.depth("first.outbox") == 1
+    })
+    .await
+    .unwrap();
+    assert_eq!(broker.depth("second.outbox"), 0, "the older claim holds");
+}
