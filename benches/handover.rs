@@ -85,17 +85,6 @@ fn process_cpu() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// CPU time of the RabbitMQ node (beam.smp), if it runs on this machine.
 fn broker_cpu() -> Option<Duration> {
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
@@ -183,20 +172,16 @@ async fn wait_depth(broker: &SharedBroker, queue: &str, n: usize) {
 }
 
 /// Scenario 1: a bare lapin consume → publish with confirm → ack pipeline, A to B.
-async fn baseline(vhost: &TestVhost, messages: &[Message], prefetch: u16) -> Sample {
-    let admin = vhost.broker().await;
-    for q in ["A", "B"] {
-        admin.declare_queue(&QueueSpec::durable(q)).await.unwrap();
-    }
-    fill(&admin, "A", messages).await;
+/// The bare lapin pipeline's connection and channels: consume from A (prefetch), publish to B
+/// in confirm mode.
+async fn lapin_channels(
+    address: &str,
+    prefetch: u16,
+) -> (Connection, lapin::Channel, lapin::Channel) {
     let runtime = async_rs::Runtime::tokio_with_handle(tokio::runtime::Handle::current());
-    let conn = Connection::connect_with_runtime(
-        &vhost.address(),
-        ConnectionProperties::default(),
-        runtime,
-    )
-    .await
-    .unwrap();
+    let conn = Connection::connect_with_runtime(address, ConnectionProperties::default(), runtime)
+        .await
+        .unwrap();
     let consume = conn.create_channel().await.unwrap();
     let publish = conn.create_channel().await.unwrap();
     publish
@@ -207,8 +192,17 @@ async fn baseline(vhost: &TestVhost, messages: &[Message], prefetch: u16) -> Sam
         .basic_qos(prefetch, BasicQosOptions::default())
         .await
         .unwrap();
-    let meter = Meter::start();
-    let started = Instant::now();
+    (conn, consume, publish)
+}
+
+/// Consume A → publish to B with confirm → ack A once confirmed; `limit` deliveries (or until
+/// the consumer ends), each finished one counted in `done`.
+async fn lapin_pump(
+    consume: lapin::Channel,
+    publish: lapin::Channel,
+    limit: Option<usize>,
+    done: Arc<AtomicU64>,
+) {
     let mut consumer = consume
         .basic_consume(
             "A".into(),
@@ -218,15 +212,15 @@ async fn baseline(vhost: &TestVhost, messages: &[Message], prefetch: u16) -> Sam
         )
         .await
         .unwrap();
-    let done = Arc::new(AtomicU64::new(0));
-    for _ in 0..messages.len() {
+    let mut taken = 0;
+    while limit.is_none_or(|l| taken < l) {
         let Some(Ok(delivery)) = consumer.next().await else {
             break;
         };
-        let publish = publish.clone();
-        let done = done.clone();
+        taken += 1;
+        let (publish, done) = (publish.clone(), done.clone());
         actix_rt::spawn(async move {
-            let confirm = publish
+            let Ok(confirm) = publish
                 .basic_publish(
                     "".into(),
                     "B".into(),
@@ -235,18 +229,30 @@ async fn baseline(vhost: &TestVhost, messages: &[Message], prefetch: u16) -> Sam
                     delivery.properties.clone(),
                 )
                 .await
-                .unwrap()
-                .await
-                .unwrap();
-            assert!(confirm.is_ack());
-            delivery
-                .acker
-                .ack(BasicAckOptions::default())
-                .await
-                .unwrap();
-            done.fetch_add(1, Ordering::Relaxed);
+            else {
+                return;
+            };
+            if confirm.await.is_ok_and(|c| c.is_ack())
+                && delivery.acker.ack(BasicAckOptions::default()).await.is_ok()
+            {
+                done.fetch_add(1, Ordering::Relaxed);
+            }
         });
     }
+}
+
+/// Scenario 1: the bare lapin pipeline, A to B, timed until B holds every message.
+async fn baseline(vhost: &TestVhost, messages: &[Message], prefetch: u16) -> Sample {
+    let admin = vhost.broker().await;
+    for q in ["A", "B"] {
+        admin.declare_queue(&QueueSpec::durable(q)).await.unwrap();
+    }
+    fill(&admin, "A", messages).await;
+    let (conn, consume, publish) = lapin_channels(&vhost.address(), prefetch).await;
+    let meter = Meter::start();
+    let started = Instant::now();
+    let done = Arc::new(AtomicU64::new(0));
+    lapin_pump(consume, publish, Some(messages.len()), done.clone()).await;
     wait_depth(&admin, "B", messages.len()).await;
     let sample = meter.stop(started.elapsed());
     let total = messages.len() as u64;
@@ -512,7 +518,7 @@ fn row(scenario: &str, size: usize, n: usize, mut samples: Vec<Sample>) -> Row {
         mib_per_s: (n * size) as f64 / secs / (1024.0 * 1024.0),
         cpu_s_per_10k: per_10k(median.cpu),
         broker_cpu_s_per_10k: median.broker_cpu.map(per_10k),
-        rss_mib: rss_mib(),
+        rss_mib: common::rss_mib("self"),
         ratio: None,
         cpu_ratio: None,
     }
@@ -740,48 +746,8 @@ async fn run(quick: bool) {
 
 /// The baseline pipeline, running until aborted (for the latency scenario).
 async fn baseline_forever(address: String, prefetch: u16) {
-    let runtime = async_rs::Runtime::tokio_with_handle(tokio::runtime::Handle::current());
-    let conn = Connection::connect_with_runtime(&address, ConnectionProperties::default(), runtime)
-        .await
-        .unwrap();
-    let consume = conn.create_channel().await.unwrap();
-    let publish = conn.create_channel().await.unwrap();
-    publish
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    consume
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await
-        .unwrap();
-    let mut consumer = consume
-        .basic_consume(
-            "A".into(),
-            "baseline".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    while let Some(Ok(delivery)) = consumer.next().await {
-        let publish = publish.clone();
-        actix_rt::spawn(async move {
-            if let Ok(confirm) = publish
-                .basic_publish(
-                    "".into(),
-                    "B".into(),
-                    BasicPublishOptions::default(),
-                    &delivery.data,
-                    delivery.properties.clone(),
-                )
-                .await
-            {
-                if confirm.await.is_ok() {
-                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-                }
-            }
-        });
-    }
+    let (_conn, consume, publish) = lapin_channels(&address, prefetch).await;
+    lapin_pump(consume, publish, None, Arc::new(AtomicU64::new(0))).await;
 }
 
 fn print_report(rows: &[Row], latencies: &[Latency], micro: &[Micro]) {

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Expect, Member, TestVhost};
+use common::{Member, TestVhost};
 use mailroute_actors::testkit::wait_for;
 use mailroute_actors::{Instance, InstanceSettings};
 
@@ -91,35 +91,10 @@ async fn closing_all_connections_twice_loses_nothing() {
         .unwrap();
         close_all_connections(&vhost.name);
     }
-    let outboxes: Vec<String> = names.iter().map(|n| format!("{n}.outbox")).collect();
-    let sinks: Vec<String> = names
-        .iter()
-        .flat_map(|n| {
-            [
-                format!("{n}.deliver"),
-                format!("{n}.retry"),
-                format!("{n}.failure"),
-            ]
-        })
-        .collect();
-    common::wait_settled(&client, &outboxes, &sinks, 20_000, Duration::from_secs(300)).await;
+    let acc =
+        common::settle_and_account(&client, &names, &traffic.expected, Duration::from_secs(300))
+            .await;
     let elapsed = started.elapsed();
-    let mut found = Vec::new();
-    for n in names {
-        found.push((
-            Expect::Delivered(n.into()),
-            common::drain(&client, &format!("{n}.deliver")).await,
-        ));
-        found.push((
-            Expect::Held(n.into()),
-            common::drain(&client, &format!("{n}.retry")).await,
-        ));
-        found.push((
-            Expect::Failed(n.into()),
-            common::drain(&client, &format!("{n}.failure")).await,
-        ));
-    }
-    let acc = common::account(&traffic.expected, found);
     let restarts: u64 = instances.iter().map(|i| i.stats.snapshot().restarts).sum();
     println!(
         "connection loss x2: sent {} | delivered {:?} | held {} | failed {} | lost {} | duplicates {} | actor restarts {} | {:.2?}",

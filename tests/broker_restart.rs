@@ -4,22 +4,8 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::report;
 use common::scenario::Cluster;
-
-fn rabbitmqctl(args: &[&str]) {
-    let out = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::{rabbitmqctl, report};
 
 #[actix::test]
 async fn the_broker_restarts_mid_stream() {

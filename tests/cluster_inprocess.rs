@@ -55,38 +55,18 @@ async fn ten_thousand_messages_reach_their_owners() {
     common::publish_all(&client, &traffic.batches).await;
     let published = started.elapsed();
 
-    let outboxes: Vec<String> = instances
-        .iter()
-        .map(|i| i.settings.outbox.clone())
-        .collect();
-    let mut sinks = Vec::new();
-    for i in &instances {
-        sinks.extend([
-            i.settings.deliver.clone(),
-            i.settings.retry.clone(),
-            i.settings.failure.clone(),
-        ]);
-    }
-    common::wait_settled(&client, &outboxes, &sinks, 10_000, Duration::from_secs(300)).await;
+    common::wait_settled(
+        &client,
+        &common::outboxes(&names),
+        &common::sinks(&names),
+        10_000,
+        Duration::from_secs(300),
+    )
+    .await;
     let settled = started.elapsed();
-
-    let mut found = Vec::new();
-    for i in &instances {
-        let n = i.settings.name.clone();
-        found.push((
-            Expect::Delivered(n.clone()),
-            common::drain(&client, &i.settings.deliver).await,
-        ));
-        found.push((
-            Expect::Held(n.clone()),
-            common::drain(&client, &i.settings.retry).await,
-        ));
-        found.push((
-            Expect::Failed(n.clone()),
-            common::drain(&client, &i.settings.failure).await,
-        ));
-    }
-    let acc = common::account(&traffic.expected, found);
+    let acc =
+        common::settle_and_account(&client, &names, &traffic.expected, Duration::from_secs(60))
+            .await;
     let handed_over: u64 = instances
         .iter()
         .map(|i| i.stats.snapshot().handed_over)

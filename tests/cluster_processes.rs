@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::servers::{Server, write_config};
-use common::{Expect, Member, TestVhost};
+use common::{Member, TestVhost};
 use mailroute_actors::testkit::wait_for;
 
 const SECRET: &str = "processes-test-secret";
@@ -55,34 +55,10 @@ async fn three_serve_processes_route_and_one_leaves() {
     let traffic = common::traffic(&members, 1000, 5, 1, "proc");
     let client = vhost.broker().await;
     common::publish_all(&client, &traffic.batches).await;
-    let outboxes: Vec<String> = names.iter().map(|n| format!("{n}.outbox")).collect();
-    let sinks: Vec<String> = names
-        .iter()
-        .flat_map(|n| {
-            [
-                format!("{n}.deliver"),
-                format!("{n}.retry"),
-                format!("{n}.failure"),
-            ]
-        })
-        .collect();
-    common::wait_settled(&client, &outboxes, &sinks, 1000, Duration::from_secs(120)).await;
-    let mut found = Vec::new();
-    for n in names {
-        found.push((
-            Expect::Delivered(n.into()),
-            common::drain(&client, &format!("{n}.deliver")).await,
-        ));
-        found.push((
-            Expect::Held(n.into()),
-            common::drain(&client, &format!("{n}.retry")).await,
-        ));
-        found.push((
-            Expect::Failed(n.into()),
-            common::drain(&client, &format!("{n}.failure")).await,
-        ));
-    }
-    let acc = common::account(&traffic.expected, found);
+    let acc =
+        common::settle_and_account(&client, &names, &traffic.expected, Duration::from_secs(120))
+            .await;
+    let outboxes = common::outboxes(&names);
     println!(
         "three processes: sent {} | delivered {:?} | held {} | failed {} | duplicates {} | lost {}",
         acc.sent,

@@ -26,17 +26,6 @@ fn now_us() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 #[derive(Default)]
 struct Minute {
     latencies_ms: Vec<f64>,
@@ -136,7 +125,7 @@ async fn soak_with_a_fault_a_minute() {
                 cluster
                     .servers
                     .iter()
-                    .map(|s| rss_mib(s.child.id()))
+                    .map(|s| common::rss_mib(&s.child.id().to_string()))
                     .collect(),
             ));
         }

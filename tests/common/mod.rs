@@ -30,7 +30,7 @@ pub struct TestVhost {
     password: String,
 }
 
-fn rabbitmqctl(args: &[&str]) {
+pub fn rabbitmqctl(args: &[&str]) {
     let out = Command::new("rabbitmqctl")
         .args(args)
         .output()
@@ -265,6 +265,71 @@ pub async fn wait_settled(
         }
         panic!("{e}; queues: {}", state.join(" "));
     }
+}
+
+/// Resident memory of a process (`pid`, or "self"), MiB; 0 if unreadable.
+pub fn rss_mib(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// `<name>.outbox` of each instance.
+pub fn outboxes(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| format!("{n}.outbox")).collect()
+}
+
+/// `<name>.deliver`, `.retry` and `.failure` of each instance: where a message can end up.
+pub fn sinks(names: &[&str]) -> Vec<String> {
+    names
+        .iter()
+        .flat_map(|n| {
+            [
+                format!("{n}.deliver"),
+                format!("{n}.retry"),
+                format!("{n}.failure"),
+            ]
+        })
+        .collect()
+}
+
+/// Waits until the instances' outboxes are empty and all of `expected` reached their sinks,
+/// then takes everything out and counts it by id.
+pub async fn settle_and_account(
+    client: &SharedBroker,
+    names: &[&str],
+    expected: &HashMap<String, Expect>,
+    limit: Duration,
+) -> Accounting {
+    wait_settled(
+        client,
+        &outboxes(names),
+        &sinks(names),
+        expected.len(),
+        limit,
+    )
+    .await;
+    let mut found = Vec::new();
+    for n in names {
+        found.push((
+            Expect::Delivered(n.to_string()),
+            drain(client, &format!("{n}.deliver")).await,
+        ));
+        found.push((
+            Expect::Held(n.to_string()),
+            drain(client, &format!("{n}.retry")).await,
+        ));
+        found.push((
+            Expect::Failed(n.to_string()),
+            drain(client, &format!("{n}.failure")).await,
+        ));
+    }
+    account(expected, found)
 }
 
 /// Takes every ready message out of a queue.

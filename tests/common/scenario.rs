@@ -102,41 +102,7 @@ impl Cluster {
     /// Waits until everything sent is in a deliver, retry or failure queue and the outboxes
     /// are empty, then takes it all out and counts it against `expected`.
     pub async fn account(&self, expected: &HashMap<String, Expect>) -> Accounting {
-        let outboxes: Vec<String> = NAMES.iter().map(|n| format!("{n}.outbox")).collect();
-        let sinks: Vec<String> = NAMES
-            .iter()
-            .flat_map(|n| {
-                [
-                    format!("{n}.deliver"),
-                    format!("{n}.retry"),
-                    format!("{n}.failure"),
-                ]
-            })
-            .collect();
-        super::wait_settled(
-            &self.client,
-            &outboxes,
-            &sinks,
-            expected.len(),
-            Duration::from_secs(300),
-        )
-        .await;
-        let mut found = Vec::new();
-        for n in NAMES {
-            found.push((
-                Expect::Delivered(n.into()),
-                super::drain(&self.client, &format!("{n}.deliver")).await,
-            ));
-            found.push((
-                Expect::Held(n.into()),
-                super::drain(&self.client, &format!("{n}.retry")).await,
-            ));
-            found.push((
-                Expect::Failed(n.into()),
-                super::drain(&self.client, &format!("{n}.failure")).await,
-            ));
-        }
-        super::account(expected, found)
+        super::settle_and_account(&self.client, &NAMES, expected, Duration::from_secs(300)).await
     }
 
     pub fn logs(&self) -> String {
