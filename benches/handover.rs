@@ -66,6 +66,16 @@ struct Latency {
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
+struct MemoryBound {
+    waiting: usize,
+    prefetch: u16,
+    start_rss_mib: f64,
+    peak_rss_mib: f64,
+    drained: usize,
+    msgs_per_s: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
 struct Micro {
     name: String,
     ns_per_op: f64,
@@ -306,17 +316,12 @@ async fn wait_consuming(instance: &Instance) -> (Meter, Instant) {
     (Meter::start(), Instant::now())
 }
 
-/// Scenario 2: a's outbox holds N messages that b owns; b is announced but not running.
-async fn handover(broker: SharedBroker, messages: &[Message], prefetch: u16) -> Sample {
-    let a = settings("a", IpAddr::from([10, 8, 0, 1]), prefetch);
-    mailroute_actors::instance::declare_queues(&a, &broker)
-        .await
-        .unwrap();
+/// Instance a, listening, with a peer b that is announced (owning `B_IP`) but not running.
+async fn a_with_phantom_b(broker: &SharedBroker, a: InstanceSettings) -> Instance {
     broker
         .declare_queue(&QueueSpec::durable("b.outbox"))
         .await
         .unwrap();
-    fill(&broker, &a.outbox, messages).await;
     let exchange = a.cluster_exchange.clone();
     let instance = Instance::start(a, broker.clone(), broker.clone())
         .await
@@ -326,7 +331,18 @@ async fn handover(broker: SharedBroker, messages: &[Message], prefetch: u16) -> 
     })
     .await
     .unwrap();
-    announce_b(&broker, &exchange).await;
+    announce_b(broker, &exchange).await;
+    instance
+}
+
+/// Scenario 2: a's outbox holds N messages that b owns; b is announced but not running.
+async fn handover(broker: SharedBroker, messages: &[Message], prefetch: u16) -> Sample {
+    let a = settings("a", IpAddr::from([10, 8, 0, 1]), prefetch);
+    mailroute_actors::instance::declare_queues(&a, &broker)
+        .await
+        .unwrap();
+    fill(&broker, &a.outbox, messages).await;
+    let instance = a_with_phantom_b(&broker, a).await;
     let (meter, started) = wait_consuming(&instance).await;
     wait_depth(&broker, "b.outbox", messages.len()).await;
     let sample = meter.stop(started.elapsed());
@@ -476,6 +492,68 @@ async fn latency(
         let _ = tx.send(result);
     });
     rx.await.unwrap_or_default()
+}
+
+/// Memory bound: `waiting` messages (1 KiB, for a local IP) queued in an outbox, then a real
+/// `mailroute serve` process started on it; its RSS is sampled while it drains a tenth of them.
+/// RSS must follow the prefetch, not the queue length.
+async fn memory_bound(waiting: usize) -> MemoryBound {
+    let vhost = TestVhost::new("bench-rss");
+    let client = vhost.broker().await;
+    let prefetch = 1000;
+    let ip = IpAddr::from([10, 8, 1, 1]);
+    let mut s = settings("rss", ip, prefetch);
+    s.outbox = "rss.outbox".into();
+    s.deliver = "rss.deliver".into();
+    s.failure = "rss.failure".into();
+    s.retry = "rss.retry".into();
+    mailroute_actors::instance::declare_queues(&s, &client)
+        .await
+        .unwrap();
+    let body = bytes::Bytes::from(mailerq_json("rss", Some(&[ip]), 1024));
+    for chunk in (0..waiting).collect::<Vec<_>>().chunks(10_000) {
+        let batch: Vec<(String, Message)> = chunk
+            .iter()
+            .map(|i| {
+                let mut m = test_message(&format!("rss-{i}"), Vec::new());
+                m.body = body.clone();
+                ("rss.outbox".to_string(), m)
+            })
+            .collect();
+        common::publish_all(&client, &batch).await;
+    }
+    let dir = std::env::temp_dir().join(&vhost.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let extra = "rabbitmq-qos: 1000\n";
+    let config = common::servers::write_config(&dir, &vhost.address(), "rss", &[ip], extra);
+    let server = common::servers::Server::spawn(&dir, "rss", &config);
+    let pid = server.child.id().to_string();
+    let start_rss = common::rss_mib(&pid);
+    let target = waiting / 10;
+    let mut peak: f64 = start_rss;
+    let started = Instant::now();
+    loop {
+        peak = peak.max(common::rss_mib(&pid));
+        if common::ready(&client, "rss.deliver").await >= target {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "memory scenario stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = started.elapsed();
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    MemoryBound {
+        waiting,
+        prefetch,
+        start_rss_mib: start_rss,
+        peak_rss_mib: peak,
+        drained: target,
+        msgs_per_s: target as f64 / elapsed.as_secs_f64(),
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -689,21 +767,8 @@ async fn run(quick: bool) {
         let broker = v.broker().await;
         let mut a = settings("a", IpAddr::from([10, 8, 0, 1]), prefetch);
         a.warmup = Duration::ZERO;
-        broker
-            .declare_queue(&QueueSpec::durable("b.outbox"))
-            .await
-            .unwrap();
-        let exchange = a.cluster_exchange.clone();
         let outbox = a.outbox.clone();
-        let instance = Instance::start(a, broker.clone(), broker.clone())
-            .await
-            .unwrap();
-        wait_for("a listens", Duration::from_secs(30), || async {
-            instance.stats.snapshot().announcements_received > 0
-        })
-        .await
-        .unwrap();
-        announce_b(&broker, &exchange).await;
+        let instance = a_with_phantom_b(&broker, a).await;
         wait_for("b known", Duration::from_secs(30), || async {
             instance.peers().await.len() == 1
         })
@@ -729,9 +794,20 @@ async fn run(quick: bool) {
             }
         }
     }
+    let memory = if broker_up {
+        Some(memory_bound(if quick { 100_000 } else { 1_000_000 }).await)
+    } else {
+        None
+    };
     let micro = micro_benches();
     print_report(&rows, &latencies, &micro);
-    let json = serde_json::json!({ "quick": quick, "throughput": rows, "latency": latencies, "micro": micro });
+    if let Some(m) = &memory {
+        println!(
+            "\nmemory: a `mailroute serve` process (prefetch {}) with {} messages waiting in its outbox: peak RSS {:.1} MiB, RSS at start {:.1} MiB; it drained {} of them at {:.0} msgs/s",
+            m.prefetch, m.waiting, m.peak_rss_mib, m.start_rss_mib, m.drained, m.msgs_per_s
+        );
+    }
+    let json = serde_json::json!({ "quick": quick, "throughput": rows, "latency": latencies, "micro": micro, "memory": memory });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     let _ = std::fs::create_dir_all(&dir);
     let path = dir.join("handover.json");

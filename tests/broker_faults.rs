@@ -112,15 +112,6 @@ async fn closing_all_connections_twice_loses_nothing() {
         &acc,
         acc.held + acc.failed,
     );
-    assert!(
-        acc.lost.is_empty(),
-        "lost: {:?}",
-        &acc.lost[..acc.lost.len().min(10)]
-    );
-    assert!(
-        acc.misplaced.is_empty(),
-        "misplaced: {:?}",
-        &acc.misplaced[..acc.misplaced.len().min(10)]
-    );
+    acc.assert_complete("");
     assert!(restarts >= 2, "the faults must have restarted actors");
 }

@@ -85,16 +85,7 @@ async fn ten_thousand_messages_reach_their_owners() {
         published,
         settled
     );
-    assert!(
-        acc.lost.is_empty(),
-        "lost: {:?}",
-        &acc.lost[..acc.lost.len().min(10)]
-    );
-    assert!(
-        acc.misplaced.is_empty(),
-        "misplaced: {:?}",
-        &acc.misplaced[..acc.misplaced.len().min(10)]
-    );
+    acc.assert_complete("");
     assert_eq!(acc.duplicates, 0, "a run without faults has no duplicates");
     assert_eq!(acc.failed_without_reason, 0);
     let wanted_held = traffic

@@ -68,8 +68,7 @@ async fn three_serve_processes_route_and_one_leaves() {
         acc.duplicates,
         acc.lost.len()
     );
-    assert!(acc.lost.is_empty(), "lost: {:?}", acc.lost);
-    assert!(acc.misplaced.is_empty(), "misplaced: {:?}", acc.misplaced);
+    acc.assert_complete("");
     assert_eq!(acc.duplicates, 0);
     assert_eq!(acc.failed_without_reason, 0);
 

@@ -36,17 +36,7 @@ async fn connections_closed_twice() {
         &acc,
         rejected(&acc),
     );
-    assert!(
-        acc.lost.is_empty(),
-        "lost {:?}\n{}",
-        &acc.lost[..acc.lost.len().min(5)],
-        cluster.logs()
-    );
-    assert!(
-        acc.misplaced.is_empty(),
-        "misplaced {:?}",
-        &acc.misplaced[..acc.misplaced.len().min(5)]
-    );
+    acc.assert_complete(&cluster.logs());
     assert!(
         cluster
             .servers
@@ -82,17 +72,7 @@ async fn an_instance_killed_and_restarted() {
         &acc,
         rejected(&acc),
     );
-    assert!(
-        acc.lost.is_empty(),
-        "lost {:?}\n{}",
-        &acc.lost[..acc.lost.len().min(5)],
-        cluster.logs()
-    );
-    assert!(
-        acc.misplaced.is_empty(),
-        "misplaced {:?}",
-        &acc.misplaced[..acc.misplaced.len().min(5)]
-    );
+    acc.assert_complete(&cluster.logs());
     assert_eq!(cluster.server("a").log_count("serving"), 2);
 }
 
@@ -310,16 +290,7 @@ async fn hostile_input_is_rejected_and_counted() {
         acc.failed
     );
     report("real mail sent after the attack", &acc, acc.failed);
-    assert!(
-        acc.lost.is_empty(),
-        "lost {:?}",
-        &acc.lost[..acc.lost.len().min(5)]
-    );
-    assert!(
-        acc.misplaced.is_empty(),
-        "misplaced {:?}",
-        &acc.misplaced_detail[..acc.misplaced.len().min(5)]
-    );
+    acc.assert_complete("");
     assert_eq!(acc.failed, malformed);
     assert_eq!(acc.failed_without_reason, 0);
 }

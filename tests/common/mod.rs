@@ -367,6 +367,23 @@ pub struct Accounting {
     pub failed_without_reason: usize,
 }
 
+impl Accounting {
+    /// Nothing lost, nothing where it does not belong; otherwise shows the first offenders
+    /// and `context` (the instances' logs, say).
+    pub fn assert_complete(&self, context: &str) {
+        assert!(
+            self.lost.is_empty(),
+            "lost {:?}\n{context}",
+            &self.lost[..self.lost.len().min(5)]
+        );
+        assert!(
+            self.misplaced.is_empty(),
+            "misplaced {:?}",
+            &self.misplaced_detail[..self.misplaced_detail.len().min(5)]
+        );
+    }
+}
+
 /// Collects `(expect, messages)` pairs and compares them with what was sent.
 pub fn account(
     expected: &HashMap<String, Expect>,
