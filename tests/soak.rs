@@ -160,8 +160,15 @@ async fn soak_with_a_fault_a_minute() {
     let seen = seen.lock().unwrap();
     let duplicates: usize = seen.values().map(|n| n - 1).sum();
     let mut minutes = minutes.lock().unwrap();
-    let last = minutes.keys().max().copied().unwrap_or(0);
-    for (label, minute) in [("first", 0), ("last", last)] {
+    // Every full minute of sending, so "flat" can be read off; the first and the last are
+    // the ones to compare. The tail after sending stopped is not a minute of traffic.
+    let full_minutes = (seconds / 60).max(1);
+    for minute in 0..full_minutes {
+        let label = match minute {
+            0 => "first",
+            m if m + 1 == full_minutes => "last",
+            _ => "",
+        };
         let m = minutes.entry(minute).or_default();
         m.latencies_ms.sort_by(f64::total_cmp);
         let rss_then = rss
@@ -170,7 +177,7 @@ async fn soak_with_a_fault_a_minute() {
             .map(|(_, v)| v.clone())
             .unwrap_or_default();
         println!(
-            "SOAK | {label} minute ({minute}) | delivered {} | p50 {:.1} ms | p99 {:.1} ms | RSS MiB a/b/c {:?}",
+            "SOAK | minute {minute:>2} {label:<5} | delivered {:>6} | p50 {:>6.1} ms | p99 {:>7.1} ms | RSS MiB a/b/c {:?}",
             m.latencies_ms.len(),
             percentile(&m.latencies_ms, 0.5),
             percentile(&m.latencies_ms, 0.99),
