@@ -476,7 +476,7 @@ async fn latency(
                 for _ in 0..per_tick.min(total - sent) {
                     let mut m = test_message(&format!("lat-{sent}"), Vec::new());
                     m.body = body.clone();
-                    m.properties
+                    m.properties_mut()
                         .headers
                         .insert(SENT_HEADER.into(), HeaderValue::I64(now_us() as i64));
                     let (broker, entry) = (broker.clone(), entry.clone());

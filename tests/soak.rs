@@ -103,7 +103,7 @@ async fn soak_with_a_fault_a_minute() {
             let entry = &members[rng.random_range(0..members.len())];
             let mut m = test_message(&format!("soak-{sent}"), Vec::new());
             m.body = body_for[owner].clone().into();
-            m.properties
+            m.properties_mut()
                 .headers
                 .insert(SENT_HEADER.into(), HeaderValue::I64(now_us()));
             let (client, outbox) = (client.clone(), entry.outbox.clone());

@@ -111,19 +111,25 @@ impl Properties {
     }
 }
 
-/// A message as it travels: properties plus a body shared without copying.
+/// A message as it travels: properties and body both shared, so passing a message between
+/// actors or keeping a copy for later costs two reference counts, not a copy.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Message {
-    pub properties: Properties,
+    pub properties: Arc<Properties>,
     pub body: Bytes,
 }
 
 impl Message {
     pub fn new(body: impl Into<Bytes>, properties: Properties) -> Self {
         Message {
-            properties,
+            properties: Arc::new(properties),
             body: body.into(),
         }
+    }
+
+    /// The properties to change; copied first only if another holder still shares them.
+    pub fn properties_mut(&mut self) -> &mut Properties {
+        Arc::make_mut(&mut self.properties)
     }
 
     pub fn header(&self, name: &str) -> Option<&HeaderValue> {

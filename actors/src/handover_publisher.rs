@@ -71,7 +71,7 @@ impl HandoverPublisher {
 impl Targets {
     fn plan(&self, decision: Decision, mut message: Message) -> Plan {
         let unchanged = matches!(decision, Decision::Handover(_)).then(|| message.clone());
-        let headers = &mut message.properties.headers;
+        let headers = &mut message.properties_mut().headers;
         match decision {
             Decision::Deliver => Plan {
                 broker: self.local.clone(),
@@ -220,7 +220,7 @@ impl Targets {
 
 /// The message as it was before a handover added to it.
 fn undo_handover(mut message: Message) -> Message {
-    let headers = &mut message.properties.headers;
+    let headers = &mut message.properties_mut().headers;
     headers.remove(FROM_HEADER);
     match headers.get(HOPS_HEADER).and_then(HeaderValue::as_i64) {
         Some(hops) if hops > 1 => {

@@ -188,7 +188,7 @@ impl MemoryBroker {
         };
         if let Some(target) = target {
             for mut message in dead {
-                message.properties.expiration = None;
+                message.properties_mut().expiration = None;
                 self.enqueue(&mut state, &target, message);
             }
         }

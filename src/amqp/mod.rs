@@ -213,7 +213,7 @@ impl AmqpBroker {
             Confirmation::Ack(Some(returned)) => {
                 let reply_text = returned.reply_text.as_str().to_string();
                 let content = Message {
-                    properties: convert::from_lapin(&returned.delivery.properties),
+                    properties: Arc::new(convert::from_lapin(&returned.delivery.properties)),
                     body: returned.delivery.data.into(),
                 };
                 // Two identical messages are interchangeable: equal content is ours.
@@ -417,7 +417,7 @@ impl Stream for AmqpConsumer {
             item.map(|result| {
                 result.map_err(lapin_error).map(|d| Delivery {
                     message: Message {
-                        properties: convert::from_lapin(&d.properties),
+                        properties: Arc::new(convert::from_lapin(&d.properties)),
                         body: d.data.into(),
                     },
                     redelivered: d.redelivered,
