@@ -528,6 +528,11 @@ async fn memory_bound(waiting: usize) -> MemoryBound {
     let config = common::servers::write_config(&dir, &vhost.address(), "rss", &[ip], extra);
     let server = common::servers::Server::spawn(&dir, "rss", &config);
     let pid = server.child.id().to_string();
+    wait_for("serving", Duration::from_secs(60), || async {
+        server.log_count("serving") > 0
+    })
+    .await
+    .unwrap();
     let start_rss = common::rss_mib(&pid);
     let target = waiting / 10;
     let mut peak: f64 = start_rss;
