@@ -60,15 +60,11 @@ impl Instance {
         let stats = Arc::new(Stats::default());
         let started_at = now_ms();
 
-        let publisher = {
-            let (s, l, c, st) = (
-                settings.clone(),
-                local.clone(),
-                cluster.clone(),
-                stats.clone(),
-            );
-            Supervisor::start(move |_| HandoverPublisher::new(&s, l, c, st))
-        };
+        // Each actor is built here and handed to its supervisor, which keeps the same value
+        // across restarts (calling `restarting`), so state such as the ownership table survives.
+        let publisher =
+            HandoverPublisher::new(&settings, local.clone(), cluster.clone(), stats.clone());
+        let publisher = Supervisor::start(move |_| publisher);
         let router_actor = IpOwnershipRouter::new(
             settings.local_ips.clone(),
             settings.policy.clone(),
@@ -89,46 +85,42 @@ impl Instance {
             console_url: settings.console_url.clone(),
             config_hash: settings.config_hash.clone(),
         };
-        let announcer = {
-            let (b, ex, iv, st) = (
-                cluster.clone(),
-                settings.cluster_exchange.clone(),
-                settings.announce_interval,
-                stats.clone(),
-            );
-            let codec = settings.codec.clone();
-            Supervisor::start(move |_| Announcer::new(b, ex, announcement, iv, st, codec))
+        let announcer = Announcer::new(
+            cluster.clone(),
+            settings.cluster_exchange.clone(),
+            announcement,
+            settings.announce_interval,
+            stats.clone(),
+            settings.codec.clone(),
+        );
+        let announcer = Supervisor::start(move |_| announcer);
+        let consumer = OutboxConsumer::new(
+            local.clone(),
+            settings.outbox.clone(),
+            settings.prefetch,
+            router.clone().recipient(),
+            stats.clone(),
+            settings.warmup,
+        );
+        let consumer = Supervisor::start(move |_| consumer);
+        let config = RegistryConfig {
+            exchange: settings.cluster_exchange.clone(),
+            me: settings.name.clone(),
+            my_started_at: started_at,
+            local_ips: settings.local_ips.clone(),
+            peer_timeout: settings.peer_timeout,
+            handover_broker: cluster.identity(),
+            codec: settings.codec.clone(),
         };
-        let consumer = {
-            let (b, q, p, r, st, w) = (
-                local.clone(),
-                settings.outbox.clone(),
-                settings.prefetch,
-                router.clone().recipient(),
-                stats.clone(),
-                settings.warmup,
-            );
-            Supervisor::start(move |_| OutboxConsumer::new(b, q, p, r, st, w))
-        };
-        let registry = {
-            let config = RegistryConfig {
-                exchange: settings.cluster_exchange.clone(),
-                me: settings.name.clone(),
-                my_started_at: started_at,
-                local_ips: settings.local_ips.clone(),
-                peer_timeout: settings.peer_timeout,
-                handover_broker: cluster.identity(),
-                codec: settings.codec.clone(),
-            };
-            let (b, r, a, l, st) = (
-                cluster.clone(),
-                router.clone().recipient(),
-                announcer.clone().recipient(),
-                consumer.clone().recipient(),
-                stats.clone(),
-            );
-            Supervisor::start(move |_| PeerRegistry::new(b, config, r, a, l, st))
-        };
+        let registry = PeerRegistry::new(
+            cluster.clone(),
+            config,
+            router.clone().recipient(),
+            announcer.clone().recipient(),
+            consumer.clone().recipient(),
+            stats.clone(),
+        );
+        let registry = Supervisor::start(move |_| registry);
         info!(instance = %settings.name, outbox = %settings.outbox, ips = settings.local_ips.len(), "instance started");
         Ok(Instance {
             settings,
