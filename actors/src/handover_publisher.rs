@@ -248,7 +248,21 @@ impl Handler<Dispatch> for HandoverPublisher {
 
     fn handle(&mut self, dispatch: Dispatch, _: &mut Context<Self>) {
         let targets = self.targets.clone();
-        let span = tracing::info_span!("publish", id = dispatch.id, decision = ?dispatch.decision);
+        // Plain strings, not the Debug of the decision: a span is built for every message, and
+        // a log subscriber formats its fields whenever the span is enabled.
+        let (outcome, peer) = match &dispatch.decision {
+            Decision::Deliver => ("deliver", ""),
+            Decision::Handover(peer) => ("handover", peer.name.as_str()),
+            Decision::Hold { .. } => ("hold", ""),
+            Decision::Fail { .. } => ("fail", ""),
+        };
+        let message_id = dispatch
+            .message
+            .properties
+            .message_id
+            .as_deref()
+            .unwrap_or("-");
+        let span = tracing::info_span!("publish", id = dispatch.id, message_id, outcome, peer);
         let plan = targets.plan(dispatch.decision, dispatch.message);
         let (id, reply) = (dispatch.id, dispatch.reply);
         // Detached from the actor on purpose: a restart here must not drop a publish whose
