@@ -703,6 +703,25 @@ fn main() {
         );
         return;
     }
+    // `--handover N`: only the handover scenario with N messages of 1 KiB (for profiling).
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--handover")
+        .and_then(|i| args.get(i + 1)?.parse::<usize>().ok())
+    {
+        let system = actix_rt::System::new();
+        let sample = system.block_on(async move {
+            let vhost = TestVhost::new("bench-profile");
+            handover(vhost.broker().await, &bodies(n, 1024), 1000).await
+        });
+        let r = row("mailroute handover", 1024, n, vec![sample]);
+        println!(
+            "{:.0} msgs/s, {:.2} us CPU per message",
+            r.msgs_per_s,
+            r.cpu_s_per_10k * 100.0
+        );
+        return;
+    }
     let system = actix_rt::System::new();
     system.block_on(run(quick));
 }
