@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Member, TestVhost};
+use common::TestVhost;
 use mailroute_actors::testkit::wait_for;
 use mailroute_actors::{Instance, InstanceSettings};
 
@@ -40,15 +40,7 @@ fn close_all_connections(vhost: &str) {
 async fn closing_all_connections_twice_loses_nothing() {
     let vhost = TestVhost::new("faults");
     let names = ["a", "b", "c"];
-    let members: Vec<Member> = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| Member {
-            name: n.to_string(),
-            outbox: format!("{n}.outbox"),
-            ips: ips(i as u8),
-        })
-        .collect();
+    let members = common::members(&names, ips);
     let mut settings = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let mut s = InstanceSettings::new(*name, ips(i as u8));

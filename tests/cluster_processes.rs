@@ -4,56 +4,23 @@
 
 mod common;
 
-use std::net::IpAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use common::servers::{Server, write_config};
-use common::{Member, TestVhost};
+use common::scenario::{Cluster, NAMES, ips};
 use mailroute_actors::testkit::wait_for;
 
 const SECRET: &str = "processes-test-secret";
 
-fn ips(n: u8) -> Vec<IpAddr> {
-    (1..=3).map(|h| IpAddr::from([10, 2, n, h])).collect()
-}
-
 #[actix::test]
 async fn three_serve_processes_route_and_one_leaves() {
-    let vhost = TestVhost::new("processes");
-    let dir = std::env::temp_dir().join(&vhost.name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let names = ["a", "b", "c"];
-    let mut servers: Vec<Server> = names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let extra = format!("cluster-secret: {SECRET}\n");
-            let config = write_config(&dir, &vhost.address(), name, &ips(i as u8), &extra);
-            Server::spawn(&dir, name, &config)
-        })
-        .collect();
-    for s in &servers {
-        let joined = wait_for("two peers joined", Duration::from_secs(30), || async {
-            s.log_count("peer joined") >= 2
-        })
-        .await;
-        if let Err(e) = joined {
-            panic!("{}: {e}\n{}", s.name, s.log_text());
-        }
-    }
-
-    let members: Vec<Member> = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| Member {
-            name: n.to_string(),
-            outbox: format!("{n}.outbox"),
-            ips: ips(i as u8),
-        })
-        .collect();
+    let mut cluster =
+        Cluster::start_with("processes", &format!("cluster-secret: {SECRET}\n")).await;
+    let names = NAMES;
+    let members = common::members(&names, ips);
     let traffic = common::traffic(&members, 1000, 5, 1, "proc");
-    let client = vhost.broker().await;
+    let client = cluster.client.clone();
+    let password = cluster.vhost.password().to_string();
     common::publish_all(&client, &traffic.batches).await;
     let acc =
         common::settle_and_account(&client, &names, &traffic.expected, Duration::from_secs(120))
@@ -73,7 +40,7 @@ async fn three_serve_processes_route_and_one_leaves() {
     assert_eq!(acc.failed_without_reason, 0);
 
     // The operator commands, as a person would run them.
-    let conf_a = dir.join("a.conf");
+    let conf_a = cluster.dir.join("a.conf");
     let list = Command::new(env!("CARGO_BIN_EXE_mailroute"))
         .args(["cluster", "list", "--config"])
         .arg(&conf_a)
@@ -87,14 +54,15 @@ async fn three_serve_processes_route_and_one_leaves() {
             "{n} missing in:\n{listed}"
         );
     }
-    assert!(listed.contains("10.2.1.1,10.2.1.2,10.2.1.3"), "{listed}");
+    let b_ips: Vec<String> = ips(1).iter().map(ToString::to_string).collect();
+    assert!(listed.contains(&b_ips.join(",")), "{listed}");
     assert!(
-        !listed.contains("guest"),
+        !listed.contains(&password),
         "credentials must not be announced: {listed}"
     );
     let inject = Command::new(env!("CARGO_BIN_EXE_mailroute"))
         .args([
-            "inject", "-n", "50", "--ips", "10.2.1.2", "--prefix", "injected", "--config",
+            "inject", "-n", "50", "--ips", &b_ips[1], "--prefix", "injected", "--config",
         ])
         .arg(&conf_a)
         .output()
@@ -123,28 +91,21 @@ async fn three_serve_processes_route_and_one_leaves() {
 
     // SIGTERM c: it drains, says Leaving and exits cleanly. peer-timeout is a minute, so only
     // the Leaving message can make a and b forget it within the wait below.
-    let mut c = servers.pop().unwrap();
+    let mut c = cluster.servers.pop().unwrap();
     c.signal("-TERM");
     let (status, c) = tokio::task::spawn_blocking(move || (c.wait(), c))
         .await
         .unwrap();
     assert!(status.success(), "{}", c.log_text());
     assert_eq!(c.log_count("left the cluster"), 1, "{}", c.log_text());
-    for s in &servers {
+    for s in &cluster.servers {
         wait_for("peer left", Duration::from_secs(10), || async {
             s.log_count("peer left") >= 1
         })
         .await
         .unwrap();
     }
-    let senders: Vec<Member> = ["a", "b"]
-        .iter()
-        .map(|n| Member {
-            name: n.to_string(),
-            outbox: format!("{n}.outbox"),
-            ips: ips(2),
-        })
-        .collect();
+    let senders = common::members(&["a", "b"], |_| ips(2));
     let after = common::traffic(&senders, 200, 0, 0, "after-leave");
     common::publish_all(&client, &after.batches).await;
     let retries = ["a.retry".to_string(), "b.retry".to_string()];
@@ -173,18 +134,16 @@ async fn three_serve_processes_route_and_one_leaves() {
         0,
         "c got nothing after leaving"
     );
-    for s in &servers {
+    for s in &cluster.servers {
         s.signal("-TERM");
     }
-    for s in servers.iter().chain(std::iter::once(&c)) {
+    for s in cluster.servers.iter().chain(std::iter::once(&c)) {
         let log = s.log_text();
         assert!(
-            !log.contains(SECRET) && !log.contains("guest:guest"),
+            !log.contains(SECRET) && !log.contains(&password),
             "secrets leaked into {}'s log",
             s.name
         );
         assert!(!log.contains("cluster-secret is not set"), "{}", s.name);
     }
-    drop(servers);
-    let _ = std::fs::remove_dir_all(&dir);
 }

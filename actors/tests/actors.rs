@@ -54,6 +54,15 @@ async fn wait_peers(instances: &[&Instance], count: usize) {
     }
 }
 
+/// Waits until the instance's registry hears the cluster (its own announcement comes back).
+async fn wait_listening(instance: &Instance) {
+    wait_for("listening to the cluster", LIMIT, || async {
+        instance.stats.snapshot().announcements_received > 0
+    })
+    .await
+    .unwrap();
+}
+
 async fn announce_ghost(
     broker: &MemoryBroker,
     name: &str,
@@ -122,11 +131,7 @@ async fn a_silent_peer_expires() {
     let mut s = settings("a", &["10.0.0.1"]);
     s.peer_timeout = Duration::from_millis(300);
     let a = start(&broker, s).await;
-    wait_for("a listens", LIMIT, || async {
-        a.stats.snapshot().announcements_received > 0
-    })
-    .await
-    .unwrap();
+    wait_listening(&a).await;
     announce_ghost(&broker, "ghost", "10.9.9.9", "ghost.outbox").await;
     wait_peers(&[&a], 1).await;
     assert!(matches!(
@@ -162,11 +167,7 @@ async fn a_handover_lands_in_the_peer_outbox_untouched() {
         .await
         .unwrap();
     let a = start(&broker, settings("a", &["10.0.0.1"])).await;
-    wait_for("a listens", LIMIT, || async {
-        a.stats.snapshot().announcements_received > 0
-    })
-    .await
-    .unwrap();
+    wait_listening(&a).await;
     announce_ghost(&broker, "g", "10.0.0.7", "g.outbox").await;
     wait_peers(&[&a], 1).await;
     for i in 0..20 {
@@ -395,11 +396,7 @@ async fn reload_forgets_peers_and_relearns_them() {
 async fn garbage_and_forged_cluster_messages_are_dropped_and_counted() {
     let broker = MemoryBroker::new("garbage");
     let a = start(&broker, settings("a", &["10.0.0.1"])).await;
-    wait_for("a listens", LIMIT, || async {
-        a.stats.snapshot().announcements_received > 0
-    })
-    .await
-    .unwrap();
+    wait_listening(&a).await;
     for body in [
         &b"\x00\x01garbage"[..],
         b"MR\x07future",
@@ -442,11 +439,7 @@ async fn garbage_and_forged_cluster_messages_are_dropped_and_counted() {
 async fn a_returned_handover_follows_the_unroutable_policy() {
     let broker = MemoryBroker::new("returned");
     let a = start(&broker, settings("a", &["10.0.0.1"])).await;
-    wait_for("a listens", LIMIT, || async {
-        a.stats.snapshot().announcements_received > 0
-    })
-    .await
-    .unwrap();
+    wait_listening(&a).await;
     // The peer is alive in the registry, but its outbox queue does not exist.
     announce_ghost(&broker, "g", "10.0.0.7", "g.missing-outbox").await;
     wait_peers(&[&a], 1).await;
@@ -626,11 +619,7 @@ async fn a_return_reported_with_another_confirm_is_kept() {
     let mut s = settings("a", &["10.0.0.1"]);
     s.prefetch = 1; // one at a time, so the order of publishes is known
     let a = Instance::start(s, broker.clone(), broker).await.unwrap();
-    wait_for("a listens", LIMIT, || async {
-        a.stats.snapshot().announcements_received > 0
-    })
-    .await
-    .unwrap();
+    wait_listening(&a).await;
     announce_ghost(&memory, "g", "10.0.0.7", "g.missing-outbox").await;
     wait_peers(&[&a], 1).await;
     inject(&memory, "a.outbox", "to-g", &["10.0.0.7"]).await;
@@ -666,11 +655,7 @@ async fn a_second_claim_on_a_live_peers_ip_does_not_take_it_over() {
         .await
         .unwrap();
     let a = start(&broker, settings("a", &["10.0.0.1"])).await;
-    wait_for("a listens", LIMIT, || async {
-        a.stats.snapshot().announcements_received > 0
-    })
-    .await
-    .unwrap();
+    wait_listening(&a).await;
     announce_ghost(&broker, "first", "10.0.0.9", "first.outbox").await;
     wait_peers(&[&a], 1).await;
     announce_ghost(&broker, "second", "10.0.0.9", "second.outbox").await;

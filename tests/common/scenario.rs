@@ -64,15 +64,7 @@ impl Cluster {
     }
 
     pub fn members(&self) -> Vec<Member> {
-        NAMES
-            .iter()
-            .enumerate()
-            .map(|(i, n)| Member {
-                name: n.to_string(),
-                outbox: format!("{n}.outbox"),
-                ips: ips(i as u8),
-            })
-            .collect()
+        super::members(&NAMES, ips)
     }
 
     /// Ready messages in all deliver queues: how far the stream has got.
