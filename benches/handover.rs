@@ -703,18 +703,30 @@ fn main() {
         );
         return;
     }
-    // `--handover N`: only the handover scenario with N messages of 1 KiB (for profiling).
-    if let Some(n) = args
-        .iter()
-        .position(|a| a == "--handover")
-        .and_then(|i| args.get(i + 1)?.parse::<usize>().ok())
-    {
+    // `--handover N` / `--baseline N`: only that scenario with N messages of 1 KiB (for
+    // profiling one against the other).
+    for (flag, name) in [
+        ("--handover", "mailroute handover"),
+        ("--baseline", "baseline (bare lapin)"),
+    ] {
+        let Some(n) = args
+            .iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1)?.parse::<usize>().ok())
+        else {
+            continue;
+        };
         let system = actix_rt::System::new();
         let sample = system.block_on(async move {
             let vhost = TestVhost::new("bench-profile");
-            handover(vhost.broker().await, &bodies(n, 1024), 1000).await
+            let messages = bodies(n, 1024);
+            if flag == "--baseline" {
+                baseline(&vhost, &messages, 1000).await
+            } else {
+                handover(vhost.broker().await, &messages, 1000).await
+            }
         });
-        let r = row("mailroute handover", 1024, n, vec![sample]);
+        let r = row(name, 1024, n, vec![sample]);
         println!(
             "{:.0} msgs/s, {:.2} us CPU per message",
             r.msgs_per_s,

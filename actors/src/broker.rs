@@ -207,6 +207,9 @@ impl QueueSpec {
 #[async_trait]
 pub trait Acker: Send + Sync {
     async fn ack(&self) -> Result<(), BrokerError>;
+    /// Acks this delivery and every earlier one of the same consumer not yet acked or nacked
+    /// (AMQP's `multiple`): one frame settles a whole run of confirmed deliveries.
+    async fn ack_through(&self) -> Result<(), BrokerError>;
     async fn nack(&self, requeue: bool) -> Result<(), BrokerError>;
 }
 

@@ -5,7 +5,7 @@
 //! For actor tests, simulations and the zero-setup demo; integration tests use real RabbitMQ.
 //! `sever()` plays a connection loss so supervision can be tested.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -40,7 +40,8 @@ struct State {
 struct Queue {
     spec: QueueSpec,
     ready: VecDeque<Stored>,
-    unacked: HashMap<u64, (u64, Message)>,
+    /// delivery tag → (consumer, message); ordered, for `ack_through`.
+    unacked: BTreeMap<u64, (u64, Message)>,
     consumers: Vec<ConsumerSlot>,
     next_consumer: usize,
 }
@@ -84,9 +85,8 @@ impl MemoryBroker {
                     .tx
                     .send(Err(BrokerError::ChannelClosed("connection lost".into())));
             }
-            let mut unacked: Vec<_> = queue.unacked.drain().collect();
-            unacked.sort_by_key(|(tag, _)| std::cmp::Reverse(*tag));
-            for (_, (_, message)) in unacked {
+            let unacked = std::mem::take(&mut queue.unacked);
+            for (_, (_, message)) in unacked.into_iter().rev() {
                 queue.ready.push_front(Stored {
                     message,
                     redelivered: true,
@@ -239,7 +239,7 @@ impl MemoryBroker {
         queue: &str,
         tag: u64,
         generation: u64,
-        requeue: Option<bool>,
+        how: Settle,
     ) -> Result<(), BrokerError> {
         let mut state = self.lock();
         if state.generation != generation {
@@ -255,10 +255,23 @@ impl MemoryBroker {
             .unacked
             .remove(&tag)
             .ok_or_else(|| BrokerError::ChannelClosed(format!("unknown delivery tag {tag}")))?;
-        if let Some(slot) = q.consumers.iter_mut().find(|s| s.id == consumer) {
-            slot.in_flight = slot.in_flight.saturating_sub(1);
+        let mut settled: u16 = 1;
+        if how == Settle::AckThrough {
+            let earlier: Vec<u64> = q
+                .unacked
+                .range(..tag)
+                .filter(|(_, (c, _))| *c == consumer)
+                .map(|(t, _)| *t)
+                .collect();
+            for t in earlier {
+                q.unacked.remove(&t);
+                settled = settled.saturating_add(1);
+            }
         }
-        if requeue == Some(true) {
+        if let Some(slot) = q.consumers.iter_mut().find(|s| s.id == consumer) {
+            slot.in_flight = slot.in_flight.saturating_sub(settled);
+        }
+        if how == (Settle::Nack { requeue: true }) {
             q.ready.push_front(Stored {
                 message,
                 redelivered: true,
@@ -336,6 +349,13 @@ pub fn topic_matches(pattern: &str, key: &str) -> bool {
     go(&p, &k)
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    Ack,
+    AckThrough,
+    Nack { requeue: bool },
+}
+
 struct MemoryAcker {
     broker: MemoryBroker,
     queue: String,
@@ -347,12 +367,17 @@ struct MemoryAcker {
 impl Acker for MemoryAcker {
     async fn ack(&self) -> Result<(), BrokerError> {
         self.broker
-            .settle(&self.queue, self.tag, self.generation, None)
+            .settle(&self.queue, self.tag, self.generation, Settle::Ack)
+    }
+
+    async fn ack_through(&self) -> Result<(), BrokerError> {
+        self.broker
+            .settle(&self.queue, self.tag, self.generation, Settle::AckThrough)
     }
 
     async fn nack(&self, requeue: bool) -> Result<(), BrokerError> {
         self.broker
-            .settle(&self.queue, self.tag, self.generation, Some(requeue))
+            .settle(&self.queue, self.tag, self.generation, Settle::Nack { requeue })
     }
 }
 
@@ -391,7 +416,7 @@ impl Broker for MemoryBroker {
             .or_insert_with(|| Queue {
                 spec: spec.clone(),
                 ready: VecDeque::new(),
-                unacked: HashMap::new(),
+                unacked: BTreeMap::new(),
                 consumers: Vec::new(),
                 next_consumer: 0,
             });

@@ -1,8 +1,13 @@
 //! OutboxConsumer: reads the local outbox and settles each delivery only once its outcome is
 //! confirmed. Unsettled deliveries stay unacked at the broker, so a crash or restart anywhere
 //! downstream makes the broker redeliver them: nothing is lost.
+//!
+//! Acks go out as AMQP `multiple` acks, one at a time: while one is on its way, the deliveries
+//! confirmed meanwhile wait for the next. Under load one frame settles a whole run of them; when
+//! idle, each is acked at once. A delivery can only be covered once every earlier one is
+//! confirmed (or its nack was sent), so a `multiple` ack never settles a message it should not.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -19,8 +24,10 @@ pub struct OutboxConsumer {
     prefetch: u16,
     router: Recipient<Route>,
     stats: Arc<Stats>,
-    /// Ackers of the deliveries routed but not yet settled.
-    in_flight: HashMap<u64, Box<dyn Acker>>,
+    /// Deliveries not yet acked or nacked, in delivery order (ids grow with delivery tags).
+    in_flight: BTreeMap<u64, Pending>,
+    /// An ack is on its way; deliveries confirmed meanwhile go in the next one.
+    ack_busy: bool,
     /// Acks and nacks sent but not yet answered: a drain waits for them, since closing the
     /// channel first would requeue (and so duplicate) messages already handed over.
     acking: usize,
@@ -38,6 +45,15 @@ pub struct OutboxConsumer {
     me: Option<Recipient<Settled>>,
 }
 
+enum Pending {
+    /// With the router or the publisher.
+    Routed(Box<dyn Acker>),
+    /// Its outcome is confirmed: to be acked with the next `multiple` ack.
+    Confirmed(Box<dyn Acker>),
+    /// Its nack is being sent; a `multiple` ack must not pass it until then.
+    Nacking,
+}
+
 impl OutboxConsumer {
     pub fn new(
         broker: SharedBroker,
@@ -53,7 +69,8 @@ impl OutboxConsumer {
             prefetch,
             router,
             stats,
-            in_flight: HashMap::new(),
+            in_flight: BTreeMap::new(),
+            ack_busy: false,
             acking: 0,
             next_id: 0,
             failures: 0,
@@ -70,6 +87,56 @@ impl OutboxConsumer {
         self.me
             .get_or_insert_with(|| ctx.address().recipient())
             .clone()
+    }
+
+    /// Sends one `multiple` ack for the confirmed deliveries at the front, unless one is on its
+    /// way already (its completion calls this again).
+    fn flush_acks(&mut self, ctx: &mut Context<Self>) {
+        if self.ack_busy {
+            return;
+        }
+        let mut last = None;
+        while let Some(entry) = self.in_flight.first_entry() {
+            if !matches!(entry.get(), Pending::Confirmed(_)) {
+                break;
+            }
+            if let Pending::Confirmed(acker) = entry.remove() {
+                last = Some(acker);
+            }
+        }
+        let Some(acker) = last else {
+            return;
+        };
+        self.ack_busy = true;
+        self.acking += 1;
+        let ack = async move { acker.ack_through().await };
+        ctx.spawn(ack.into_actor(self).map(|result, act, ctx| {
+            act.ack_busy = false;
+            act.acking = act.acking.saturating_sub(1);
+            if let Err(error) = result {
+                // The channel died; the broker redelivers, and duplicates beat loss.
+                debug!(%error, "ack failed");
+            }
+            act.flush_acks(ctx);
+            act.settle_if_drained(ctx);
+        }));
+    }
+
+    /// Hands a delivery back to the broker. It stays in `in_flight` until the nack is sent, so a
+    /// later `multiple` ack cannot settle it first.
+    fn requeue(&mut self, id: u64, acker: Box<dyn Acker>, ctx: &mut Context<Self>) {
+        self.in_flight.insert(id, Pending::Nacking);
+        self.acking += 1;
+        let nack = async move { acker.nack(true).await };
+        ctx.spawn(nack.into_actor(self).map(move |result, act, ctx| {
+            act.acking = act.acking.saturating_sub(1);
+            if let Err(error) = result {
+                debug!(%error, "requeue failed; the broker redelivers it anyway");
+            }
+            act.in_flight.remove(&id);
+            act.flush_acks(ctx);
+            act.settle_if_drained(ctx);
+        }));
     }
 
     fn settle_if_drained(&mut self, ctx: &mut Context<Self>) {
@@ -135,6 +202,7 @@ impl Supervised for OutboxConsumer {
         // The old consumer was dropped with the old context, so the broker requeues all that
         // was unacked; the old ackers are dead.
         self.in_flight.clear();
+        self.ack_busy = false;
         self.acking = 0;
         self.stream = None;
         for waiter in self.drained.drain(..) {
@@ -155,18 +223,15 @@ impl StreamHandler<Result<Delivery, BrokerError>> for OutboxConsumer {
             }
         };
         self.failures = 0;
+        self.next_id += 1;
+        let id = self.next_id;
         if self.draining {
             // Prefetched but not routed: hand it back to the broker untouched.
-            let acker = delivery.acker;
-            actix::spawn(async move {
-                let _ = acker.nack(true).await;
-            });
+            self.requeue(id, delivery.acker, ctx);
             return;
         }
         bump(&self.stats.consumed);
-        self.next_id += 1;
-        let id = self.next_id;
-        self.in_flight.insert(id, delivery.acker);
+        self.in_flight.insert(id, Pending::Routed(delivery.acker));
         let route = Route {
             id,
             message: delivery.message,
@@ -177,10 +242,8 @@ impl StreamHandler<Result<Delivery, BrokerError>> for OutboxConsumer {
             self.router.do_send(route);
         } else {
             warn!("router gone; requeueing");
-            if let Some(acker) = self.in_flight.remove(&id) {
-                actix::spawn(async move {
-                    let _ = acker.nack(true).await;
-                });
+            if let Some(Pending::Routed(acker)) = self.in_flight.remove(&id) {
+                self.requeue(id, acker, ctx);
             }
         }
     }
@@ -213,34 +276,27 @@ impl Handler<Settled> for OutboxConsumer {
     type Result = ();
 
     fn handle(&mut self, settled: Settled, ctx: &mut Context<Self>) {
-        let Some(acker) = self.in_flight.remove(&settled.id) else {
-            debug!(
-                id = settled.id,
-                "settled after restart; the broker redelivers it"
-            );
-            return;
+        let acker = match self.in_flight.remove(&settled.id) {
+            Some(Pending::Routed(acker)) => acker,
+            other => {
+                if let Some(pending) = other {
+                    self.in_flight.insert(settled.id, pending);
+                }
+                debug!(id = settled.id, "settled twice or after a restart; ignored");
+                return;
+            }
         };
-        let requeue = settled.result.is_err();
-        if let Err(error) = &settled.result {
-            bump(&self.stats.publish_errors);
-            warn!(id = settled.id, %error, "outcome not confirmed; requeueing the original");
+        match settled.result {
+            Ok(_) => {
+                self.in_flight.insert(settled.id, Pending::Confirmed(acker));
+                self.flush_acks(ctx);
+            }
+            Err(error) => {
+                bump(&self.stats.publish_errors);
+                warn!(id = settled.id, %error, "outcome not confirmed; requeueing the original");
+                self.requeue(settled.id, acker, ctx);
+            }
         }
-        self.acking += 1;
-        let settle = async move {
-            if requeue {
-                acker.nack(true).await
-            } else {
-                acker.ack().await
-            }
-        };
-        ctx.spawn(settle.into_actor(self).map(|result, act, ctx| {
-            act.acking = act.acking.saturating_sub(1);
-            if let Err(error) = result {
-                // The channel died; the broker redelivers, and duplicates beat loss.
-                debug!(%error, "settling failed");
-            }
-            act.settle_if_drained(ctx);
-        }));
     }
 }
 

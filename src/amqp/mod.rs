@@ -454,6 +454,14 @@ impl Acker for AmqpAcker {
             .map_err(lapin_error)
     }
 
+    async fn ack_through(&self) -> Result<(), BrokerError> {
+        self.0
+            .ack(BasicAckOptions { multiple: true })
+            .await
+            .map(|_| ())
+            .map_err(lapin_error)
+    }
+
     async fn nack(&self, requeue: bool) -> Result<(), BrokerError> {
         let options = BasicNackOptions {
             requeue,
