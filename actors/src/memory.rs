@@ -376,8 +376,12 @@ impl Acker for MemoryAcker {
     }
 
     async fn nack(&self, requeue: bool) -> Result<(), BrokerError> {
-        self.broker
-            .settle(&self.queue, self.tag, self.generation, Settle::Nack { requeue })
+        self.broker.settle(
+            &self.queue,
+            self.tag,
+            self.generation,
+            Settle::Nack { requeue },
+        )
     }
 }
 
@@ -541,6 +545,34 @@ mod tests {
         assert!(!topic_matches("announce.*", "announce.a.b"));
         assert!(topic_matches("announce.#", "announce.a.b"));
         assert!(!topic_matches("hello", "announce"));
+    }
+
+    #[tokio::test]
+    async fn ack_through_settles_earlier_deliveries_of_the_consumer_only() {
+        let broker = MemoryBroker::new("t");
+        broker
+            .declare_queue(&QueueSpec::durable("q"))
+            .await
+            .unwrap();
+        for i in 0..5u8 {
+            let m = Message::new(vec![i], Default::default());
+            broker
+                .publish(&Destination::queue("q"), &m, true)
+                .await
+                .unwrap();
+        }
+        let mut consumer = broker.consume("q", 10).await.unwrap();
+        let mut d = Vec::new();
+        for _ in 0..5 {
+            d.push(consumer.next().await.unwrap().unwrap());
+        }
+        d[1].acker.nack(true).await.unwrap();
+        d[3].acker.ack_through().await.unwrap();
+        let again = consumer.next().await.unwrap().unwrap();
+        assert_eq!(&again.message.body[..], [1]);
+        // Settled: 0, 2, 3. Unacked: 4 and the redelivered 1.
+        assert_eq!(broker.depth("q"), 2);
+        assert!(d[0].acker.ack().await.is_err(), "already settled");
     }
 
     #[tokio::test]

@@ -534,15 +534,49 @@ async fn with_a_secret_only_signed_fresh_messages_count() {
     assert_eq!(a.table.owner(&ip("10.0.0.66")), None);
 }
 
-/// Plays lapin's pairing of returns with confirms gone wrong: the return of a handover is
-/// reported on the confirm of the next publish, and the handover itself is reported routed.
-struct MisattributingBroker {
+/// The memory broker with two of RabbitMQ's less friendly behaviours, each switched on by a test.
+struct TweakedBroker {
     inner: MemoryBroker,
+    /// Plays lapin's pairing of returns with confirms gone wrong: the return of a handover is
+    /// reported on the confirm of the next publish, and the handover itself as routed.
+    misattribute_returns: bool,
     stolen: std::sync::Mutex<Option<Message>>,
+    /// A nack takes this long to reach the broker, as when its frame waits behind others.
+    nack_delay: Duration,
+}
+
+impl TweakedBroker {
+    fn new(inner: &MemoryBroker) -> Self {
+        TweakedBroker {
+            inner: inner.clone(),
+            misattribute_returns: false,
+            stolen: Default::default(),
+            nack_delay: Duration::ZERO,
+        }
+    }
+}
+
+struct SlowNack {
+    inner: Box<dyn mailroute_actors::broker::Acker>,
+    delay: Duration,
 }
 
 #[async_trait::async_trait]
-impl Broker for MisattributingBroker {
+impl mailroute_actors::broker::Acker for SlowNack {
+    async fn ack(&self) -> Result<(), mailroute_actors::BrokerError> {
+        self.inner.ack().await
+    }
+    async fn ack_through(&self) -> Result<(), mailroute_actors::BrokerError> {
+        self.inner.ack_through().await
+    }
+    async fn nack(&self, requeue: bool) -> Result<(), mailroute_actors::BrokerError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.nack(requeue).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Broker for TweakedBroker {
     fn identity(&self) -> String {
         self.inner.identity()
     }
@@ -576,6 +610,9 @@ impl Broker for MisattributingBroker {
         to: &Destination,
         m: &Message,
     ) -> Result<Confirmed, mailroute_actors::BrokerError> {
+        if !self.misattribute_returns {
+            return self.inner.publish_mandatory(to, m).await;
+        }
         match self.inner.publish(to, m, true).await {
             Err(mailroute_actors::BrokerError::Returned { .. }) => {
                 *self.stolen.lock().unwrap() = Some(m.clone());
@@ -596,7 +633,18 @@ impl Broker for MisattributingBroker {
         q: &str,
         prefetch: u16,
     ) -> Result<mailroute_actors::broker::DeliveryStream, mailroute_actors::BrokerError> {
-        self.inner.consume(q, prefetch).await
+        use futures::StreamExt;
+        let delay = self.nack_delay;
+        let stream = self.inner.consume(q, prefetch).await?;
+        Ok(Box::pin(stream.map(move |item| {
+            item.map(|mut d| {
+                d.acker = Box::new(SlowNack {
+                    inner: d.acker,
+                    delay,
+                });
+                d
+            })
+        })))
     }
     async fn queue_len(&self, q: &str) -> Result<u32, mailroute_actors::BrokerError> {
         self.inner.queue_len(q).await
@@ -609,12 +657,43 @@ impl Broker for MisattributingBroker {
     }
 }
 
+/// Acks go out as `multiple` acks: one must never cover a delivery whose nack is still on its
+/// way, or that message would be acked and lost instead of requeued.
+#[actix::test]
+async fn a_multiple_ack_never_covers_a_requeued_delivery() {
+    let memory = MemoryBroker::new("slow-nacks");
+    let broker: SharedBroker = Arc::new(TweakedBroker {
+        nack_delay: Duration::from_millis(30),
+        ..TweakedBroker::new(&memory)
+    });
+    let a = Instance::start(settings("a", &["10.0.0.1"]), broker.clone(), broker)
+        .await
+        .unwrap();
+    wait_listening(&a).await;
+    // The first publishes fail, so their nacks are still on the way while the messages
+    // behind them are confirmed and acked.
+    memory.fail_next_publishes("a.deliver", 6);
+    for i in 0..60 {
+        inject(&memory, "a.outbox", &format!("m{i}"), &["10.0.0.1"]).await;
+    }
+    wait_for("all delivered", LIMIT, || async {
+        memory.depth("a.outbox") == 0 && memory.depth("a.deliver") >= 60
+    })
+    .await
+    .unwrap();
+    let delivered = memory.drain("a.deliver");
+    let counts = ids(&delivered);
+    assert_eq!(counts.len(), 60, "every message delivered");
+    assert_eq!(delivered.len(), 60, "and none twice");
+    assert!(a.stats.snapshot().publish_errors >= 6);
+}
+
 #[actix::test]
 async fn a_return_reported_with_another_confirm_is_kept() {
     let memory = MemoryBroker::new("misattributed");
-    let broker: SharedBroker = Arc::new(MisattributingBroker {
-        inner: memory.clone(),
-        stolen: Default::default(),
+    let broker: SharedBroker = Arc::new(TweakedBroker {
+        misattribute_returns: true,
+        ..TweakedBroker::new(&memory)
     });
     let mut s = settings("a", &["10.0.0.1"]);
     s.prefetch = 1; // one at a time, so the order of publishes is known
