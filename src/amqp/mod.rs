@@ -49,17 +49,35 @@ pub struct AmqpBroker {
     masked: String,
     identity: String,
     handle: tokio::runtime::Handle,
+    /// Held across connecting and opening channels (both await the broker).
     state: Mutex<State>,
+    /// The open publish channels, looked up on every publish without awaiting `state`.
+    publishers: std::sync::Mutex<Publishers>,
+}
+
+/// Confirm-mode channels of the current connection: for mandatory publishes by exchange then
+/// routing key (looked up with borrowed keys), and a shared one for every other publish.
+#[derive(Default)]
+struct Publishers {
+    mandatory: HashMap<String, HashMap<String, Arc<Channel>>>,
+    shared: Option<Arc<Channel>>,
+}
+
+impl Publishers {
+    fn get(&self, to: Option<&Destination>) -> Option<&Arc<Channel>> {
+        match to {
+            Some(to) => self
+                .mandatory
+                .get(&to.exchange)
+                .and_then(|keys| keys.get(&to.routing_key)),
+            None => self.shared.as_ref(),
+        }
+    }
 }
 
 #[derive(Default)]
 struct State {
     connection: Option<Arc<Connection>>,
-    /// Confirm-mode channels of the current connection for mandatory publishes, by exchange
-    /// then routing key (looked up with borrowed keys: this is on every publish).
-    mandatory: HashMap<String, HashMap<String, Channel>>,
-    /// The confirm-mode channel for every other publish.
-    shared: Option<Channel>,
 }
 
 fn lapin_error(e: lapin::Error) -> BrokerError {
@@ -84,6 +102,7 @@ impl AmqpBroker {
             identity: address::identity(&uri),
             handle: tokio::runtime::Handle::current(),
             state: Mutex::new(State::default()),
+            publishers: std::sync::Mutex::new(Publishers::default()),
         })
     }
 
@@ -112,8 +131,7 @@ impl AmqpBroker {
                 return Ok(c.clone());
             }
         }
-        state.mandatory.clear();
-        state.shared = None;
+        *self.publishers_locked() = Publishers::default();
         let runtime = async_rs::Runtime::tokio_with_handle(self.handle.clone());
         let props = ConnectionProperties::default().with_connection_name(
             format!("mailroute@{}", gethostname::gethostname().to_string_lossy()).into(),
@@ -139,32 +157,45 @@ impl AmqpBroker {
         Ok(connection)
     }
 
+    fn publishers_locked(&self) -> std::sync::MutexGuard<'_, Publishers> {
+        // A panic while holding this lock cannot leave the map half-updated: every change is a
+        // single insert or replace.
+        self.publishers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The publish channel for mandatory publishes to `to` (`None`: the shared one), opened in
     /// confirm mode when missing or closed.
-    async fn publisher(&self, to: Option<&Destination>) -> Result<Channel, BrokerError> {
-        let mut state = self.state.lock().await;
-        let current = match to {
-            Some(to) => state
-                .mandatory
-                .get(&to.exchange)
-                .and_then(|keys| keys.get(&to.routing_key)),
-            None => state.shared.as_ref(),
+    async fn publisher(&self, to: Option<&Destination>) -> Result<Arc<Channel>, BrokerError> {
+        let open = |publishers: &Publishers| {
+            publishers
+                .get(to)
+                .filter(|c| c.status().connected())
+                .cloned()
         };
-        if let Some(channel) = current.filter(|c| c.status().connected()) {
-            return Ok(channel.clone());
+        if let Some(channel) = open(&self.publishers_locked()) {
+            return Ok(channel);
+        }
+        let mut state = self.state.lock().await;
+        // Another publish may have opened it while this one waited for `state`.
+        if let Some(channel) = open(&self.publishers_locked()) {
+            return Ok(channel);
         }
         let connection = self.connection_locked(&mut state).await?;
         let channel = timed(connection.create_channel()).await?;
         timed(channel.confirm_select(ConfirmSelectOptions::default())).await?;
+        let channel = Arc::new(channel);
+        let mut publishers = self.publishers_locked();
         match to {
             Some(to) => {
-                state
+                publishers
                     .mandatory
                     .entry(to.exchange.clone())
                     .or_default()
                     .insert(to.routing_key.clone(), channel.clone());
             }
-            None => state.shared = Some(channel.clone()),
+            None => publishers.shared = Some(channel.clone()),
         }
         Ok(channel)
     }
@@ -200,15 +231,21 @@ impl AmqpBroker {
             mandatory,
             ..BasicPublishOptions::default()
         };
-        let confirm = timed(channel.basic_publish(
-            to.exchange.as_str().into(),
-            to.routing_key.as_str().into(),
-            options,
-            &message.body,
-            convert::to_lapin(&message.properties),
-        ))
+        // One timer for the publish and its confirm: a timer per step showed in profiles.
+        let confirmation = timed(async {
+            channel
+                .basic_publish(
+                    to.exchange.as_str().into(),
+                    to.routing_key.as_str().into(),
+                    options,
+                    &message.body,
+                    convert::to_lapin(&message.properties),
+                )
+                .await?
+                .await
+        })
         .await?;
-        match timed(confirm).await? {
+        match confirmation {
             Confirmation::Ack(None) => Ok(Confirmed::Routed),
             Confirmation::Ack(Some(returned)) => {
                 let reply_text = returned.reply_text.as_str().to_string();
