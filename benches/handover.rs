@@ -647,8 +647,19 @@ fn micro_benches() -> Vec<Micro> {
             ns_per_op: started.elapsed().as_nanos() as f64 / rounds as f64,
         });
     }
-    for size in [1024usize, 1 << 20] {
-        let body = mailerq_json("x", Some(&[b_ip()]), size);
+    // `ips` before the MIME part (parsing stops there) and after it (the whole body is read).
+    for (size, ips_last) in [
+        (1024usize, false),
+        (1 << 20, false),
+        (1024, true),
+        (1 << 20, true),
+    ] {
+        let listed = [b_ip()];
+        let mut body = mailerq_json("x", (!ips_last).then_some(&listed[..]), size);
+        if ips_last {
+            body.pop();
+            body.extend_from_slice(format!(r#","ips":["{}"]}}"#, b_ip()).as_bytes());
+        }
         let rounds = if size > 100_000 { 200 } else { 200_000 };
         let started = Instant::now();
         for _ in 0..rounds {
@@ -657,8 +668,9 @@ fn micro_benches() -> Vec<Micro> {
         let ns = started.elapsed().as_nanos() as f64 / rounds as f64;
         out.push(Micro {
             name: format!(
-                "ips extraction, {} body ({:.0} MiB/s)",
+                "ips extraction, {} body, ips {} ({:.0} MiB/s)",
                 human(size),
+                if ips_last { "last" } else { "first" },
                 size as f64 / ns * 1e9 / 1048576.0
             ),
             ns_per_op: ns,
@@ -687,6 +699,12 @@ async fn rabbitmq_reachable() -> bool {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
+    if args.iter().any(|a| a == "--micro") {
+        for m in micro_benches() {
+            println!("{:<50} {:>10.1}", m.name, m.ns_per_op);
+        }
+        return;
+    }
     // `--engine N`: only the engine-only scenario with N messages (for profiling).
     if let Some(n) = args
         .iter()

@@ -100,37 +100,53 @@ pub enum Malformed {
 
 /// The `ips` field of a MailerQ JSON message: `Some(list)` when it is an array (or a single
 /// string), `None` when missing or of another type (the config's `default-ips` apply then).
-/// The rest of the body, the MIME message included, is skipped without being copied.
+///
+/// Parsing stops at the `ips` field: what follows it, usually the MIME message and most of the
+/// bytes, is not read (a 64 KiB message would otherwise cost more to scan than to hand over).
+/// Only the last byte is checked, so a truncated body is still failed here; a body broken in
+/// some other way after `ips` is passed on, and the MTA rejects it. Without `ips` the whole
+/// body is read and validated.
 pub fn extract_ips(body: &[u8]) -> Result<Option<Vec<IpAddr>>, Malformed> {
+    let mut found = None;
     let mut de = serde_json::Deserializer::from_slice(body);
-    let found = de
-        .deserialize_map(EnvelopeVisitor)
-        .map_err(|e| Malformed::NotJson(e.to_string()))?;
-    de.end().map_err(|e| Malformed::NotJson(e.to_string()))?;
-    found
+    match de.deserialize_map(EnvelopeVisitor { found: &mut found }) {
+        Ok(()) => {
+            de.end().map_err(|e| Malformed::NotJson(e.to_string()))?;
+            Ok(None)
+        }
+        // The visitor stops the parser with an error once it has the field.
+        Err(_) if found.is_some() => {
+            if body.trim_ascii_end().last() != Some(&b'}') {
+                return Err(Malformed::NotJson(
+                    "truncated: the body does not end with '}'".into(),
+                ));
+            }
+            found.unwrap_or(Ok(None))
+        }
+        Err(e) => Err(Malformed::NotJson(e.to_string())),
+    }
 }
 
-struct EnvelopeVisitor;
+struct EnvelopeVisitor<'a> {
+    found: &'a mut Option<Result<Option<Vec<IpAddr>>, Malformed>>,
+}
 
-impl<'de> Visitor<'de> for EnvelopeVisitor {
-    type Value = Result<Option<Vec<IpAddr>>, Malformed>;
+impl<'de> Visitor<'de> for EnvelopeVisitor<'_> {
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut ips = Ok(None);
-        let mut seen = false;
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(key) = map.next_key::<Key>()? {
-            if key.is_ips && !seen {
-                seen = true;
-                ips = map.next_value::<IpsField>()?.0;
-            } else {
-                map.next_value::<IgnoredAny>()?;
+            if key.is_ips {
+                *self.found = Some(map.next_value::<IpsField>()?.0);
+                return Err(de::Error::custom("stop: ips found"));
             }
+            map.next_value::<IgnoredAny>()?;
         }
-        Ok(ips)
+        Ok(())
     }
 }
 
@@ -546,6 +562,28 @@ mod tests {
             extract_ips(br#"{"ips":["\u0031\u0030.0.0.1"]}"#),
             Ok(Some(vec![ip("10.0.0.1")]))
         );
+    }
+
+    #[test]
+    fn parsing_stops_at_the_ips_field() {
+        // Invalid UTF-8 in the MIME part would be an error if it were read.
+        let mut body = br#"{"ips":["10.0.0.1"],"mime":""#.to_vec();
+        body.extend_from_slice(&[0xff; 4096]);
+        body.extend_from_slice(b"\"}\n");
+        assert_eq!(
+            extract_ips(&body),
+            Ok(Some(vec!["10.0.0.1".parse().unwrap()]))
+        );
+        // Truncated: failed here, not passed on.
+        assert!(matches!(
+            extract_ips(br#"{"ips":["10.0.0.1"],"mime":"From: a"#),
+            Err(Malformed::NotJson(_))
+        ));
+        // Without ips, the whole body is validated.
+        assert!(matches!(
+            extract_ips(br#"{"mime":"a" x}"#),
+            Err(Malformed::NotJson(_))
+        ));
     }
 
     #[test]
