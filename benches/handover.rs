@@ -32,6 +32,11 @@ use mailroute_actors::traffic::{mailerq_json, test_message};
 use mailroute_actors::wire::{self, Announcement, ClusterMessage};
 use mailroute_actors::{Instance, InstanceSettings};
 
+/// The allocator `mailroute serve` ships with (see `src/main.rs`), so the engine is measured as
+/// it runs; the bare lapin baseline in this process gets it too.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const REPEATS: usize = 3;
 const B_IP: [u8; 4] = [10, 8, 0, 2];
 

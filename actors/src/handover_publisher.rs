@@ -40,8 +40,6 @@ struct Plan {
     to: Destination,
     message: Message,
     outcome: Outcome,
-    /// For a handover: the message as it came, to re-plan if the broker returns the copy.
-    unchanged: Option<Message>,
 }
 
 impl HandoverPublisher {
@@ -70,7 +68,9 @@ impl HandoverPublisher {
 
 impl Targets {
     fn plan(&self, decision: Decision, mut message: Message) -> Plan {
-        let unchanged = matches!(decision, Decision::Handover(_)).then(|| message.clone());
+        // No copy of the message is kept for the case the broker returns a handover: it is
+        // rare, and `undo_handover` rebuilds the original. A copy would cost a deep clone of
+        // the properties on every message, since changing them below would then share them.
         let headers = &mut message.properties_mut().headers;
         match decision {
             Decision::Deliver => Plan {
@@ -78,7 +78,6 @@ impl Targets {
                 to: Destination::queue(&self.deliver),
                 message,
                 outcome: Outcome::Delivered,
-                unchanged,
             },
             Decision::Handover(peer) => {
                 let hops = headers
@@ -102,7 +101,6 @@ impl Targets {
                     outcome: Outcome::HandedOver {
                         peer: peer.name.clone(),
                     },
-                    unchanged,
                 }
             }
             Decision::Hold { reason } => {
@@ -118,7 +116,6 @@ impl Targets {
                     to: Destination::queue(&self.retry),
                     message,
                     outcome: Outcome::Held,
-                    unchanged,
                 }
             }
             Decision::Fail { reason } => {
@@ -131,7 +128,6 @@ impl Targets {
                     to: Destination::queue(&self.failure),
                     message,
                     outcome: Outcome::Failed { reason },
-                    unchanged,
                 }
             }
         }
@@ -155,9 +151,7 @@ impl Targets {
                 Ok(plan.outcome)
             }
             Err(BrokerError::Returned { reply_text, .. }) => {
-                let (Outcome::HandedOver { peer }, Some(original)) =
-                    (&plan.outcome, plan.unchanged)
-                else {
+                let Outcome::HandedOver { peer } = &plan.outcome else {
                     return Err(BrokerError::Returned {
                         reply_code: 312,
                         reply_text: format!("{} is missing: {reply_text}", plan.to),
@@ -165,7 +159,10 @@ impl Targets {
                 };
                 bump(&self.stats.handover_returned);
                 warn!(%peer, to = %plan.to, "handover returned; applying the unroutable policy");
-                let second = self.plan(self.fallback(peer, &reply_text), original);
+                let second = self.plan(
+                    self.fallback(peer, &reply_text),
+                    undo_handover(plan.message),
+                );
                 let confirmed = second
                     .broker
                     .publish_mandatory(&second.to, &second.message)
@@ -218,7 +215,8 @@ impl Targets {
     }
 }
 
-/// The message as it was before a handover added to it.
+/// The message as it was before a handover added to it, except that a previous hop's
+/// `x-mailroute-from` is not restored (the message is held here now) and `x-mailroute-id` stays.
 fn undo_handover(mut message: Message) -> Message {
     let headers = &mut message.properties_mut().headers;
     headers.remove(FROM_HEADER);

@@ -38,6 +38,8 @@ struct State {
 }
 
 struct Queue {
+    /// Shared with every delivery's acker, so a delivery does not allocate its queue's name.
+    name: Arc<str>,
     spec: QueueSpec,
     ready: VecDeque<Stored>,
     /// delivery tag → (consumer, message); ordered, for `ack_through`.
@@ -123,14 +125,8 @@ impl MemoryBroker {
             .map_or(0, |q| q.ready.len() + q.unacked.len())
     }
 
+    /// The queues a topic exchange routes `to` to.
     fn route(state: &State, to: &Destination) -> Result<Vec<String>, BrokerError> {
-        if to.exchange.is_empty() {
-            return Ok(if state.queues.contains_key(&to.routing_key) {
-                vec![to.routing_key.clone()]
-            } else {
-                Vec::new()
-            });
-        }
         let bindings = state.exchanges.get(&to.exchange).ok_or_else(|| {
             BrokerError::ChannelClosed(format!("NOT_FOUND - no exchange '{}'", to.exchange))
         })?;
@@ -219,7 +215,7 @@ impl MemoryBroker {
                 redelivered: stored.redelivered,
                 acker: Box::new(MemoryAcker {
                     broker: self.clone(),
-                    queue: queue.to_string(),
+                    queue: q.name.clone(),
                     tag,
                     generation,
                 }),
@@ -358,7 +354,7 @@ enum Settle {
 
 struct MemoryAcker {
     broker: MemoryBroker,
-    queue: String,
+    queue: Arc<str>,
     tag: u64,
     generation: u64,
 }
@@ -418,6 +414,7 @@ impl Broker for MemoryBroker {
             .queues
             .entry(spec.name.clone())
             .or_insert_with(|| Queue {
+                name: spec.name.as_str().into(),
                 spec: spec.clone(),
                 ready: VecDeque::new(),
                 unacked: BTreeMap::new(),
@@ -464,6 +461,18 @@ impl Broker for MemoryBroker {
                 *left -= 1;
                 return Err(BrokerError::ChannelClosed("injected publish fault".into()));
             }
+        }
+        // The default exchange, straight into one queue: most publishes, and no allocation.
+        if to.exchange.is_empty() {
+            if state.queues.contains_key(&to.routing_key) {
+                self.enqueue(&mut state, &to.routing_key, message.clone());
+            } else if mandatory {
+                return Err(BrokerError::Returned {
+                    reply_code: 312,
+                    reply_text: "NO_ROUTE".into(),
+                });
+            }
+            return Ok(());
         }
         let queues = Self::route(&state, to)?;
         if queues.is_empty() && mandatory {
