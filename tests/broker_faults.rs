@@ -1,7 +1,8 @@
 //! Broker connection loss on the real RabbitMQ: every connection of the test's vhost is closed
 //! twice while three instances route 20,000 messages. Every actor reconnects on its own; no
 //! message is lost; duplicates (redeliveries of messages whose ack died with the connection)
-//! are counted and reported.
+//! are counted and reported. And an instance whose deliver queue an operator deleted declares
+//! it again.
 
 mod common;
 
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::TestVhost;
 use mailroute_actors::testkit::wait_for;
+use mailroute_actors::traffic::{mailerq_json, test_id, test_message};
 use mailroute_actors::{Instance, InstanceSettings};
 
 fn ips(n: u8) -> Vec<IpAddr> {
@@ -106,4 +108,60 @@ async fn closing_all_connections_twice_loses_nothing() {
     );
     acc.assert_complete("");
     assert!(restarts >= 2, "the faults must have restarted actors");
+}
+
+#[actix::test]
+async fn a_deleted_deliver_queue_is_declared_again() {
+    let vhost = TestVhost::new("deleted-deliver");
+    let ip = IpAddr::from([10, 3, 9, 1]);
+    let mut s = InstanceSettings::new("a", vec![ip]);
+    s.announce_interval = Duration::from_millis(300);
+    s.warmup = Duration::ZERO;
+    s.prefetch = 100;
+    let (outbox, deliver, retry) = (s.outbox.clone(), s.deliver.clone(), s.retry.clone());
+    let broker = vhost.instance_broker().await;
+    let a = Instance::start(s, broker.clone(), broker).await.unwrap();
+    let client = vhost.broker().await;
+    client.delete_queue(&deliver).await.unwrap();
+    let batch: Vec<_> = (0..1000)
+        .map(|i| {
+            let id = format!("d{i}");
+            (
+                outbox.clone(),
+                test_message(&id, mailerq_json(&id, Some(&[ip]), 512)),
+            )
+        })
+        .collect();
+    common::publish_all(&client, &batch).await;
+    wait_for("outbox empty", Duration::from_secs(60), || async {
+        common::ready(&client, &outbox).await == 0
+            && common::ready(&client, &deliver).await + common::ready(&client, &retry).await >= 1000
+    })
+    .await
+    .unwrap();
+    let mut kept: Vec<String> = common::drain(&client, &deliver)
+        .await
+        .iter()
+        .filter_map(test_id)
+        .collect();
+    let delivered = kept.len();
+    // A publish returned together with another's confirm is held, by the unroutable policy.
+    kept.extend(
+        common::drain(&client, &retry)
+            .await
+            .iter()
+            .filter_map(test_id),
+    );
+    kept.sort();
+    let before = kept.len();
+    kept.dedup();
+    assert_eq!(kept.len(), 1000, "every message kept");
+    assert_eq!(before, 1000, "none twice");
+    let stats = a.stats.snapshot();
+    assert!(stats.queues_redeclared >= 1, "{stats:?}");
+    println!(
+        "deliver queue deleted: {delivered} delivered, {} held, {stats:?}",
+        1000 - delivered
+    );
+    a.shutdown(Duration::from_secs(5)).await;
 }

@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use actix::prelude::*;
 use tracing::{Instrument, error, warn};
 
-use crate::broker::{BrokerError, Confirmed, Destination, HeaderValue, Message, SharedBroker};
+use crate::broker::{
+    BrokerError, Confirmed, Destination, HeaderValue, Message, QueueSpec, SharedBroker,
+};
+use crate::instance::own_queues;
 use crate::messages::{Dispatch, Outcome, Settled};
 use crate::routing::{
     Decision, FROM_HEADER, HELD_SINCE_HEADER, HOPS_HEADER, ID_HEADER, REASON_HEADER, Unroutable,
@@ -29,6 +32,8 @@ struct Targets {
     deliver: String,
     failure: String,
     retry: String,
+    /// Declared again when a publish to one of them is returned (it was deleted).
+    own_queues: Vec<QueueSpec>,
     unroutable: Unroutable,
     stats: Arc<Stats>,
     id_prefix: String,
@@ -57,6 +62,7 @@ impl HandoverPublisher {
                 deliver: settings.deliver.clone(),
                 failure: settings.failure.clone(),
                 retry: settings.retry.clone(),
+                own_queues: own_queues(settings),
                 unroutable: settings.policy.unroutable,
                 stats,
                 id_prefix: format!("{}-{:x}", settings.name, now_ms()),
@@ -152,10 +158,7 @@ impl Targets {
             }
             Err(BrokerError::Returned { reply_text, .. }) => {
                 let Outcome::HandedOver { peer } = &plan.outcome else {
-                    return Err(BrokerError::Returned {
-                        reply_code: 312,
-                        reply_text: format!("{} is missing: {reply_text}", plan.to),
-                    });
+                    return self.redeclare_and_retry(plan, &reply_text).await;
                 };
                 bump(&self.stats.handover_returned);
                 warn!(%peer, to = %plan.to, "handover returned; applying the unroutable policy");
@@ -173,6 +176,37 @@ impl Targets {
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// One of this instance's own queues is gone (an operator deleted it, or the broker lost
+    /// it): declare it again and publish once more, rather than requeue the original until
+    /// someone notices.
+    async fn redeclare_and_retry(
+        &self,
+        plan: Plan,
+        reply_text: &str,
+    ) -> Result<Outcome, BrokerError> {
+        let missing = || BrokerError::Returned {
+            reply_code: 312,
+            reply_text: format!("{} is missing: {reply_text}", plan.to),
+        };
+        let Some(spec) = self
+            .own_queues
+            .iter()
+            .find(|q| plan.to.exchange.is_empty() && q.name == plan.to.routing_key)
+        else {
+            return Err(missing());
+        };
+        warn!(queue = %spec.name, "own queue missing; declaring it again");
+        bump(&self.stats.queues_redeclared);
+        plan.broker.declare_queue(spec).await?;
+        let confirmed = match plan.broker.publish_mandatory(&plan.to, &plan.message).await {
+            Err(BrokerError::Returned { .. }) => return Err(missing()),
+            other => other?,
+        };
+        self.count(&plan.outcome);
+        self.keep_returned(&plan.broker, confirmed).await;
+        Ok(plan.outcome)
     }
 
     /// A message the broker returned with the confirm of another publish was not routed, and

@@ -32,19 +32,27 @@ pub struct Instance {
 
 /// Declares the queues this instance owns. Fails fast, so a broker that refuses them (wrong
 /// vhost, permissions, a queue declared elsewhere with other arguments) stops startup.
+/// The queues this instance owns on its local broker, as it declares them.
+pub fn own_queues(settings: &InstanceSettings) -> Vec<QueueSpec> {
+    let mut retry = QueueSpec::durable(settings.retry.as_str());
+    retry.message_ttl = Some(settings.hold_time);
+    retry.dead_letter_queue = Some(settings.outbox.clone());
+    vec![
+        QueueSpec::durable(settings.outbox.as_str()),
+        QueueSpec::durable(settings.deliver.as_str()),
+        QueueSpec::durable(settings.failure.as_str()),
+        retry,
+    ]
+}
+
 pub async fn declare_queues(
     settings: &InstanceSettings,
     local: &SharedBroker,
 ) -> Result<(), BrokerError> {
-    for queue in [&settings.outbox, &settings.deliver, &settings.failure] {
-        local
-            .declare_queue(&QueueSpec::durable(queue.as_str()))
-            .await?;
+    for spec in own_queues(settings) {
+        local.declare_queue(&spec).await?;
     }
-    let mut retry = QueueSpec::durable(settings.retry.as_str());
-    retry.message_ttl = Some(settings.hold_time);
-    retry.dead_letter_queue = Some(settings.outbox.clone());
-    local.declare_queue(&retry).await
+    Ok(())
 }
 
 impl Instance {

@@ -34,6 +34,9 @@ pub struct OutboxConsumer {
     /// Never reset, so a `Settled` from before a restart cannot settle a newer delivery.
     next_id: u64,
     failures: u32,
+    /// Outcomes not confirmed in a row: a requeue waits longer each time, so a destination
+    /// that keeps failing is retried with backoff, not in a loop at full speed.
+    publish_failures: u32,
     draining: bool,
     drained: Vec<tokio::sync::oneshot::Sender<()>>,
     warmup: std::time::Duration,
@@ -74,6 +77,7 @@ impl OutboxConsumer {
             acking: 0,
             next_id: 0,
             failures: 0,
+            publish_failures: 0,
             draining: false,
             drained: Vec::new(),
             warmup,
@@ -122,12 +126,23 @@ impl OutboxConsumer {
         }));
     }
 
-    /// Hands a delivery back to the broker. It stays in `in_flight` until the nack is sent, so a
-    /// later `multiple` ack cannot settle it first.
-    fn requeue(&mut self, id: u64, acker: Box<dyn Acker>, ctx: &mut Context<Self>) {
+    /// Hands a delivery back to the broker after `delay`. It stays in `in_flight` until the
+    /// nack is sent, so a later `multiple` ack cannot settle it first.
+    fn requeue(
+        &mut self,
+        id: u64,
+        acker: Box<dyn Acker>,
+        delay: std::time::Duration,
+        ctx: &mut Context<Self>,
+    ) {
         self.in_flight.insert(id, Pending::Nacking);
         self.acking += 1;
-        let nack = async move { acker.nack(true).await };
+        let nack = async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            acker.nack(true).await
+        };
         ctx.spawn(nack.into_actor(self).map(move |result, act, ctx| {
             act.acking = act.acking.saturating_sub(1);
             if let Err(error) = result {
@@ -227,7 +242,7 @@ impl StreamHandler<Result<Delivery, BrokerError>> for OutboxConsumer {
         let id = self.next_id;
         if self.draining {
             // Prefetched but not routed: hand it back to the broker untouched.
-            self.requeue(id, delivery.acker, ctx);
+            self.requeue(id, delivery.acker, std::time::Duration::ZERO, ctx);
             return;
         }
         bump(&self.stats.consumed);
@@ -243,7 +258,7 @@ impl StreamHandler<Result<Delivery, BrokerError>> for OutboxConsumer {
         } else {
             warn!("router gone; requeueing");
             if let Some(Pending::Routed(acker)) = self.in_flight.remove(&id) {
-                self.requeue(id, acker, ctx);
+                self.requeue(id, acker, std::time::Duration::ZERO, ctx);
             }
         }
     }
@@ -288,13 +303,16 @@ impl Handler<Settled> for OutboxConsumer {
         };
         match settled.result {
             Ok(_) => {
+                self.publish_failures = 0;
                 self.in_flight.insert(settled.id, Pending::Confirmed(acker));
                 self.flush_acks(ctx);
             }
             Err(error) => {
                 bump(&self.stats.publish_errors);
-                warn!(id = settled.id, %error, "outcome not confirmed; requeueing the original");
-                self.requeue(settled.id, acker, ctx);
+                self.publish_failures = self.publish_failures.saturating_add(1);
+                let delay = backoff::delay(self.publish_failures);
+                warn!(id = settled.id, %error, ?delay, "outcome not confirmed; requeueing the original");
+                self.requeue(settled.id, acker, delay, ctx);
             }
         }
     }

@@ -15,6 +15,8 @@ pub struct Stats {
     pub handover_returned: AtomicU64,
     /// Publishes that failed; the original was requeued for another try.
     pub publish_errors: AtomicU64,
+    /// Own queues (deliver, retry, failure) found missing at publish time and declared again.
+    pub queues_redeclared: AtomicU64,
     pub announcements_sent: AtomicU64,
     pub announcements_received: AtomicU64,
     pub ownership_conflicts: AtomicU64,
@@ -39,6 +41,7 @@ pub struct StatsSnapshot {
     pub failed: u64,
     pub handover_returned: u64,
     pub publish_errors: u64,
+    pub queues_redeclared: u64,
     pub announcements_sent: u64,
     pub announcements_received: u64,
     pub ownership_conflicts: u64,
@@ -75,6 +78,7 @@ impl Stats {
             failed: get(&self.failed),
             handover_returned: get(&self.handover_returned),
             publish_errors: get(&self.publish_errors),
+            queues_redeclared: get(&self.queues_redeclared),
             announcements_sent: get(&self.announcements_sent),
             announcements_received: get(&self.announcements_received),
             ownership_conflicts: get(&self.ownership_conflicts),

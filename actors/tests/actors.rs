@@ -748,3 +748,50 @@ async fn a_second_claim_on_a_live_peers_ip_does_not_take_it_over() {
     .unwrap();
     assert_eq!(broker.depth("second.outbox"), 0, "the older claim holds");
 }
+
+/// An operator deleted the deliver queue: the publisher declares it again instead of requeueing
+/// the originals until someone notices.
+#[actix::test]
+async fn a_deleted_own_queue_is_declared_again() {
+    let broker = MemoryBroker::new("deleted-deliver");
+    let a = start(&broker, settings("a", &["10.0.0.1"])).await;
+    wait_listening(&a).await;
+    broker.delete_queue("a.deliver").await.unwrap();
+    for i in 0..20 {
+        inject(&broker, "a.outbox", &format!("m{i}"), &["10.0.0.1"]).await;
+    }
+    wait_for("all delivered", LIMIT, || async {
+        broker.depth("a.deliver") == 20
+    })
+    .await
+    .unwrap();
+    let s = a.stats.snapshot();
+    assert!(s.queues_redeclared >= 1, "{s:?}");
+    assert_eq!(s.publish_errors, 0, "{s:?}");
+    assert_eq!(ids(&broker.drain("a.deliver")).len(), 20);
+}
+
+/// A destination that keeps failing is retried with a growing delay, not in a loop at full
+/// speed: three failures in a row cost at least the three shortest backoff steps.
+#[actix::test]
+async fn failed_outcomes_are_retried_with_backoff() {
+    let broker = MemoryBroker::new("backoff");
+    let a = start(&broker, settings("a", &["10.0.0.1"])).await;
+    wait_listening(&a).await;
+    broker.fail_next_publishes("a.deliver", 3);
+    let started = std::time::Instant::now();
+    inject(&broker, "a.outbox", "m", &["10.0.0.1"]).await;
+    wait_for("delivered", LIMIT, || async {
+        broker.depth("a.deliver") == 1
+    })
+    .await
+    .unwrap();
+    let s = a.stats.snapshot();
+    assert_eq!((s.publish_errors, s.consumed), (3, 4), "{s:?}");
+    // backoff::delay(n) is at least 100 ms × 2^(n-1): 100 + 200 + 400.
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "retried after {:?}",
+        started.elapsed()
+    );
+}
