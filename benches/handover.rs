@@ -788,17 +788,23 @@ fn main() {
         else {
             continue;
         };
+        // `--size S`: message size in bytes (default 1 KiB).
+        let size = args
+            .iter()
+            .position(|a| a == "--size")
+            .and_then(|i| args.get(i + 1)?.parse::<usize>().ok())
+            .unwrap_or(1024);
         let system = actix_rt::System::new();
         let sample = system.block_on(async move {
             let vhost = TestVhost::new("bench-profile");
-            let messages = bodies(n, 1024);
+            let messages = bodies(n, size);
             if flag == "--baseline" {
                 baseline(&vhost, &messages, 1000).await
             } else {
                 handover(vhost.broker().await, &messages, 1000).await
             }
         });
-        let r = row(name, 1024, n, vec![sample]);
+        let r = row(name, size, n, vec![sample]);
         println!(
             "{:.0} msgs/s, {:.2} us CPU per message",
             r.msgs_per_s,
