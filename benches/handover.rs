@@ -483,7 +483,12 @@ async fn latency(
                         .and_then(HeaderValue::as_i64)
                         .unwrap_or(0) as u64;
                     samples.push(now_us().saturating_sub(sent) as f64 / 1000.0);
-                    let _ = d.acker.ack().await;
+                    // Not awaited here: waiting for each ack would delay taking the next
+                    // delivery, and the measurement would add to the latency it measures.
+                    let acker = d.acker;
+                    tokio::spawn(async move {
+                        let _ = acker.ack().await;
+                    });
                 }
                 samples
             });
