@@ -151,11 +151,7 @@ impl Targets {
 
     async fn execute(&self, plan: Plan) -> Result<Outcome, BrokerError> {
         match plan.broker.publish_mandatory(&plan.to, &plan.message).await {
-            Ok(confirmed) => {
-                self.count(&plan.outcome);
-                self.keep_returned(&plan.broker, confirmed).await;
-                Ok(plan.outcome)
-            }
+            Ok(confirmed) => Ok(self.confirmed(plan, confirmed).await),
             Err(BrokerError::Returned { reply_text, .. }) => {
                 let Outcome::HandedOver { peer } = &plan.outcome else {
                     return self.redeclare_and_retry(plan, &reply_text).await;
@@ -170,9 +166,7 @@ impl Targets {
                     .broker
                     .publish_mandatory(&second.to, &second.message)
                     .await?;
-                self.count(&second.outcome);
-                self.keep_returned(&second.broker, confirmed).await;
-                Ok(second.outcome)
+                Ok(self.confirmed(second, confirmed).await)
             }
             Err(error) => Err(error),
         }
@@ -204,9 +198,14 @@ impl Targets {
             Err(BrokerError::Returned { .. }) => return Err(missing()),
             other => other?,
         };
+        Ok(self.confirmed(plan, confirmed).await)
+    }
+
+    /// Counts a confirmed outcome and keeps whatever the broker returned along with its confirm.
+    async fn confirmed(&self, plan: Plan, confirmed: Confirmed) -> Outcome {
         self.count(&plan.outcome);
         self.keep_returned(&plan.broker, confirmed).await;
-        Ok(plan.outcome)
+        plan.outcome
     }
 
     /// A message the broker returned with the confirm of another publish was not routed, and
@@ -299,9 +298,12 @@ impl Handler<Dispatch> for HandoverPublisher {
         let (id, reply) = (dispatch.id, dispatch.reply);
         // Detached from the actor on purpose: a restart here must not drop a publish whose
         // confirm is on its way, or the consumer would wait for it forever.
+        // The publish state machine is boxed: tokio moves a task's future several times while
+        // spawning it, and this one is large (it copied ~1.5 KB per message).
+        let publish = Box::pin(async move { targets.execute(plan).await });
         actix::spawn(
             async move {
-                let result = targets.execute(plan).await;
+                let result = publish.await;
                 reply.do_send(Settled { id, result });
             }
             .instrument(span),

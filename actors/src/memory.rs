@@ -16,7 +16,8 @@ use futures::Stream;
 use tokio::sync::mpsc;
 
 use crate::broker::{
-    Acker, Broker, BrokerError, Delivery, DeliveryStream, Destination, Message, QueueSpec,
+    Acker, Broker, BrokerError, Confirmed, Delivery, DeliveryStream, Destination, Message,
+    QueueSpec,
 };
 
 #[derive(Clone)]
@@ -140,9 +141,10 @@ impl MemoryBroker {
         Ok(queues)
     }
 
-    fn enqueue(&self, state: &mut State, queue: &str, message: Message) {
+    /// `false` when there is no such queue.
+    fn enqueue(&self, state: &mut State, queue: &str, message: Message) -> bool {
         let Some(q) = state.queues.get_mut(queue) else {
-            return;
+            return false;
         };
         let ttl = message_ttl(&q.spec, &message);
         let expires_at = ttl.map(|ttl| Instant::now() + ttl);
@@ -160,6 +162,7 @@ impl MemoryBroker {
             });
         }
         self.dispatch(state, queue);
+        true
     }
 
     /// Dead-letters expired messages at the head of the queue, as RabbitMQ does.
@@ -185,7 +188,7 @@ impl MemoryBroker {
         if let Some(target) = target {
             for mut message in dead {
                 message.properties_mut().expiration = None;
-                self.enqueue(&mut state, &target, message);
+                let _ = self.enqueue(&mut state, &target, message);
             }
         }
     }
@@ -275,6 +278,43 @@ impl MemoryBroker {
             });
         }
         self.dispatch(&mut state, queue);
+        Ok(())
+    }
+
+    /// Publishing completes at once in memory; both async publish calls share this.
+    fn publish_now(
+        &self,
+        to: &Destination,
+        message: &Message,
+        mandatory: bool,
+    ) -> Result<(), BrokerError> {
+        let mut state = self.lock();
+        if let Some(left) = state.failing_publishes.get_mut(&to.routing_key) {
+            if *left > 0 {
+                *left -= 1;
+                return Err(BrokerError::ChannelClosed("injected publish fault".into()));
+            }
+        }
+        // The default exchange, straight into one queue: most publishes, and no allocation.
+        if to.exchange.is_empty() {
+            if !self.enqueue(&mut state, &to.routing_key, message.clone()) && mandatory {
+                return Err(BrokerError::Returned {
+                    reply_code: 312,
+                    reply_text: "NO_ROUTE".into(),
+                });
+            }
+            return Ok(());
+        }
+        let queues = Self::route(&state, to)?;
+        if queues.is_empty() && mandatory {
+            return Err(BrokerError::Returned {
+                reply_code: 312,
+                reply_text: "NO_ROUTE".into(),
+            });
+        }
+        for queue in queues {
+            let _ = self.enqueue(&mut state, &queue, message.clone());
+        }
         Ok(())
     }
 
@@ -455,36 +495,16 @@ impl Broker for MemoryBroker {
         message: &Message,
         mandatory: bool,
     ) -> Result<(), BrokerError> {
-        let mut state = self.lock();
-        if let Some(left) = state.failing_publishes.get_mut(&to.routing_key) {
-            if *left > 0 {
-                *left -= 1;
-                return Err(BrokerError::ChannelClosed("injected publish fault".into()));
-            }
-        }
-        // The default exchange, straight into one queue: most publishes, and no allocation.
-        if to.exchange.is_empty() {
-            if state.queues.contains_key(&to.routing_key) {
-                self.enqueue(&mut state, &to.routing_key, message.clone());
-            } else if mandatory {
-                return Err(BrokerError::Returned {
-                    reply_code: 312,
-                    reply_text: "NO_ROUTE".into(),
-                });
-            }
-            return Ok(());
-        }
-        let queues = Self::route(&state, to)?;
-        if queues.is_empty() && mandatory {
-            return Err(BrokerError::Returned {
-                reply_code: 312,
-                reply_text: "NO_ROUTE".into(),
-            });
-        }
-        for queue in queues {
-            self.enqueue(&mut state, &queue, message.clone());
-        }
-        Ok(())
+        self.publish_now(to, message, mandatory)
+    }
+
+    async fn publish_mandatory(
+        &self,
+        to: &Destination,
+        message: &Message,
+    ) -> Result<Confirmed, BrokerError> {
+        self.publish_now(to, message, true)
+            .map(|()| Confirmed::Routed)
     }
 
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<DeliveryStream, BrokerError> {
