@@ -159,8 +159,9 @@ async fn a_deleted_deliver_queue_is_declared_again() {
     assert_eq!(before, 1000, "none twice");
     let stats = a.stats.snapshot();
     assert!(stats.queues_redeclared >= 1, "{stats:?}");
+    println!("deliver queue deleted: {stats:?}");
     println!(
-        "deliver queue deleted: {delivered} delivered, {} held, {stats:?}",
+        "RELIABILITY | an instance's own deliver queue deleted (declared again) | 1000 | {delivered} | 0 | 0 | {} |",
         1000 - delivered
     );
     a.shutdown(Duration::from_secs(5)).await;
