@@ -19,9 +19,25 @@ pub fn delay(attempt: u32) -> Duration {
     half + rand::rng().random_range(Duration::ZERO..=half)
 }
 
+/// How long to wait before requeueing a message whose outcome could not be confirmed, when
+/// outcomes have been failing for `failing_for`: half of that, between 100 ms and 10 s.
+pub fn requeue_delay(failing_for: Duration) -> Duration {
+    (failing_for / 2).clamp(BASE, CAP)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requeue_delay_follows_the_outage() {
+        assert_eq!(requeue_delay(Duration::ZERO), BASE);
+        assert_eq!(
+            requeue_delay(Duration::from_secs(3)),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(requeue_delay(Duration::from_secs(3600)), CAP);
+    }
 
     #[test]
     fn grows_and_caps() {

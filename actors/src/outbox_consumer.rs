@@ -34,9 +34,11 @@ pub struct OutboxConsumer {
     /// Never reset, so a `Settled` from before a restart cannot settle a newer delivery.
     next_id: u64,
     failures: u32,
-    /// Outcomes not confirmed in a row: a requeue waits longer each time, so a destination
-    /// that keeps failing is retried with backoff, not in a loop at full speed.
-    publish_failures: u32,
+    /// When the current run of unconfirmed outcomes began (a confirmed one ends it). A requeue
+    /// waits about half as long as the failures have lasted: a burst from one broken moment
+    /// (hundreds of publishes in flight on a channel that died) is retried within 100 ms, a
+    /// destination that stays broken every few seconds, never in a loop at full speed.
+    failing_since: Option<std::time::Instant>,
     draining: bool,
     drained: Vec<tokio::sync::oneshot::Sender<()>>,
     warmup: std::time::Duration,
@@ -77,7 +79,7 @@ impl OutboxConsumer {
             acking: 0,
             next_id: 0,
             failures: 0,
-            publish_failures: 0,
+            failing_since: None,
             draining: false,
             drained: Vec::new(),
             warmup,
@@ -303,14 +305,16 @@ impl Handler<Settled> for OutboxConsumer {
         };
         match settled.result {
             Ok(_) => {
-                self.publish_failures = 0;
+                self.failing_since = None;
                 self.in_flight.insert(settled.id, Pending::Confirmed(acker));
                 self.flush_acks(ctx);
             }
             Err(error) => {
                 bump(&self.stats.publish_errors);
-                self.publish_failures = self.publish_failures.saturating_add(1);
-                let delay = backoff::delay(self.publish_failures);
+                let since = *self
+                    .failing_since
+                    .get_or_insert_with(std::time::Instant::now);
+                let delay = backoff::requeue_delay(since.elapsed());
                 warn!(id = settled.id, %error, ?delay, "outcome not confirmed; requeueing the original");
                 self.requeue(settled.id, acker, delay, ctx);
             }
