@@ -34,10 +34,10 @@ pub struct OutboxConsumer {
     /// Never reset, so a `Settled` from before a restart cannot settle a newer delivery.
     next_id: u64,
     failures: u32,
-    /// When the current run of unconfirmed outcomes began (a confirmed one ends it). A requeue
-    /// waits about half as long as the failures have lasted: a burst from one broken moment
-    /// (hundreds of publishes in flight on a channel that died) is retried within 100 ms, a
-    /// destination that stays broken every few seconds, never in a loop at full speed.
+    /// When the current run of unconfirmed outcomes began (a confirmed one ends it). A message
+    /// that fails again waits about half as long as the failures have lasted before it is
+    /// requeued (100 ms to 10 s): a destination that stays broken is retried every few seconds,
+    /// never in a loop at full speed.
     failing_since: Option<std::time::Instant>,
     draining: bool,
     drained: Vec<tokio::sync::oneshot::Sender<()>>,
@@ -51,8 +51,11 @@ pub struct OutboxConsumer {
 }
 
 enum Pending {
-    /// With the router or the publisher.
-    Routed(Box<dyn Acker>),
+    /// With the router or the publisher; `redelivered` as the broker said.
+    Routed {
+        acker: Box<dyn Acker>,
+        redelivered: bool,
+    },
     /// Its outcome is confirmed: to be acked with the next `multiple` ack.
     Confirmed(Box<dyn Acker>),
     /// Its nack is being sent; a `multiple` ack must not pass it until then.
@@ -248,7 +251,13 @@ impl StreamHandler<Result<Delivery, BrokerError>> for OutboxConsumer {
             return;
         }
         bump(&self.stats.consumed);
-        self.in_flight.insert(id, Pending::Routed(delivery.acker));
+        self.in_flight.insert(
+            id,
+            Pending::Routed {
+                acker: delivery.acker,
+                redelivered: delivery.redelivered,
+            },
+        );
         let route = Route {
             id,
             message: delivery.message,
@@ -259,7 +268,7 @@ impl StreamHandler<Result<Delivery, BrokerError>> for OutboxConsumer {
             self.router.do_send(route);
         } else {
             warn!("router gone; requeueing");
-            if let Some(Pending::Routed(acker)) = self.in_flight.remove(&id) {
+            if let Some(Pending::Routed { acker, .. }) = self.in_flight.remove(&id) {
                 self.requeue(id, acker, std::time::Duration::ZERO, ctx);
             }
         }
@@ -293,8 +302,8 @@ impl Handler<Settled> for OutboxConsumer {
     type Result = ();
 
     fn handle(&mut self, settled: Settled, ctx: &mut Context<Self>) {
-        let acker = match self.in_flight.remove(&settled.id) {
-            Some(Pending::Routed(acker)) => acker,
+        let (acker, redelivered) = match self.in_flight.remove(&settled.id) {
+            Some(Pending::Routed { acker, redelivered }) => (acker, redelivered),
             other => {
                 if let Some(pending) = other {
                     self.in_flight.insert(settled.id, pending);
@@ -314,7 +323,14 @@ impl Handler<Settled> for OutboxConsumer {
                 let since = *self
                     .failing_since
                     .get_or_insert_with(std::time::Instant::now);
-                let delay = backoff::requeue_delay(since.elapsed());
+                // A first failure is retried at once: hundreds fail together when a channel
+                // dies, and delaying them would hold back the acks of everything behind them.
+                // A message that fails again is what would loop.
+                let delay = if redelivered {
+                    backoff::requeue_delay(since.elapsed())
+                } else {
+                    std::time::Duration::ZERO
+                };
                 warn!(id = settled.id, %error, ?delay, "outcome not confirmed; requeueing the original");
                 self.requeue(settled.id, acker, delay, ctx);
             }
