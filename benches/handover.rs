@@ -746,24 +746,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     // `--latency S`: only the latency scenarios, 3 runs of S seconds each.
-    if let Some(secs) = args
-        .iter()
-        .position(|a| a == "--latency")
-        .and_then(|i| args.get(i + 1)?.parse::<u64>().ok())
-    {
+    if let Some(secs) = flag::<u64>(&args, "--latency") {
         let system = actix_rt::System::new();
-        system.block_on(async move {
-            let (mut base, mut hand) = (Vec::new(), Vec::new());
-            for _ in 0..REPEATS {
-                base.push(latency_baseline(5000, secs, 1000).await);
-                hand.push(latency_handover(5000, secs, 1000).await);
-            }
-            let rows = [
-                latency_row("baseline (bare lapin)", 5000, secs, base),
-                latency_row("mailroute handover", 5000, secs, hand),
-            ];
-            print_report(&[], &rows, &[]);
-        });
+        let rows = system.block_on(latency_rows(secs, 1000));
+        print_report(&[], &rows, &[]);
         return;
     }
     if args.iter().any(|a| a == "--micro") {
@@ -773,65 +759,68 @@ fn main() {
         return;
     }
     // `--engine N`: only the engine-only scenario with N messages (for profiling).
-    if let Some(n) = args
-        .iter()
-        .position(|a| a == "--engine")
-        .and_then(|i| args.get(i + 1)?.parse::<usize>().ok())
-    {
+    if let Some(n) = flag::<usize>(&args, "--engine") {
         let system = actix_rt::System::new();
         let sample = system.block_on(engine_only(&bodies(n, 1024), 1000));
-        let r = row("engine only (memory broker)", 1024, n, vec![sample]);
-        println!(
-            "{:.0} msgs/s, {:.2} us CPU per message",
-            r.msgs_per_s,
-            r.cpu_s_per_10k * 100.0
-        );
+        print_single(&row("engine only (memory broker)", 1024, n, vec![sample]));
         return;
     }
     // `--handover N` / `--baseline N`: only that scenario with N messages of 1 KiB (for
     // profiling one against the other).
-    for (flag, name) in [
+    for (name_flag, name) in [
         ("--handover", "mailroute handover"),
         ("--baseline", "baseline (bare lapin)"),
     ] {
-        let Some(n) = args
-            .iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1)?.parse::<usize>().ok())
-        else {
+        let Some(n) = flag::<usize>(&args, name_flag) else {
             continue;
         };
         // `--size S`: message size in bytes (default 1 KiB).
-        let size = args
-            .iter()
-            .position(|a| a == "--size")
-            .and_then(|i| args.get(i + 1)?.parse::<usize>().ok())
-            .unwrap_or(1024);
+        let size = flag::<usize>(&args, "--size").unwrap_or(1024);
         let system = actix_rt::System::new();
         let sample = system.block_on(async move {
             let vhost = TestVhost::new("bench-profile");
             let messages = bodies(n, size);
-            if flag == "--baseline" {
+            if name_flag == "--baseline" {
                 baseline(&vhost, &messages, 1000).await
             } else {
                 handover(vhost.broker().await, &messages, 1000).await
             }
         });
-        let r = row(name, size, n, vec![sample]);
-        println!(
-            "{:.0} msgs/s, {:.2} us CPU per message",
-            r.msgs_per_s,
-            r.cpu_s_per_10k * 100.0
-        );
+        print_single(&row(name, size, n, vec![sample]));
         return;
     }
     let system = actix_rt::System::new();
     // `--latency-secs S`: the full run with latency windows of S seconds (default 10).
-    let latency_secs = args
-        .iter()
-        .position(|a| a == "--latency-secs")
-        .and_then(|i| args.get(i + 1)?.parse::<u64>().ok());
-    system.block_on(run(quick, latency_secs));
+    system.block_on(run(quick, flag::<u64>(&args, "--latency-secs")));
+}
+
+/// The value after `name` on the command line, if given and well-formed.
+fn flag<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
+    let at = args.iter().position(|a| a == name)?;
+    args.get(at + 1)?.parse().ok()
+}
+
+/// One scenario run alone, for profiling.
+fn print_single(r: &Row) {
+    println!(
+        "{:.0} msgs/s, {:.2} us CPU per message",
+        r.msgs_per_s,
+        r.cpu_s_per_10k * 100.0
+    );
+}
+
+/// Latency at 5,000 msgs/s offered, baseline and handover, 3 runs each, interleaved.
+async fn latency_rows(seconds: u64, prefetch: u16) -> Vec<Latency> {
+    const RATE: u32 = 5000;
+    let (mut base, mut hand) = (Vec::new(), Vec::new());
+    for _ in 0..REPEATS {
+        base.push(latency_baseline(RATE, seconds, prefetch).await);
+        hand.push(latency_handover(RATE, seconds, prefetch).await);
+    }
+    vec![
+        latency_row("baseline (bare lapin)", RATE, seconds, base),
+        latency_row("mailroute handover", RATE, seconds, hand),
+    ]
 }
 
 async fn run(quick: bool, latency_secs: Option<u64>) {
@@ -879,15 +868,8 @@ async fn run(quick: bool, latency_secs: Option<u64>) {
         rows.push(row("engine only (memory broker)", bytes, n, engine));
     }
     if broker_up {
-        let rate = 5000;
         let seconds = latency_secs.unwrap_or(if quick { 3 } else { 10 });
-        let (mut base, mut hand) = (Vec::new(), Vec::new());
-        for _ in 0..REPEATS {
-            base.push(latency_baseline(rate, seconds, prefetch).await);
-            hand.push(latency_handover(rate, seconds, prefetch).await);
-        }
-        latencies.push(latency_row("baseline (bare lapin)", rate, seconds, base));
-        latencies.push(latency_row("mailroute handover", rate, seconds, hand));
+        latencies = latency_rows(seconds, prefetch).await;
     }
     for size in sizes.map(|(s, _)| s) {
         let base = rows

@@ -576,20 +576,26 @@ mod tests {
         assert!(!topic_matches("hello", "announce"));
     }
 
-    #[tokio::test]
-    async fn ack_through_settles_earlier_deliveries_of_the_consumer_only() {
+    /// A broker with queue `q` holding `n` messages whose bodies are 0, 1, …
+    async fn queue_of(n: u8) -> MemoryBroker {
         let broker = MemoryBroker::new("t");
         broker
             .declare_queue(&QueueSpec::durable("q"))
             .await
             .unwrap();
-        for i in 0..5u8 {
+        for i in 0..n {
             let m = Message::new(vec![i], Default::default());
             broker
                 .publish(&Destination::queue("q"), &m, true)
                 .await
                 .unwrap();
         }
+        broker
+    }
+
+    #[tokio::test]
+    async fn ack_through_settles_earlier_deliveries_of_the_consumer_only() {
+        let broker = queue_of(5).await;
         let mut consumer = broker.consume("q", 10).await.unwrap();
         let mut d = Vec::new();
         for _ in 0..5 {
@@ -606,18 +612,7 @@ mod tests {
 
     #[tokio::test]
     async fn unacked_messages_return_when_the_consumer_goes() {
-        let broker = MemoryBroker::new("t");
-        broker
-            .declare_queue(&QueueSpec::durable("q"))
-            .await
-            .unwrap();
-        for i in 0..3u8 {
-            let m = Message::new(vec![i], Default::default());
-            broker
-                .publish(&Destination::queue("q"), &m, true)
-                .await
-                .unwrap();
-        }
+        let broker = queue_of(3).await;
         let mut consumer = broker.consume("q", 2).await.unwrap();
         let first = consumer.next().await.unwrap().unwrap();
         first.acker.ack().await.unwrap();
