@@ -347,7 +347,7 @@ async fn a_with_phantom_b(broker: &SharedBroker, a: InstanceSettings) -> Instanc
 /// Scenario 2: a's outbox holds N messages that b owns; b is announced but not running.
 async fn handover(broker: SharedBroker, messages: &[Message], prefetch: u16) -> Sample {
     let a = settings("a", IpAddr::from([10, 8, 0, 1]), prefetch);
-    mailroute_actors::instance::declare_queues(&a, &broker)
+    mailroute_actors::own_queues::declare_queues(&a, &broker)
         .await
         .unwrap();
     fill(&broker, &a.outbox, messages).await;
@@ -369,7 +369,7 @@ async fn full_path(
     let a = settings("a", IpAddr::from([10, 8, 0, 1]), prefetch);
     let mut b = settings("b", b_ip(), prefetch);
     b.warmup = Duration::ZERO;
-    mailroute_actors::instance::declare_queues(&a, &a_broker)
+    mailroute_actors::own_queues::declare_queues(&a, &a_broker)
         .await
         .unwrap();
     fill(&a_broker, &a.outbox, messages).await;
@@ -533,7 +533,7 @@ async fn memory_bound(waiting: usize) -> MemoryBound {
     s.deliver = "rss.deliver".into();
     s.failure = "rss.failure".into();
     s.retry = "rss.retry".into();
-    mailroute_actors::instance::declare_queues(&s, &client)
+    mailroute_actors::own_queues::declare_queues(&s, &client)
         .await
         .unwrap();
     let body = bytes::Bytes::from(mailerq_json("rss", Some(&[ip]), 1024));

@@ -229,8 +229,23 @@ impl fmt::Debug for Delivery {
 }
 
 /// A consumer: yields deliveries until the broker cancels it or the connection fails (an `Err`
-/// then the end). Dropping it cancels the consumer and requeues its unacked deliveries.
+/// then the end). Dropping it (and its [`ConsumerControl`], if any) closes the consumer, and the
+/// broker requeues its unacked deliveries.
 pub type DeliveryStream = Pin<Box<dyn Stream<Item = Result<Delivery, BrokerError>> + Send>>;
+
+/// Stops a consumer without giving up its unacked deliveries: after `cancel` the broker sends
+/// nothing new, the stream yields what was already sent and ends, and acks still work until
+/// both the stream and this handle are dropped. A graceful drain needs exactly that.
+#[async_trait]
+pub trait ConsumerControl: Send + Sync {
+    async fn cancel(&self) -> Result<(), BrokerError>;
+}
+
+/// A consumer and the handle that cancels it.
+pub struct Subscription {
+    pub deliveries: DeliveryStream,
+    pub control: Box<dyn ConsumerControl>,
+}
 
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
@@ -252,38 +267,55 @@ pub trait Broker: Send + Sync + 'static {
         message: &Message,
         mandatory: bool,
     ) -> Result<(), BrokerError>;
-    /// A mandatory publish: `Err(Returned)` when the broker returned this very message.
-    async fn publish_mandatory(
-        &self,
-        to: &Destination,
-        message: &Message,
-    ) -> Result<Confirmed, BrokerError> {
-        self.publish(to, message, true)
-            .await
-            .map(|()| Confirmed::Routed)
+    /// A mandatory publish: `Err(Returned)` when the broker returned this very message. A
+    /// message returned with this publish's confirm (or nack) that is *not* this one comes back
+    /// in [`Published::stray`], whatever happened to ours: its own publisher was told it was
+    /// routed, so whoever receives it must keep it, or it is lost.
+    async fn publish_mandatory(&self, to: &Destination, message: &Message) -> Published {
+        Published {
+            result: self.publish(to, message, true).await,
+            stray: None,
+        }
     }
-    async fn consume(&self, queue: &str, prefetch: u16) -> Result<DeliveryStream, BrokerError>;
+    async fn subscribe(&self, queue: &str, prefetch: u16) -> Result<Subscription, BrokerError>;
+    async fn consume(&self, queue: &str, prefetch: u16) -> Result<DeliveryStream, BrokerError> {
+        self.subscribe(queue, prefetch).await.map(|s| s.deliveries)
+    }
     /// Messages ready in the queue (not counting unacked ones).
     async fn queue_len(&self, queue: &str) -> Result<u32, BrokerError>;
     async fn delete_queue(&self, queue: &str) -> Result<(), BrokerError>;
     async fn delete_exchange(&self, exchange: &str) -> Result<(), BrokerError>;
+    /// This instance will not publish to `to` for a while (its peer left): whatever the broker
+    /// keeps open for it (a confirm channel) may be closed. Publishing there again reopens it.
+    fn release(&self, _to: &Destination) {}
 }
 
 pub type SharedBroker = Arc<dyn Broker>;
 
-/// What a confirmed mandatory publish did.
+/// The broker's answer to one mandatory publish.
 ///
 /// AMQP does not say which publish a `basic.return` belongs to; clients pair it with the next
 /// confirm, and when the broker confirms several publishes at once the pairing can be wrong.
-/// So a confirm may come with a message that is not the one published: that message was
-/// returned (not routed) and must be taken care of by whoever received it, or it is lost.
+/// So a confirm (or a nack) may come with a message that is not the one published.
+#[derive(Debug)]
+pub struct Published {
+    pub result: Result<(), BrokerError>,
+    pub stray: Option<Box<Returned>>,
+}
+
+impl Published {
+    pub fn routed() -> Self {
+        Published {
+            result: Ok(()),
+            stray: None,
+        }
+    }
+}
+
+/// A message the broker returned (not routed), and where it had been published to.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Confirmed {
-    Routed,
-    /// Ours was routed (or, if it was returned too, its return reached another publish), and
-    /// the broker returned this other message.
-    AlsoReturned {
-        message: Box<Message>,
-        reply_text: String,
-    },
+pub struct Returned {
+    pub message: Message,
+    pub to: Destination,
+    pub reply_text: String,
 }

@@ -1,20 +1,23 @@
 //! HandoverPublisher: publishes each decided outcome with publisher confirms and reports back,
 //! so the consumer acks the original only after the broker took the copy. A handover goes
 //! straight into the owner's outbox queue, `mandatory`: a returned message is not a success.
+//! The owner's outbox is reached on this instance's own broker when the owner announced the
+//! same one, else on the cluster broker.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix::prelude::*;
-use tracing::{Instrument, error, warn};
+use tracing::{Instrument, info, warn};
 
+use crate::backoff;
 use crate::broker::{
-    BrokerError, Confirmed, Destination, HeaderValue, Message, QueueSpec, SharedBroker,
+    BrokerError, Destination, HeaderValue, Message, QueueSpec, Returned, SharedBroker,
 };
-use crate::instance::own_queues;
-use crate::messages::{Dispatch, Outcome, Settled};
+use crate::message_id::ensure_id;
+use crate::messages::{Dispatch, Outcome, Settled, Unconfirmed};
+use crate::own_queues::own_queues;
 use crate::routing::{
-    Decision, FROM_HEADER, HELD_SINCE_HEADER, HOPS_HEADER, ID_HEADER, REASON_HEADER, Unroutable,
+    Decision, FROM_HEADER, HELD_SINCE_HEADER, HOPS_HEADER, REASON_HEADER, Unroutable,
 };
 use crate::settings::InstanceSettings;
 use crate::stats::{Stats, bump};
@@ -28,6 +31,7 @@ pub struct HandoverPublisher {
 struct Targets {
     name: String,
     local: SharedBroker,
+    local_identity: String,
     cluster: SharedBroker,
     deliver: String,
     failure: String,
@@ -36,8 +40,6 @@ struct Targets {
     own_queues: Vec<QueueSpec>,
     unroutable: Unroutable,
     stats: Arc<Stats>,
-    id_prefix: String,
-    next_id: AtomicU64,
 }
 
 struct Plan {
@@ -57,6 +59,7 @@ impl HandoverPublisher {
         HandoverPublisher {
             targets: Arc::new(Targets {
                 name: settings.name.clone(),
+                local_identity: local.identity(),
                 local,
                 cluster,
                 deliver: settings.deliver.clone(),
@@ -65,8 +68,6 @@ impl HandoverPublisher {
                 own_queues: own_queues(settings),
                 unroutable: settings.policy.unroutable,
                 stats,
-                id_prefix: format!("{}-{:x}", settings.name, now_ms()),
-                next_id: AtomicU64::new(0),
             }),
         }
     }
@@ -77,15 +78,29 @@ impl Targets {
         // No copy of the message is kept for the case the broker returns a handover: it is
         // rare, and `undo_handover` rebuilds the original. A copy would cost a deep clone of
         // the properties on every message, since changing them below would then share them.
+        ensure_id(&mut message);
         let headers = &mut message.properties_mut().headers;
         match decision {
-            Decision::Deliver => Plan {
-                broker: self.local.clone(),
-                to: Destination::queue(&self.deliver),
+            // The router keeps deferred mail itself; were one to come here, holding it is the
+            // choice that loses nothing and sends nothing from the wrong IP.
+            Decision::Defer => self.plan(
+                Decision::Hold {
+                    reason: "unroutable: the cluster had not been heard".into(),
+                },
                 message,
-                outcome: Outcome::Delivered,
-            },
+            ),
+            Decision::Deliver => {
+                // A reason belongs on held and failed mail only; this one was held before.
+                headers.remove(REASON_HEADER);
+                Plan {
+                    broker: self.local.clone(),
+                    to: Destination::queue(&self.deliver),
+                    message,
+                    outcome: Outcome::Delivered,
+                }
+            }
             Decision::Handover(peer) => {
+                headers.remove(REASON_HEADER);
                 let hops = headers
                     .get(HOPS_HEADER)
                     .and_then(HeaderValue::as_i64)
@@ -95,13 +110,13 @@ impl Targets {
                     FROM_HEADER.into(),
                     HeaderValue::LongString(self.name.clone().into_bytes()),
                 );
-                if !headers.contains_key(ID_HEADER) {
-                    let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-                    let id = format!("{}-{n}", self.id_prefix);
-                    headers.insert(ID_HEADER.into(), HeaderValue::LongString(id.into_bytes()));
-                }
+                let broker = if peer.broker == self.local_identity {
+                    self.local.clone()
+                } else {
+                    self.cluster.clone()
+                };
                 Plan {
-                    broker: self.cluster.clone(),
+                    broker,
                     to: Destination::queue(&peer.outbox),
                     message,
                     outcome: Outcome::HandedOver {
@@ -110,9 +125,10 @@ impl Targets {
                 }
             }
             Decision::Hold { reason } => {
+                // AMQP timestamps are seconds: other clients (pika, say) read them as such.
                 headers
                     .entry(HELD_SINCE_HEADER.into())
-                    .or_insert(HeaderValue::Timestamp(now_ms()));
+                    .or_insert(HeaderValue::Timestamp(now_ms() / 1000));
                 headers.insert(
                     REASON_HEADER.into(),
                     HeaderValue::LongString(reason.into_bytes()),
@@ -143,99 +159,149 @@ impl Targets {
     fn fallback(&self, peer: &str, reply_text: &str) -> Decision {
         let reason = format!("handover to {peer} returned by the broker: {reply_text}");
         match self.unroutable {
-            Unroutable::Hold => Decision::Hold { reason },
+            Unroutable::Hold | Unroutable::Defer => Decision::Hold { reason },
             Unroutable::Fail => Decision::Fail { reason },
             Unroutable::Local => Decision::Deliver,
         }
     }
 
-    async fn execute(&self, plan: Plan) -> Result<Outcome, BrokerError> {
-        match plan.broker.publish_mandatory(&plan.to, &plan.message).await {
-            Ok(confirmed) => Ok(self.confirmed(plan, confirmed).await),
+    fn own_queue(&self, to: &Destination) -> Option<&QueueSpec> {
+        self.own_queues
+            .iter()
+            .find(|q| to.exchange.is_empty() && q.name == to.routing_key)
+    }
+
+    async fn execute(self: &Arc<Self>, plan: Plan) -> Result<Outcome, Unconfirmed> {
+        let Outcome::HandedOver { peer } = &plan.outcome else {
+            return self.publish(plan).await;
+        };
+        let published = plan.broker.publish_mandatory(&plan.to, &plan.message).await;
+        self.keep_stray(published.stray);
+        match published.result {
+            Ok(()) => {
+                self.count(&plan.outcome);
+                Ok(plan.outcome)
+            }
             Err(BrokerError::Returned { reply_text, .. }) => {
-                let Outcome::HandedOver { peer } = &plan.outcome else {
-                    return self.redeclare_and_retry(plan, &reply_text).await;
-                };
                 bump(&self.stats.handover_returned);
                 warn!(%peer, to = %plan.to, "handover returned; applying the unroutable policy");
-                let second = self.plan(
-                    self.fallback(peer, &reply_text),
-                    undo_handover(plan.message),
-                );
-                let confirmed = second
-                    .broker
-                    .publish_mandatory(&second.to, &second.message)
-                    .await?;
-                Ok(self.confirmed(second, confirmed).await)
+                let fallback = self.fallback(peer, &reply_text);
+                self.publish(self.plan(fallback, undo_handover(plan.message)))
+                    .await
             }
-            Err(error) => Err(error),
+            Err(error) => Err(unconfirmed(error, &plan.to)),
         }
     }
 
-    /// One of this instance's own queues is gone (an operator deleted it, or the broker lost
-    /// it): declare it again and publish once more, rather than requeue the original until
-    /// someone notices.
-    async fn redeclare_and_retry(
-        &self,
-        plan: Plan,
-        reply_text: &str,
-    ) -> Result<Outcome, BrokerError> {
+    /// Publishes to one of this instance's own queues (or delivers by `unroutable: local`).
+    /// A queue that is gone (an operator deleted it, or the broker lost it) is declared again
+    /// and the publish made once more, rather than the original requeued until someone notices.
+    async fn publish(self: &Arc<Self>, plan: Plan) -> Result<Outcome, Unconfirmed> {
+        let published = plan.broker.publish_mandatory(&plan.to, &plan.message).await;
+        self.keep_stray(published.stray);
+        let reply_text = match published.result {
+            Ok(()) => {
+                self.count(&plan.outcome);
+                return Ok(plan.outcome);
+            }
+            Err(BrokerError::Returned { reply_text, .. }) => reply_text,
+            Err(error) => return Err(unconfirmed(error, &plan.to)),
+        };
         let missing = || BrokerError::Returned {
             reply_code: 312,
             reply_text: format!("{} is missing: {reply_text}", plan.to),
         };
-        let Some(spec) = self
-            .own_queues
-            .iter()
-            .find(|q| plan.to.exchange.is_empty() && q.name == plan.to.routing_key)
-        else {
-            return Err(missing());
+        let Some(spec) = self.own_queue(&plan.to) else {
+            return Err(unconfirmed(missing(), &plan.to));
         };
         warn!(queue = %spec.name, "own queue missing; declaring it again");
         bump(&self.stats.queues_redeclared);
-        plan.broker.declare_queue(spec).await?;
-        let confirmed = match plan.broker.publish_mandatory(&plan.to, &plan.message).await {
-            Err(BrokerError::Returned { .. }) => return Err(missing()),
-            other => other?,
-        };
-        Ok(self.confirmed(plan, confirmed).await)
-    }
-
-    /// Counts a confirmed outcome and keeps whatever the broker returned along with its confirm.
-    async fn confirmed(&self, plan: Plan, confirmed: Confirmed) -> Outcome {
-        self.count(&plan.outcome);
-        self.keep_returned(&plan.broker, confirmed).await;
-        plan.outcome
+        if let Err(error) = plan.broker.declare_queue(spec).await {
+            return Err(unconfirmed(error, &plan.to));
+        }
+        let published = plan.broker.publish_mandatory(&plan.to, &plan.message).await;
+        self.keep_stray(published.stray);
+        match published.result {
+            Ok(()) => {
+                self.count(&plan.outcome);
+                Ok(plan.outcome)
+            }
+            Err(BrokerError::Returned { .. }) => Err(unconfirmed(missing(), &plan.to)),
+            Err(error) => Err(unconfirmed(error, &plan.to)),
+        }
     }
 
     /// A message the broker returned with the confirm of another publish was not routed, and
-    /// its own publisher was told it was: it is ours to keep now, by the unroutable policy.
-    async fn keep_returned(&self, broker: &SharedBroker, mut confirmed: Confirmed) {
-        // Bounded: each round is a publish that itself came back with yet another return.
-        for _ in 0..16 {
-            let Confirmed::AlsoReturned {
-                message,
-                reply_text,
-            } = confirmed
-            else {
-                return;
-            };
-            bump(&self.stats.handover_returned);
-            let plan = self.plan(
-                self.fallback("a peer", &reply_text),
-                undo_handover(*message),
-            );
-            confirmed = match broker.publish_mandatory(&plan.to, &plan.message).await {
-                Ok(next) => {
-                    self.count(&plan.outcome);
-                    next
+    /// its own publisher was told it was, so its original is acked already: it is ours now,
+    /// and is kept until a broker confirms it somewhere. Never dropped: a publish that fails
+    /// is tried again with backoff, for as long as this process lives.
+    fn keep_stray(self: &Arc<Self>, stray: Option<Box<Returned>>) {
+        let Some(stray) = stray else {
+            return;
+        };
+        bump(&self.stats.strays_kept);
+        let targets = self.clone();
+        let span = tracing::info_span!("stray", to = %stray.to);
+        actix::spawn(
+            async move {
+                let mut attempt = 0;
+                loop {
+                    let plan = targets.plan_for_stray(&stray);
+                    // Boxed: `publish` may spawn the keeping of yet another stray.
+                    match Box::pin(targets.publish(plan)).await {
+                        Ok(outcome) => {
+                            info!(
+                                ?outcome,
+                                "kept a message the broker returned with another publish's confirm"
+                            );
+                            return;
+                        }
+                        Err(Unconfirmed { error, .. }) => {
+                            attempt += 1;
+                            warn!(%error, attempt, "cannot keep a returned message yet; retrying");
+                            tokio::time::sleep(backoff::delay(attempt)).await;
+                        }
+                    }
                 }
-                Err(error) => {
-                    error!(%error, to = %plan.to, "cannot keep a message the broker returned");
-                    return;
-                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Where a stray goes: back into the own queue it was published to, or, for a handover
+    /// whose peer outbox is gone, by the unroutable policy on this instance's own broker.
+    fn plan_for_stray(&self, stray: &Returned) -> Plan {
+        if self.own_queue(&stray.to).is_some() {
+            return Plan {
+                broker: self.local.clone(),
+                to: stray.to.clone(),
+                message: stray.message.clone(),
+                outcome: if stray.to.routing_key == self.deliver {
+                    Outcome::Delivered
+                } else if stray.to.routing_key == self.retry {
+                    Outcome::Held
+                } else {
+                    Outcome::Failed {
+                        reason: "kept after a return".into(),
+                    }
+                },
             };
         }
+        bump(&self.stats.handover_returned);
+        let ours = stray
+            .message
+            .header(FROM_HEADER)
+            .and_then(HeaderValue::as_str)
+            == Some(self.name.as_str());
+        let message = if ours {
+            undo_handover(stray.message.clone())
+        } else {
+            stray.message.clone()
+        };
+        self.plan(
+            self.fallback(&stray.to.routing_key, &stray.reply_text),
+            message,
+        )
     }
 
     fn count(&self, outcome: &Outcome) {
@@ -248,8 +314,16 @@ impl Targets {
     }
 }
 
-/// The message as it was before a handover added to it, except that a previous hop's
-/// `x-mailroute-from` is not restored (the message is held here now) and `x-mailroute-id` stays.
+fn unconfirmed(error: BrokerError, to: &Destination) -> Unconfirmed {
+    Unconfirmed {
+        error,
+        destination: to.to_string(),
+    }
+}
+
+/// The message as it was before this instance's handover added to it, except that a previous
+/// hop's `x-mailroute-from` is not restored (the message is held here now) and
+/// `x-mailroute-id` stays.
 fn undo_handover(mut message: Message) -> Message {
     let headers = &mut message.properties_mut().headers;
     headers.remove(FROM_HEADER);
@@ -286,6 +360,7 @@ impl Handler<Dispatch> for HandoverPublisher {
             Decision::Handover(peer) => ("handover", peer.name.as_str()),
             Decision::Hold { .. } => ("hold", ""),
             Decision::Fail { .. } => ("fail", ""),
+            Decision::Defer => ("defer", ""),
         };
         let message_id = dispatch
             .message

@@ -7,12 +7,13 @@ use actix::prelude::*;
 use tracing::{info, warn};
 
 use crate::announcer::Announcer;
-use crate::broker::{BrokerError, QueueSpec, SharedBroker};
+use crate::broker::{BrokerError, SharedBroker};
 use crate::handover_publisher::HandoverPublisher;
 use crate::ip_ownership_router::IpOwnershipRouter;
-use crate::messages::{Drain, Leave, ListPeers, PeerInfo};
+use crate::messages::{Drain, Leave, ListPeers, PeerInfo, ReleaseDeferred};
 use crate::outbox_consumer::OutboxConsumer;
-use crate::peer_registry::{PeerRegistry, RegistryConfig};
+use crate::own_queues::declare_queues;
+use crate::peer_registry::{PeerRegistry, RegistryConfig, RegistryLinks};
 use crate::routing::OwnershipTable;
 use crate::settings::InstanceSettings;
 use crate::stats::Stats;
@@ -28,31 +29,6 @@ pub struct Instance {
     pub publisher: Addr<HandoverPublisher>,
     pub announcer: Addr<Announcer>,
     pub registry: Addr<PeerRegistry>,
-}
-
-/// Declares the queues this instance owns. Fails fast, so a broker that refuses them (wrong
-/// vhost, permissions, a queue declared elsewhere with other arguments) stops startup.
-/// The queues this instance owns on its local broker, as it declares them.
-pub fn own_queues(settings: &InstanceSettings) -> Vec<QueueSpec> {
-    let mut retry = QueueSpec::durable(settings.retry.as_str());
-    retry.message_ttl = Some(settings.hold_time);
-    retry.dead_letter_queue = Some(settings.outbox.clone());
-    vec![
-        QueueSpec::durable(settings.outbox.as_str()),
-        QueueSpec::durable(settings.deliver.as_str()),
-        QueueSpec::durable(settings.failure.as_str()),
-        retry,
-    ]
-}
-
-pub async fn declare_queues(
-    settings: &InstanceSettings,
-    local: &SharedBroker,
-) -> Result<(), BrokerError> {
-    for spec in own_queues(settings) {
-        local.declare_queue(&spec).await?;
-    }
-    Ok(())
 }
 
 impl Instance {
@@ -117,17 +93,17 @@ impl Instance {
             my_started_at: started_at,
             local_ips: settings.local_ips.clone(),
             peer_timeout: settings.peer_timeout,
-            handover_broker: cluster.identity(),
+            announce_interval: settings.announce_interval,
+            reachable_brokers: vec![local.identity(), cluster.identity()],
             codec: settings.codec.clone(),
         };
-        let registry = PeerRegistry::new(
-            cluster.clone(),
-            config,
-            router.clone().recipient(),
-            announcer.clone().recipient(),
-            consumer.clone().recipient(),
-            stats.clone(),
-        );
+        let links = RegistryLinks {
+            router: router.clone().recipient(),
+            hearing: router.clone().recipient(),
+            announcer: announcer.clone().recipient(),
+            listening: consumer.clone().recipient(),
+        };
+        let registry = PeerRegistry::new(cluster.clone(), config, links, stats.clone());
         let registry = Supervisor::start(move |_| registry);
         info!(instance = %settings.name, outbox = %settings.outbox, ips = settings.local_ips.len(), "instance started");
         Ok(Instance {
@@ -150,10 +126,10 @@ impl Instance {
     /// `Leaving` so peers stop handing over at once instead of after `peer-timeout`.
     pub async fn shutdown(&self, grace: Duration) {
         info!(instance = %self.settings.name, "draining");
-        if tokio::time::timeout(grace, self.consumer.send(Drain))
-            .await
-            .is_err()
-        {
+        let drain = self.consumer.send(Drain);
+        // Mail waiting for the cluster to be heard goes back to the outbox now.
+        self.router.do_send(ReleaseDeferred);
+        if tokio::time::timeout(grace, drain).await.is_err() {
             warn!(
                 ?grace,
                 "drain timed out; unsettled messages are redelivered by the broker"

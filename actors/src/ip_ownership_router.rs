@@ -1,5 +1,7 @@
 //! IpOwnershipRouter: decides, per outbox message, whether it is sent here, handed over or
 //! held/failed. It owns the IP → owner table; the decision itself is `routing::route_message`.
+//! While the cluster is not heard, mail that no known peer owns waits here (bounded by the
+//! consumer's prefetch) and is routed again once it is, or once a peer claims its IP.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -7,14 +9,23 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tracing::{debug, info, warn};
 
-use crate::messages::{Dispatch, OwnershipChanged, Route, Settled};
-use crate::routing::{OwnershipTable, RoutePolicy, route_message};
+use crate::broker::BrokerError;
+use crate::messages::{
+    Dispatch, Hearing, OwnershipChanged, ReleaseDeferred, Route, Settled, Unconfirmed,
+};
+use crate::routing::{Decision, OwnershipTable, RoutePolicy, Unroutable, route_message};
 use crate::stats::{Stats, bump};
 use crate::wire::now_ms;
 
 pub struct IpOwnershipRouter {
     local_ips: Vec<IpAddr>,
     policy: RoutePolicy,
+    /// `policy` with `Unroutable::Defer`: used while the cluster is not heard.
+    waiting: RoutePolicy,
+    heard: bool,
+    deferred: Vec<Route>,
+    /// The instance stops: nothing more is deferred, it goes back to the outbox.
+    stopping: bool,
     // Survives restarts: the supervisor reuses this struct, so peers need not re-announce.
     table: Arc<OwnershipTable>,
     publisher: Recipient<Dispatch>,
@@ -31,7 +42,14 @@ impl IpOwnershipRouter {
         IpOwnershipRouter {
             table: Arc::new(OwnershipTable::new(&local_ips)),
             local_ips,
+            waiting: RoutePolicy {
+                unroutable: Unroutable::Defer,
+                ..policy.clone()
+            },
             policy,
+            heard: false,
+            deferred: Vec::new(),
+            stopping: false,
             publisher,
             stats,
         }
@@ -41,26 +59,24 @@ impl IpOwnershipRouter {
     pub fn table(&self) -> Arc<OwnershipTable> {
         self.table.clone()
     }
-}
 
-impl Actor for IpOwnershipRouter {
-    type Context = Context<Self>;
-
-    fn started(&mut self, _: &mut Context<Self>) {}
-}
-
-impl Supervised for IpOwnershipRouter {
-    fn restarting(&mut self, _: &mut Context<Self>) {
-        bump(&self.stats.restarts);
-    }
-}
-
-impl Handler<Route> for IpOwnershipRouter {
-    type Result = ();
-
-    fn handle(&mut self, route: Route, _: &mut Context<Self>) {
-        let decision = route_message(&route.message, &self.policy, &self.table, now_ms());
+    fn route(&mut self, route: Route) {
+        let policy = if self.heard {
+            &self.policy
+        } else {
+            &self.waiting
+        };
+        let decision = route_message(&route.message, policy, &self.table, now_ms());
         debug!(id = route.id, ?decision, "routed");
+        if decision == Decision::Defer {
+            if self.stopping {
+                refuse(route.id, &route.reply, "instance stopping");
+                return;
+            }
+            bump(&self.stats.deferred);
+            self.deferred.push(route);
+            return;
+        }
         let dispatch = Dispatch {
             id: route.id,
             decision,
@@ -74,13 +90,42 @@ impl Handler<Route> for IpOwnershipRouter {
         } else {
             // Cannot reach the publisher: tell the consumer so the original is requeued.
             warn!(id = dispatch.id, "publisher unreachable; requeueing");
-            dispatch.reply.do_send(Settled {
-                id: dispatch.id,
-                result: Err(crate::broker::BrokerError::ChannelClosed(
-                    "publisher unreachable".into(),
-                )),
-            });
+            refuse(dispatch.id, &dispatch.reply, "publisher unreachable");
         }
+    }
+
+    fn route_deferred(&mut self) {
+        for route in std::mem::take(&mut self.deferred) {
+            self.route(route);
+        }
+    }
+}
+
+fn refuse(id: u64, reply: &actix::Recipient<Settled>, why: &str) {
+    reply.do_send(Settled {
+        id,
+        result: Err(Unconfirmed {
+            error: BrokerError::ChannelClosed(why.into()),
+            destination: "router".into(),
+        }),
+    });
+}
+
+impl Actor for IpOwnershipRouter {
+    type Context = Context<Self>;
+}
+
+impl Supervised for IpOwnershipRouter {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        bump(&self.stats.restarts);
+    }
+}
+
+impl Handler<Route> for IpOwnershipRouter {
+    type Result = ();
+
+    fn handle(&mut self, route: Route, _: &mut Context<Self>) {
+        self.route(route);
     }
 }
 
@@ -90,5 +135,36 @@ impl Handler<OwnershipChanged> for IpOwnershipRouter {
     fn handle(&mut self, changed: OwnershipChanged, _: &mut Context<Self>) {
         self.table.replace_peers(&self.local_ips, changed.claims);
         info!(owned_ips = self.table.len(), "ownership table updated");
+        // A peer that announced may own what was waiting.
+        self.route_deferred();
+    }
+}
+
+impl Handler<Hearing> for IpOwnershipRouter {
+    type Result = ();
+
+    fn handle(&mut self, Hearing(heard): Hearing, _: &mut Context<Self>) {
+        if heard != self.heard {
+            info!(
+                heard,
+                waiting = self.deferred.len(),
+                "cluster hearing changed"
+            );
+        }
+        self.heard = heard;
+        if heard {
+            self.route_deferred();
+        }
+    }
+}
+
+impl Handler<ReleaseDeferred> for IpOwnershipRouter {
+    type Result = ();
+
+    fn handle(&mut self, _: ReleaseDeferred, _: &mut Context<Self>) {
+        self.stopping = true;
+        for route in std::mem::take(&mut self.deferred) {
+            refuse(route.id, &route.reply, "instance stopping");
+        }
     }
 }

@@ -16,8 +16,8 @@ use futures::Stream;
 use tokio::sync::mpsc;
 
 use crate::broker::{
-    Acker, Broker, BrokerError, Confirmed, Delivery, DeliveryStream, Destination, Message,
-    QueueSpec,
+    Acker, Broker, BrokerError, ConsumerControl, Delivery, Destination, Message, Published,
+    QueueSpec, Subscription,
 };
 
 #[derive(Clone)]
@@ -318,6 +318,15 @@ impl MemoryBroker {
         Ok(())
     }
 
+    /// `basic.cancel`: the consumer gets nothing new; its stream ends after what it was sent,
+    /// and its unacked deliveries stay its own until it closes.
+    fn stop_consuming(&self, queue: &str, consumer: u64) {
+        let mut state = self.lock();
+        if let Some(q) = state.queues.get_mut(queue) {
+            q.consumers.retain(|s| s.id != consumer);
+        }
+    }
+
     fn cancel(&self, queue: &str, consumer: u64) {
         let mut state = self.lock();
         let Some(q) = state.queues.get_mut(queue) else {
@@ -422,10 +431,22 @@ impl Acker for MemoryAcker {
 }
 
 struct MemoryConsumer {
+    _closer: Arc<Closer>,
+    rx: mpsc::UnboundedReceiver<Result<Delivery, BrokerError>>,
+}
+
+/// Closes the consumer (requeueing what it left unacked) once the stream and its control
+/// are both gone, as closing its channel does on RabbitMQ.
+struct Closer {
     broker: MemoryBroker,
     queue: String,
     id: u64,
-    rx: mpsc::UnboundedReceiver<Result<Delivery, BrokerError>>,
+}
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.broker.cancel(&self.queue, self.id);
+    }
 }
 
 impl Stream for MemoryConsumer {
@@ -436,9 +457,13 @@ impl Stream for MemoryConsumer {
     }
 }
 
-impl Drop for MemoryConsumer {
-    fn drop(&mut self) {
-        self.broker.cancel(&self.queue, self.id);
+struct MemoryControl(Arc<Closer>);
+
+#[async_trait]
+impl ConsumerControl for MemoryControl {
+    async fn cancel(&self) -> Result<(), BrokerError> {
+        self.0.broker.stop_consuming(&self.0.queue, self.0.id);
+        Ok(())
     }
 }
 
@@ -498,16 +523,14 @@ impl Broker for MemoryBroker {
         self.publish_now(to, message, mandatory)
     }
 
-    async fn publish_mandatory(
-        &self,
-        to: &Destination,
-        message: &Message,
-    ) -> Result<Confirmed, BrokerError> {
-        self.publish_now(to, message, true)
-            .map(|()| Confirmed::Routed)
+    async fn publish_mandatory(&self, to: &Destination, message: &Message) -> Published {
+        Published {
+            result: self.publish_now(to, message, true),
+            stray: None,
+        }
     }
 
-    async fn consume(&self, queue: &str, prefetch: u16) -> Result<DeliveryStream, BrokerError> {
+    async fn subscribe(&self, queue: &str, prefetch: u16) -> Result<Subscription, BrokerError> {
         let mut state = self.lock();
         state.next_id += 1;
         let id = state.next_id;
@@ -523,12 +546,18 @@ impl Broker for MemoryBroker {
             in_flight: 0,
         });
         self.dispatch(&mut state, queue);
-        Ok(Box::pin(MemoryConsumer {
+        let closer = Arc::new(Closer {
             broker: self.clone(),
             queue: queue.to_string(),
             id,
-            rx,
-        }))
+        });
+        Ok(Subscription {
+            deliveries: Box::pin(MemoryConsumer {
+                _closer: closer.clone(),
+                rx,
+            }),
+            control: Box::new(MemoryControl(closer)),
+        })
     }
 
     async fn queue_len(&self, queue: &str) -> Result<u32, BrokerError> {

@@ -45,7 +45,15 @@ pub enum Outcome {
 #[rtype(result = "()")]
 pub struct Settled {
     pub id: u64,
-    pub result: Result<Outcome, BrokerError>,
+    pub result: Result<Outcome, Unconfirmed>,
+}
+
+/// An outcome the broker did not confirm, and where it was going: the consumer backs off per
+/// destination, so one broken peer does not slow the retries of mail for everybody else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unconfirmed {
+    pub error: BrokerError,
+    pub destination: String,
 }
 
 /// PeerRegistry → IpOwnershipRouter: the complete, conflict-free list of peer claims.
@@ -54,6 +62,18 @@ pub struct Settled {
 pub struct OwnershipChanged {
     pub claims: Vec<(IpAddr, Arc<PeerRoute>)>,
 }
+
+/// PeerRegistry → IpOwnershipRouter: whether the cluster is heard. While it is not (the
+/// listener reconnects, or a reload re-validates the peers), mail whose IPs no known peer
+/// owns waits in the router instead of being held, failed or sent from the wrong IP.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct Hearing(pub bool);
+
+/// → IpOwnershipRouter: hand every deferred message back for requeueing (the instance stops).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct ReleaseDeferred;
 
 /// PeerRegistry → Announcer: announce now (someone said hello, or a new peer appeared).
 #[derive(Message, Debug, Clone, Copy)]

@@ -6,17 +6,26 @@
 //! confirmed meanwhile wait for the next. Under load one frame settles a whole run of them; when
 //! idle, each is acked at once. A delivery can only be covered once every earlier one is
 //! confirmed (or its nack was sent), so a `multiple` ack never settles a message it should not.
+//! A delivery that stays unsettled long (a requeue waiting out its backoff, mail waiting for
+//! the cluster to be heard) does not hold back the others: those behind it are acked one by
+//! one instead.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tracing::{debug, info, warn};
 
 use crate::backoff;
-use crate::broker::{Acker, BrokerError, Delivery, QueueSpec, SharedBroker};
-use crate::messages::{ClusterHeard, Drain, Route, Settled};
+use crate::broker::{Acker, BrokerError, ConsumerControl, Delivery, QueueSpec, SharedBroker};
+use crate::messages::{ClusterHeard, Drain, Route, Settled, Unconfirmed};
 use crate::stats::{Stats, bump};
+
+/// How long the oldest unsettled delivery may hold back the acks of those behind it.
+const STALL: Duration = Duration::from_millis(250);
+/// A destination's failures count as one run while they come less than this far apart.
+const FAILURE_GAP: Duration = Duration::from_secs(10);
 
 pub struct OutboxConsumer {
     broker: SharedBroker,
@@ -28,24 +37,29 @@ pub struct OutboxConsumer {
     in_flight: BTreeMap<u64, Pending>,
     /// An ack is on its way; deliveries confirmed meanwhile go in the next one.
     ack_busy: bool,
+    /// A flush is scheduled for when the oldest unsettled delivery counts as stalled.
+    flush_scheduled: bool,
     /// Acks and nacks sent but not yet answered: a drain waits for them, since closing the
     /// channel first would requeue (and so duplicate) messages already handed over.
     acking: usize,
     /// Never reset, so a `Settled` from before a restart cannot settle a newer delivery.
     next_id: u64,
     failures: u32,
-    /// When the current run of unconfirmed outcomes began (a confirmed one ends it). A message
-    /// that fails again waits about half as long as the failures have lasted before it is
-    /// requeued (100 ms to 10 s): a destination that stays broken is retried every few seconds,
-    /// never in a loop at full speed.
-    failing_since: Option<std::time::Instant>,
+    /// Per destination, when its current run of unconfirmed outcomes began and when it last
+    /// failed. A message that fails again waits about half as long as its destination has been
+    /// failing before it is requeued (100 ms to 10 s): a destination that stays broken is
+    /// retried every few seconds, never in a loop, and mail for the others flows meanwhile.
+    failing: HashMap<String, (Instant, Instant)>,
     draining: bool,
+    /// The broker has stopped sending (or this consumer never started).
+    cancelled: bool,
     drained: Vec<tokio::sync::oneshot::Sender<()>>,
-    warmup: std::time::Duration,
+    warmup: Duration,
     /// Closed until the registry first listens to the cluster: routing before the peers are
     /// known would hold mail that a peer owns.
     gate_open: bool,
     stream: Option<SpawnHandle>,
+    control: Option<Arc<dyn ConsumerControl>>,
     /// This actor as the `Settled` recipient, made once: it travels with every message.
     me: Option<Recipient<Settled>>,
 }
@@ -55,10 +69,11 @@ enum Pending {
     Routed {
         acker: Box<dyn Acker>,
         redelivered: bool,
+        since: Instant,
     },
     /// Its outcome is confirmed: to be acked with the next `multiple` ack.
     Confirmed(Box<dyn Acker>),
-    /// Its nack is being sent; a `multiple` ack must not pass it until then.
+    /// Its nack is waiting or being sent; a `multiple` ack must not pass it until then.
     Nacking,
 }
 
@@ -69,7 +84,7 @@ impl OutboxConsumer {
         prefetch: u16,
         router: Recipient<Route>,
         stats: Arc<Stats>,
-        warmup: std::time::Duration,
+        warmup: Duration,
     ) -> Self {
         OutboxConsumer {
             broker,
@@ -79,15 +94,18 @@ impl OutboxConsumer {
             stats,
             in_flight: BTreeMap::new(),
             ack_busy: false,
+            flush_scheduled: false,
             acking: 0,
             next_id: 0,
             failures: 0,
-            failing_since: None,
+            failing: HashMap::new(),
             draining: false,
+            cancelled: false,
             drained: Vec::new(),
             warmup,
             gate_open: false,
             stream: None,
+            control: None,
             me: None,
         }
     }
@@ -99,7 +117,8 @@ impl OutboxConsumer {
     }
 
     /// Sends one `multiple` ack for the confirmed deliveries at the front, unless one is on its
-    /// way already (its completion calls this again).
+    /// way already (its completion calls this again). When the front is held by a delivery
+    /// that has stalled, the confirmed ones behind it are acked one by one instead.
     fn flush_acks(&mut self, ctx: &mut Context<Self>) {
         if self.ack_busy {
             return;
@@ -113,13 +132,64 @@ impl OutboxConsumer {
                 last = Some(acker);
             }
         }
-        let Some(acker) = last else {
+        if let Some(acker) = last {
+            self.send_acks(ctx, vec![acker], true);
             return;
+        }
+        let stalled = match self.in_flight.values().next() {
+            None => return,
+            Some(Pending::Nacking) => true,
+            Some(Pending::Routed { since, .. }) => since.elapsed() >= STALL,
+            Some(Pending::Confirmed(_)) => false,
         };
+        let waiting = self
+            .in_flight
+            .values()
+            .any(|p| matches!(p, Pending::Confirmed(_)));
+        if !waiting {
+            return;
+        }
+        if stalled {
+            let ids: Vec<u64> = self
+                .in_flight
+                .iter()
+                .filter(|(_, p)| matches!(p, Pending::Confirmed(_)))
+                .map(|(id, _)| *id)
+                .collect();
+            let ackers = ids
+                .into_iter()
+                .filter_map(|id| match self.in_flight.remove(&id) {
+                    Some(Pending::Confirmed(acker)) => Some(acker),
+                    _ => None,
+                })
+                .collect();
+            self.send_acks(ctx, ackers, false);
+        } else if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            ctx.run_later(STALL, |act, ctx| {
+                act.flush_scheduled = false;
+                act.flush_acks(ctx);
+            });
+        }
+    }
+
+    /// `multiple`: one ack through the last of `ackers` (there is one); else each on its own.
+    fn send_acks(&mut self, ctx: &mut Context<Self>, ackers: Vec<Box<dyn Acker>>, multiple: bool) {
         self.ack_busy = true;
         self.acking += 1;
-        let ack = async move { acker.ack_through().await };
-        ctx.spawn(ack.into_actor(self).map(|result, act, ctx| {
+        let acks = async move {
+            let mut result = Ok(());
+            for acker in ackers {
+                let sent = if multiple {
+                    acker.ack_through().await
+                } else {
+                    acker.ack().await
+                };
+                result = result.and(sent);
+            }
+            result
+        };
+        ctx.spawn(acks.into_actor(self).map(|result, act, ctx| {
             act.ack_busy = false;
             act.acking = act.acking.saturating_sub(1);
             if let Err(error) = result {
@@ -137,7 +207,7 @@ impl OutboxConsumer {
         &mut self,
         id: u64,
         acker: Box<dyn Acker>,
-        delay: std::time::Duration,
+        delay: Duration,
         ctx: &mut Context<Self>,
     ) {
         self.in_flight.insert(id, Pending::Nacking);
@@ -157,19 +227,65 @@ impl OutboxConsumer {
             act.flush_acks(ctx);
             act.settle_if_drained(ctx);
         }));
+        if !delay.is_zero() {
+            // The ones confirmed behind it need not wait for its delay.
+            self.flush_acks(ctx);
+        }
+    }
+
+    /// How long to wait before requeueing a message whose outcome for `destination` was not
+    /// confirmed. A first failure is retried at once: hundreds fail together when a channel
+    /// dies. A message that fails again is what would loop.
+    fn requeue_delay(&mut self, destination: String, redelivered: bool) -> Duration {
+        let now = Instant::now();
+        if self.failing.len() > 1024 {
+            self.failing
+                .retain(|_, (_, last)| now.duration_since(*last) < FAILURE_GAP);
+        }
+        let (since, last) = self.failing.entry(destination).or_insert((now, now));
+        if now.duration_since(*last) >= FAILURE_GAP {
+            *since = now;
+        }
+        *last = now;
+        if redelivered {
+            backoff::requeue_delay(now.duration_since(*since))
+        } else {
+            Duration::ZERO
+        }
     }
 
     fn settle_if_drained(&mut self, ctx: &mut Context<Self>) {
-        if self.draining && self.in_flight.is_empty() && self.acking == 0 {
+        if self.draining && self.cancelled && self.in_flight.is_empty() && self.acking == 0 {
             for waiter in self.drained.drain(..) {
                 let _ = waiter.send(());
             }
-            // Dropping the consumer returns its prefetched deliveries to the queue. No
-            // `ctx.stop()`: the supervisor would restart the actor and consume again.
+            // Only now may the channel close: every ack has been answered, so nothing that was
+            // settled comes back. No `ctx.stop()`: the supervisor would consume again.
+            self.control = None;
             if let Some(handle) = self.stream.take() {
                 ctx.cancel_future(handle);
             }
         }
+    }
+
+    /// Stops the broker sending more, keeping what it sent: those are settled (or requeued,
+    /// if not routed yet) on the open channel before it closes.
+    fn cancel_consumer(&mut self, ctx: &mut Context<Self>) {
+        let Some(control) = self.control.clone() else {
+            self.cancelled = true;
+            self.settle_if_drained(ctx);
+            return;
+        };
+        let cancel = async move { control.cancel().await };
+        ctx.spawn(cancel.into_actor(self).map(|result, act, ctx| {
+            if let Err(error) = result {
+                // The channel is gone: the broker has requeued what was unacked already.
+                debug!(%error, "cancelling the outbox consumer failed");
+            }
+            info!(queue = %act.queue, "outbox consumer cancelled");
+            act.cancelled = true;
+            act.settle_if_drained(ctx);
+        }));
     }
 }
 
@@ -195,15 +311,19 @@ impl OutboxConsumer {
                 broker
                     .declare_queue(&QueueSpec::durable(queue.as_str()))
                     .await?;
-                broker.consume(&queue, prefetch).await
+                broker.subscribe(&queue, prefetch).await
             };
             ctx.wait(
                 consume
                     .into_actor(act)
                     .map(|result, act, ctx| match result {
-                        Ok(stream) => {
+                        Ok(subscription) => {
                             info!(queue = %act.queue, "consuming outbox");
-                            act.stream = Some(ctx.add_stream(stream));
+                            act.control = Some(Arc::from(subscription.control));
+                            act.stream = Some(ctx.add_stream(subscription.deliveries));
+                            if act.draining {
+                                act.cancel_consumer(ctx);
+                            }
                         }
                         Err(error) => {
                             act.failures += 1;
@@ -223,8 +343,10 @@ impl Supervised for OutboxConsumer {
         // was unacked; the old ackers are dead.
         self.in_flight.clear();
         self.ack_busy = false;
+        self.flush_scheduled = false;
         self.acking = 0;
         self.stream = None;
+        self.control = None;
         for waiter in self.drained.drain(..) {
             let _ = waiter.send(());
         }
@@ -246,8 +368,8 @@ impl StreamHandler<Result<Delivery, BrokerError>> for OutboxConsumer {
         self.next_id += 1;
         let id = self.next_id;
         if self.draining {
-            // Prefetched but not routed: hand it back to the broker untouched.
-            self.requeue(id, delivery.acker, std::time::Duration::ZERO, ctx);
+            // Sent before the cancel took effect, not routed: hand it back untouched.
+            self.requeue(id, delivery.acker, Duration::ZERO, ctx);
             return;
         }
         bump(&self.stats.consumed);
@@ -256,6 +378,7 @@ impl StreamHandler<Result<Delivery, BrokerError>> for OutboxConsumer {
             Pending::Routed {
                 acker: delivery.acker,
                 redelivered: delivery.redelivered,
+                since: Instant::now(),
             },
         );
         let route = Route {
@@ -269,14 +392,14 @@ impl StreamHandler<Result<Delivery, BrokerError>> for OutboxConsumer {
         } else {
             warn!("router gone; requeueing");
             if let Some(Pending::Routed { acker, .. }) = self.in_flight.remove(&id) {
-                self.requeue(id, acker, std::time::Duration::ZERO, ctx);
+                self.requeue(id, acker, Duration::ZERO, ctx);
             }
         }
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
         // lapin ends the stream when the broker cancels the consumer (queue deleted, node
-        // restart): consume again rather than sit idle.
+        // restart): consume again rather than sit idle. A drain's own cancel ends it too.
         if !self.draining {
             warn!(queue = %self.queue, "outbox consumer cancelled by the broker; consuming again");
             self.failures += 1;
@@ -303,7 +426,9 @@ impl Handler<Settled> for OutboxConsumer {
 
     fn handle(&mut self, settled: Settled, ctx: &mut Context<Self>) {
         let (acker, redelivered) = match self.in_flight.remove(&settled.id) {
-            Some(Pending::Routed { acker, redelivered }) => (acker, redelivered),
+            Some(Pending::Routed {
+                acker, redelivered, ..
+            }) => (acker, redelivered),
             other => {
                 if let Some(pending) = other {
                     self.in_flight.insert(settled.id, pending);
@@ -314,23 +439,12 @@ impl Handler<Settled> for OutboxConsumer {
         };
         match settled.result {
             Ok(_) => {
-                self.failing_since = None;
                 self.in_flight.insert(settled.id, Pending::Confirmed(acker));
                 self.flush_acks(ctx);
             }
-            Err(error) => {
+            Err(Unconfirmed { error, destination }) => {
                 bump(&self.stats.publish_errors);
-                let since = *self
-                    .failing_since
-                    .get_or_insert_with(std::time::Instant::now);
-                // A first failure is retried at once: hundreds fail together when a channel
-                // dies, and delaying them would hold back the acks of everything behind them.
-                // A message that fails again is what would loop.
-                let delay = if redelivered {
-                    backoff::requeue_delay(since.elapsed())
-                } else {
-                    std::time::Duration::ZERO
-                };
+                let delay = self.requeue_delay(destination, redelivered);
                 warn!(id = settled.id, %error, ?delay, "outcome not confirmed; requeueing the original");
                 self.requeue(settled.id, acker, delay, ctx);
             }
@@ -342,9 +456,14 @@ impl Handler<Drain> for OutboxConsumer {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) -> Self::Result {
-        self.draining = true;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.drained.push(tx);
+        if !self.draining {
+            self.draining = true;
+            // Cancel first: a consumer that stays subscribed is handed every requeued message
+            // straight back, and with a full outbox a drain would spin until its grace ran out.
+            self.cancel_consumer(ctx);
+        }
         self.settle_if_drained(ctx);
         Box::pin(async move {
             let _ = rx.await;

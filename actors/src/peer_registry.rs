@@ -1,6 +1,13 @@
 //! PeerRegistry: listens to all cluster traffic on a private queue, keeps the live peers, and
 //! tells the router who owns which IP. Forged or broken cluster messages are dropped and
 //! counted; nothing here can panic on input.
+//!
+//! Silence is only evidence while this registry listens: when *it* cannot hear (its listener
+//! reconnects), no peer expires, and once it listens again every peer gets a full
+//! `peer-timeout` to be heard. Until the cluster has been heard again (every peer known before
+//! re-announced, or a rejoin window of two announce intervals passed), the router keeps back
+//! mail that no known peer owns. A reload does the same: peers are re-validated (kept while
+//! they re-announce within the window), not forgotten first.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -13,7 +20,7 @@ use tracing::{error, info, info_span, warn};
 
 use crate::backoff;
 use crate::broker::{BrokerError, Delivery, QueueSpec, SharedBroker};
-use crate::messages::{AnnounceNow, ClusterHeard, ListPeers, OwnershipChanged, PeerInfo};
+use crate::messages::{AnnounceNow, ClusterHeard, Hearing, ListPeers, OwnershipChanged, PeerInfo};
 use crate::routing::PeerRoute;
 use crate::stats::{Stats, bump};
 use crate::wire::{Announcement, ClusterMessage, Codec};
@@ -25,12 +32,22 @@ pub struct PeerRegistry {
     my_started_at: u64,
     local_ips: Vec<IpAddr>,
     peer_timeout: Duration,
-    handover_broker: String,
+    rejoin_window: Duration,
+    reachable_brokers: Vec<String>,
     codec: Codec,
     peers: HashMap<String, Peer>,
+    /// The listener is consuming: silence means something.
+    listening: bool,
+    /// The cluster has been heard since the listener (re)started or the last reload.
+    heard: bool,
+    /// Peers known before a reconnect or reload that have not announced since.
+    rejoining: HashSet<String>,
+    /// Bumped by each reconnect or reload, so a stale window timer does nothing.
+    epoch: u64,
     router: Recipient<OwnershipChanged>,
+    hearing: Recipient<Hearing>,
     announcer: Recipient<AnnounceNow>,
-    listening: Recipient<ClusterHeard>,
+    cluster_heard: Recipient<ClusterHeard>,
     stats: Arc<Stats>,
     failures: u32,
     last_claims: Option<Vec<(IpAddr, Arc<PeerRoute>)>>,
@@ -43,6 +60,14 @@ struct Peer {
     last_seen: Instant,
 }
 
+/// Who the registry tells what.
+pub struct RegistryLinks {
+    pub router: Recipient<OwnershipChanged>,
+    pub hearing: Recipient<Hearing>,
+    pub announcer: Recipient<AnnounceNow>,
+    pub listening: Recipient<ClusterHeard>,
+}
+
 /// Registry settings that do not change at run time.
 pub struct RegistryConfig {
     pub exchange: String,
@@ -50,9 +75,10 @@ pub struct RegistryConfig {
     pub my_started_at: u64,
     pub local_ips: Vec<IpAddr>,
     pub peer_timeout: Duration,
-    /// Identity of the broker handovers are published to; a peer whose outbox lives on
-    /// another broker cannot be reached this way and gets no mail.
-    pub handover_broker: String,
+    pub announce_interval: Duration,
+    /// Identities of the brokers handovers can be published to (this instance's own and the
+    /// cluster broker); a peer whose outbox lives on another broker gets no mail.
+    pub reachable_brokers: Vec<String>,
     pub codec: Codec,
 }
 
@@ -60,24 +86,34 @@ impl PeerRegistry {
     pub fn new(
         broker: SharedBroker,
         config: RegistryConfig,
-        router: Recipient<OwnershipChanged>,
-        announcer: Recipient<AnnounceNow>,
-        listening: Recipient<ClusterHeard>,
+        links: RegistryLinks,
         stats: Arc<Stats>,
     ) -> Self {
+        let RegistryLinks {
+            router,
+            hearing,
+            announcer,
+            listening,
+        } = links;
         PeerRegistry {
             broker,
             exchange: config.exchange,
             me: config.me,
             my_started_at: config.my_started_at,
             local_ips: config.local_ips,
+            rejoin_window: (config.announce_interval * 2).min(config.peer_timeout),
             peer_timeout: config.peer_timeout,
-            handover_broker: config.handover_broker,
+            reachable_brokers: config.reachable_brokers,
             codec: config.codec,
             peers: HashMap::new(),
+            listening: false,
+            heard: false,
+            rejoining: HashSet::new(),
+            epoch: 0,
             router,
+            hearing,
             announcer,
-            listening,
+            cluster_heard: listening,
             stats,
             failures: 0,
             last_claims: None,
@@ -93,7 +129,7 @@ impl PeerRegistry {
         let mut owner_of: HashMap<IpAddr, &str> = HashMap::new();
         let mut claims = Vec::new();
         for peer in peers {
-            if peer.route.broker != self.handover_broker {
+            if !self.reachable_brokers.contains(&peer.route.broker) {
                 continue;
             }
             for ip in &peer.announcement.local_ips {
@@ -115,8 +151,12 @@ impl PeerRegistry {
         }
     }
 
-    fn on_announcement(&mut self, a: Announcement) {
+    fn on_announcement(&mut self, a: Announcement, ctx: &mut Context<Self>) {
         bump(&self.stats.announcements_received);
+        if self.rejoining.remove(&a.name) && self.rejoining.is_empty() && !self.heard {
+            // Everyone known before has answered: no need to wait out the window.
+            ctx.run_later(Duration::ZERO, |act, _| act.set_heard(true));
+        }
         if a.name == self.me {
             if a.started_at != self.my_started_at {
                 bump(&self.stats.ownership_conflicts);
@@ -152,9 +192,9 @@ impl PeerRegistry {
                 }
             }
             None => {
-                if a.broker != self.handover_broker {
-                    warn!(peer = %a.name, peer_broker = %a.broker, handover_broker = %self.handover_broker,
-                        "peer's outbox is on another broker; no mail is handed over to it");
+                if !self.reachable_brokers.contains(&a.broker) {
+                    warn!(peer = %a.name, peer_broker = %a.broker, reachable = ?self.reachable_brokers,
+                        "peer's outbox is on a broker this instance cannot reach; no mail is handed over to it");
                 }
                 info!(peer = %a.name, ips = a.local_ips.len(), outbox = %a.outbox, "peer joined");
                 self.peers.insert(
@@ -173,12 +213,12 @@ impl PeerRegistry {
         }
     }
 
-    fn on_message(&mut self, message: ClusterMessage) {
+    fn on_message(&mut self, message: ClusterMessage, ctx: &mut Context<Self>) {
         match message {
             ClusterMessage::Announcement(a) => {
                 let span = info_span!("announcement", peer = %a.name);
                 let _enter = span.enter();
-                self.on_announcement(a);
+                self.on_announcement(a, ctx);
             }
             ClusterMessage::Leaving { name, started_at } => {
                 let leaving = self
@@ -199,17 +239,56 @@ impl PeerRegistry {
             ClusterMessage::Reload { from } => {
                 info!(
                     from = from.as_deref().unwrap_or("operator"),
-                    "cluster reload: forgetting all peers"
+                    peers = self.peers.len(),
+                    "cluster reload: re-validating peers"
                 );
                 bump(&self.stats.reloads);
-                self.peers.clear();
-                self.publish_ownership();
+                // Everyone announces on a reload; a peer that does not within the window is
+                // forgotten then. Forgetting all first would hold or fail mail for live peers.
+                self.start_rejoin(ctx);
                 self.announcer.do_send(AnnounceNow);
             }
         }
     }
 
+    /// After a reconnect or a reload: every known peer must be heard again within the window,
+    /// and until the cluster is heard, unowned mail waits in the router.
+    fn start_rejoin(&mut self, ctx: &mut Context<Self>) {
+        self.epoch += 1;
+        let epoch = self.epoch;
+        self.rejoining = self.peers.keys().cloned().collect();
+        self.set_heard(false);
+        ctx.run_later(self.rejoin_window, move |act, _| {
+            if act.epoch != epoch {
+                return;
+            }
+            let silent: Vec<String> = act.rejoining.drain().collect();
+            if !silent.is_empty() {
+                for name in &silent {
+                    warn!(peer = %name, "peer did not re-announce after a reload or reconnect; forgotten");
+                    act.peers.remove(name);
+                }
+                act.publish_ownership();
+            }
+            act.set_heard(true);
+        });
+    }
+
+    fn set_heard(&mut self, heard: bool) {
+        if self.heard != heard {
+            self.heard = heard;
+            if heard {
+                info!(peers = self.peers.len(), "cluster heard");
+            }
+            self.hearing.do_send(Hearing(heard));
+        }
+    }
+
     fn expire(&mut self) {
+        if !self.listening {
+            // Silence is this instance's own deafness, not the peers' death.
+            return;
+        }
         let timeout = self.peer_timeout;
         let before = self.peers.len();
         self.peers.retain(|name, peer| {
@@ -252,7 +331,15 @@ impl Actor for PeerRegistry {
                 Ok(stream) => {
                     info!(exchange = %act.exchange, "listening to the cluster");
                     ctx.add_stream(stream);
-                    act.listening.do_send(ClusterHeard);
+                    act.listening = true;
+                    // Whatever was heard before the outage is as old as the outage: every
+                    // peer gets a full peer-timeout from now.
+                    let now = Instant::now();
+                    for peer in act.peers.values_mut() {
+                        peer.last_seen = peer.last_seen.max(now);
+                    }
+                    act.start_rejoin(ctx);
+                    act.cluster_heard.do_send(ClusterHeard);
                 }
                 Err(error) => {
                     act.failures += 1;
@@ -267,6 +354,9 @@ impl Actor for PeerRegistry {
 impl Supervised for PeerRegistry {
     fn restarting(&mut self, _: &mut Context<Self>) {
         bump(&self.stats.restarts);
+        self.listening = false;
+        self.epoch += 1;
+        self.set_heard(false);
     }
 }
 
@@ -291,7 +381,7 @@ impl StreamHandler<Result<Delivery, BrokerError>> for PeerRegistry {
             .codec
             .decode(&delivery.message.body, crate::wire::now_ms())
         {
-            Ok(message) => self.on_message(message),
+            Ok(message) => self.on_message(message, ctx),
             Err(error) => {
                 self.stats.dropped(error.reason());
                 warn!(%error, "cluster message dropped");

@@ -23,6 +23,9 @@ pub enum Unroutable {
     Fail,
     /// Send it from this instance anyway.
     Local,
+    /// Not a setting: what the router uses while the cluster has not been heard (after a
+    /// reconnect or a reload), so that mail no known peer owns waits instead.
+    Defer,
 }
 
 /// A live peer as far as routing is concerned: where its mail goes.
@@ -311,8 +314,15 @@ pub struct RoutePolicy {
 pub enum Decision {
     Deliver,
     Handover(Arc<PeerRoute>),
-    Hold { reason: String },
-    Fail { reason: String },
+    Hold {
+        reason: String,
+    },
+    Fail {
+        reason: String,
+    },
+    /// Nobody known owns its IPs, and the cluster has not been heard since this instance
+    /// (re)connected or reloaded: the router keeps it until it has.
+    Defer,
 }
 
 /// The facts of one message that the decision reads.
@@ -358,6 +368,7 @@ pub fn decide(facts: &MessageFacts, policy: &RoutePolicy, table: &OwnershipTable
         format!("no instance owns {}", join_ips(ips))
     };
     match policy.unroutable {
+        Unroutable::Defer => Decision::Defer,
         Unroutable::Local => Decision::Deliver,
         Unroutable::Fail => Decision::Fail {
             reason: format!("unroutable: {listed}"),
@@ -401,9 +412,19 @@ pub fn route_message(
         ips,
         hops: header_u64(HOPS_HEADER).map_or(0, |h| u32::try_from(h).unwrap_or(u32::MAX)),
         held_for: header_u64(HELD_SINCE_HEADER)
-            .map(|since| Duration::from_millis(now_ms.saturating_sub(since))),
+            .map(|since| Duration::from_millis(now_ms.saturating_sub(held_since_ms(since)))),
     };
     decide(&facts, policy, table)
+}
+
+/// `x-mailroute-held-since` is an AMQP timestamp, seconds; versions before 0.2 wrote
+/// milliseconds, which no plausible date in seconds reaches (10^11 s is the year 5138).
+fn held_since_ms(value: u64) -> u64 {
+    if value >= 100_000_000_000 {
+        value
+    } else {
+        value.saturating_mul(1000)
+    }
 }
 
 fn join_ips(ips: &[IpAddr]) -> String {
@@ -463,6 +484,7 @@ mod tests {
         let hold = policy(Unroutable::Hold);
         let fail = policy(Unroutable::Fail);
         let local = policy(Unroutable::Local);
+        let waiting = policy(Unroutable::Defer);
         let held_long = MessageFacts {
             held_for: Some(Duration::from_secs(601)),
             ..facts(&["192.0.2.9"])
@@ -512,6 +534,18 @@ mod tests {
             ("unowned, fail", facts(&["192.0.2.9"]), &fail, "fail"),
             ("unowned, local", facts(&["192.0.2.9"]), &local, "deliver"),
             (
+                "unowned, cluster unheard",
+                facts(&["192.0.2.9"]),
+                &waiting,
+                "defer",
+            ),
+            (
+                "owned, cluster unheard",
+                facts(&["10.0.0.2"]),
+                &waiting,
+                "handover b",
+            ),
+            (
                 "no ips, no defaults",
                 MessageFacts::default(),
                 &hold,
@@ -536,6 +570,7 @@ mod tests {
                 Decision::Handover(p) => format!("handover {}", p.name),
                 Decision::Hold { .. } => "hold".to_string(),
                 Decision::Fail { .. } => "fail".to_string(),
+                Decision::Defer => "defer".to_string(),
             };
             assert_eq!(got, want, "case {name}");
         }

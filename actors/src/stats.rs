@@ -13,6 +13,11 @@ pub struct Stats {
     pub failed: AtomicU64,
     /// Handovers the broker returned (peer outbox missing); re-routed by the unroutable policy.
     pub handover_returned: AtomicU64,
+    /// Messages the broker returned with another publish's confirm, kept by this instance.
+    pub strays_kept: AtomicU64,
+    /// Messages whose IPs nobody known owns, kept back while the cluster was not heard (after
+    /// a reconnect or a reload) instead of being held, failed or sent from here.
+    pub deferred: AtomicU64,
     /// Publishes that failed; the original was requeued for another try.
     pub publish_errors: AtomicU64,
     /// Own queues (deliver, retry, failure) found missing at publish time and declared again.
@@ -40,6 +45,8 @@ pub struct StatsSnapshot {
     pub held: u64,
     pub failed: u64,
     pub handover_returned: u64,
+    pub strays_kept: u64,
+    pub deferred: u64,
     pub publish_errors: u64,
     pub queues_redeclared: u64,
     pub announcements_sent: u64,
@@ -77,6 +84,8 @@ impl Stats {
             held: get(&self.held),
             failed: get(&self.failed),
             handover_returned: get(&self.handover_returned),
+            strays_kept: get(&self.strays_kept),
+            deferred: get(&self.deferred),
             publish_errors: get(&self.publish_errors),
             queues_redeclared: get(&self.queues_redeclared),
             announcements_sent: get(&self.announcements_sent),

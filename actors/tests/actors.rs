@@ -1,108 +1,22 @@
 //! Actor-level tests on the in-memory broker: membership, handover, faults and supervision.
 //! Every assertion counts messages where they ended up.
 
+mod support;
+
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mailroute_actors::Instance;
 use mailroute_actors::broker::{
-    Broker, Confirmed, Destination, HeaderValue, Message, QueueSpec, SharedBroker,
+    Broker, Destination, HeaderValue, Message, QueueSpec, SharedBroker,
 };
 use mailroute_actors::memory::MemoryBroker;
 use mailroute_actors::routing::{FROM_HEADER, HOPS_HEADER, Owner, REASON_HEADER, Unroutable};
 use mailroute_actors::testkit::wait_for;
 use mailroute_actors::traffic::{mailerq_json, test_id, test_message};
 use mailroute_actors::wire::{self, Announcement, ClusterMessage};
-use mailroute_actors::{Instance, InstanceSettings};
-
-const LIMIT: Duration = Duration::from_secs(10);
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn settings(name: &str, ips: &[&str]) -> InstanceSettings {
-    let mut s = InstanceSettings::new(name, ips.iter().map(|i| ip(i)).collect());
-    s.announce_interval = Duration::from_millis(100);
-    s.peer_timeout = Duration::from_secs(60);
-    s.prefetch = 50;
-    s
-}
-
-async fn start(broker: &MemoryBroker, s: InstanceSettings) -> Instance {
-    let shared: SharedBroker = Arc::new(broker.clone());
-    Instance::start(s, shared.clone(), shared).await.unwrap()
-}
-
-async fn inject(broker: &MemoryBroker, outbox: &str, id: &str, ips: &[&str]) {
-    let ips: Vec<IpAddr> = ips.iter().map(|i| ip(i)).collect();
-    let message = test_message(id, mailerq_json(id, Some(&ips), 512));
-    broker
-        .publish(&Destination::queue(outbox), &message, true)
-        .await
-        .unwrap();
-}
-
-async fn wait_peers(instances: &[&Instance], count: usize) {
-    for instance in instances {
-        wait_for("peers announced", LIMIT, || async {
-            instance.peers().await.len() == count
-        })
-        .await
-        .unwrap();
-    }
-}
-
-/// Waits until the instance's registry hears the cluster (its own announcement comes back).
-async fn wait_listening(instance: &Instance) {
-    wait_for("listening to the cluster", LIMIT, || async {
-        instance.stats.snapshot().announcements_received > 0
-    })
-    .await
-    .unwrap();
-}
-
-async fn announce_ghost(
-    broker: &MemoryBroker,
-    name: &str,
-    ip_addr: &str,
-    outbox: &str,
-) -> Announcement {
-    let a = Announcement {
-        name: name.into(),
-        version: "test".into(),
-        started_at: 42,
-        sequence: 1,
-        local_ips: vec![ip(ip_addr)],
-        outbox: outbox.into(),
-        broker: broker.identity(),
-        console_url: None,
-        config_hash: String::new(),
-    };
-    publish_cluster(broker, &ClusterMessage::Announcement(a.clone())).await;
-    a
-}
-
-async fn publish_cluster(broker: &MemoryBroker, message: &ClusterMessage) {
-    let body = wire::encode(message).unwrap();
-    broker
-        .publish(
-            &Destination::exchange("cluster", message.routing_key()),
-            &Message::new(body, Default::default()),
-            false,
-        )
-        .await
-        .unwrap();
-}
-
-fn ids(messages: &[Message]) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for m in messages {
-        *counts.entry(test_id(m).unwrap_or_default()).or_insert(0) += 1;
-    }
-    counts
-}
+use support::*;
 
 #[actix::test]
 async fn announcements_reach_every_peer() {
@@ -147,7 +61,9 @@ async fn a_silent_peer_expires() {
 async fn leaving_removes_a_peer_at_once() {
     let broker = MemoryBroker::new("leave");
     // peer-timeout of a minute: only `Leaving` can remove c within the test's limit.
-    let b = start(&broker, settings("b", &["10.0.0.2"])).await;
+    let mut bs = settings("b", &["10.0.0.2"]);
+    bs.peer_timeout = Duration::from_secs(60);
+    let b = start(&broker, bs).await;
     let c = start(&broker, settings("c", &["10.0.0.3"])).await;
     wait_peers(&[&b, &c], 1).await;
     c.shutdown(Duration::from_secs(5)).await;
@@ -534,138 +450,15 @@ async fn with_a_secret_only_signed_fresh_messages_count() {
     assert_eq!(a.table.owner(&ip("10.0.0.66")), None);
 }
 
-/// The memory broker with two of RabbitMQ's less friendly behaviours, each switched on by a test.
-struct TweakedBroker {
-    inner: MemoryBroker,
-    /// Plays lapin's pairing of returns with confirms gone wrong: the return of a handover is
-    /// reported on the confirm of the next publish, and the handover itself as routed.
-    misattribute_returns: bool,
-    stolen: std::sync::Mutex<Option<Message>>,
-    /// A nack takes this long to reach the broker, as when its frame waits behind others.
-    nack_delay: Duration,
-}
-
-impl TweakedBroker {
-    fn new(inner: &MemoryBroker) -> Self {
-        TweakedBroker {
-            inner: inner.clone(),
-            misattribute_returns: false,
-            stolen: Default::default(),
-            nack_delay: Duration::ZERO,
-        }
-    }
-}
-
-struct SlowNack {
-    inner: Box<dyn mailroute_actors::broker::Acker>,
-    delay: Duration,
-}
-
-#[async_trait::async_trait]
-impl mailroute_actors::broker::Acker for SlowNack {
-    async fn ack(&self) -> Result<(), mailroute_actors::BrokerError> {
-        self.inner.ack().await
-    }
-    async fn ack_through(&self) -> Result<(), mailroute_actors::BrokerError> {
-        self.inner.ack_through().await
-    }
-    async fn nack(&self, requeue: bool) -> Result<(), mailroute_actors::BrokerError> {
-        tokio::time::sleep(self.delay).await;
-        self.inner.nack(requeue).await
-    }
-}
-
-#[async_trait::async_trait]
-impl Broker for TweakedBroker {
-    fn identity(&self) -> String {
-        self.inner.identity()
-    }
-    async fn declare_queue(&self, spec: &QueueSpec) -> Result<(), mailroute_actors::BrokerError> {
-        self.inner.declare_queue(spec).await
-    }
-    async fn declare_topic_exchange(
-        &self,
-        name: &str,
-    ) -> Result<(), mailroute_actors::BrokerError> {
-        self.inner.declare_topic_exchange(name).await
-    }
-    async fn bind_queue(
-        &self,
-        q: &str,
-        e: &str,
-        p: &str,
-    ) -> Result<(), mailroute_actors::BrokerError> {
-        self.inner.bind_queue(q, e, p).await
-    }
-    async fn publish(
-        &self,
-        to: &Destination,
-        m: &Message,
-        mandatory: bool,
-    ) -> Result<(), mailroute_actors::BrokerError> {
-        self.inner.publish(to, m, mandatory).await
-    }
-    async fn publish_mandatory(
-        &self,
-        to: &Destination,
-        m: &Message,
-    ) -> Result<Confirmed, mailroute_actors::BrokerError> {
-        if !self.misattribute_returns {
-            return self.inner.publish_mandatory(to, m).await;
-        }
-        match self.inner.publish(to, m, true).await {
-            Err(mailroute_actors::BrokerError::Returned { .. }) => {
-                *self.stolen.lock().unwrap() = Some(m.clone());
-                Ok(Confirmed::Routed)
-            }
-            Err(e) => Err(e),
-            Ok(()) => Ok(match self.stolen.lock().unwrap().take() {
-                Some(message) => Confirmed::AlsoReturned {
-                    message: Box::new(message),
-                    reply_text: "NO_ROUTE".into(),
-                },
-                None => Confirmed::Routed,
-            }),
-        }
-    }
-    async fn consume(
-        &self,
-        q: &str,
-        prefetch: u16,
-    ) -> Result<mailroute_actors::broker::DeliveryStream, mailroute_actors::BrokerError> {
-        use futures::StreamExt;
-        let delay = self.nack_delay;
-        let stream = self.inner.consume(q, prefetch).await?;
-        Ok(Box::pin(stream.map(move |item| {
-            item.map(|mut d| {
-                d.acker = Box::new(SlowNack {
-                    inner: d.acker,
-                    delay,
-                });
-                d
-            })
-        })))
-    }
-    async fn queue_len(&self, q: &str) -> Result<u32, mailroute_actors::BrokerError> {
-        self.inner.queue_len(q).await
-    }
-    async fn delete_queue(&self, q: &str) -> Result<(), mailroute_actors::BrokerError> {
-        self.inner.delete_queue(q).await
-    }
-    async fn delete_exchange(&self, e: &str) -> Result<(), mailroute_actors::BrokerError> {
-        self.inner.delete_exchange(e).await
-    }
-}
-
 /// Acks go out as `multiple` acks: one must never cover a delivery whose nack is still on its
 /// way, or that message would be acked and lost instead of requeued.
 #[actix::test]
 async fn a_multiple_ack_never_covers_a_requeued_delivery() {
     let memory = MemoryBroker::new("slow-nacks");
-    let broker: SharedBroker = Arc::new(TweakedBroker {
-        nack_delay: Duration::from_millis(30),
-        ..TweakedBroker::new(&memory)
-    });
+    let broker: SharedBroker = Arc::new(TweakedBroker::with_nack_delay(
+        &memory,
+        Duration::from_millis(30),
+    ));
     let a = Instance::start(settings("a", &["10.0.0.1"]), broker.clone(), broker)
         .await
         .unwrap();
@@ -691,10 +484,7 @@ async fn a_multiple_ack_never_covers_a_requeued_delivery() {
 #[actix::test]
 async fn a_return_reported_with_another_confirm_is_kept() {
     let memory = MemoryBroker::new("misattributed");
-    let broker: SharedBroker = Arc::new(TweakedBroker {
-        misattribute_returns: true,
-        ..TweakedBroker::new(&memory)
-    });
+    let broker: SharedBroker = Arc::new(TweakedBroker::misattributing(&memory));
     let mut s = settings("a", &["10.0.0.1"]);
     s.prefetch = 1; // one at a time, so the order of publishes is known
     let a = Instance::start(s, broker.clone(), broker).await.unwrap();

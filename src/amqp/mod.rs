@@ -12,7 +12,10 @@
 //! a channel goes to the same queue, they are either all returned or all routed, and a return
 //! lands on a publish of the same fate. The one case left (the queue created or deleted while
 //! publishes to it are in flight) is detected by comparing the returned message with the one
-//! published, and surfaced as `Confirmed::AlsoReturned` so the caller keeps the returned copy.
+//! published, and surfaced as `Published::stray` so the caller keeps the returned copy.
+//!
+//! Consumers and publishers use separate connections: when RabbitMQ blocks publishing
+//! connections (a memory or disk alarm), the outbox consumer's acks must still go through.
 
 pub mod address;
 mod convert;
@@ -26,15 +29,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::{Stream, StreamExt};
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use mailroute_actors::broker::{
-    Acker, Broker, BrokerError, Confirmed, Delivery, DeliveryStream, Destination, Message,
-    QueueSpec,
+    Acker, Broker, BrokerError, ConsumerControl, Delivery, Destination, Message, Published,
+    QueueSpec, Returned, Subscription,
 };
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
@@ -77,7 +80,17 @@ impl Publishers {
 
 #[derive(Default)]
 struct State {
-    connection: Option<Arc<Connection>>,
+    /// Consumers and administrative calls (exclusive queues belong to the connection that
+    /// declared them, so the cluster listener declares and consumes on the same one).
+    consuming: Option<Arc<Connection>>,
+    /// Publishes only: the connection RabbitMQ blocks under a resource alarm.
+    publishing: Option<Arc<Connection>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Role {
+    Consuming,
+    Publishing,
 }
 
 fn lapin_error(e: lapin::Error) -> BrokerError {
@@ -122,19 +135,37 @@ impl AmqpBroker {
 
     async fn connection(&self) -> Result<Arc<Connection>, BrokerError> {
         let mut state = self.state.lock().await;
-        self.connection_locked(&mut state).await
+        self.connection_locked(&mut state, Role::Consuming).await
     }
 
-    async fn connection_locked(&self, state: &mut State) -> Result<Arc<Connection>, BrokerError> {
-        if let Some(c) = &state.connection {
+    async fn connection_locked(
+        &self,
+        state: &mut State,
+        role: Role,
+    ) -> Result<Arc<Connection>, BrokerError> {
+        let slot = match role {
+            Role::Consuming => &mut state.consuming,
+            Role::Publishing => &mut state.publishing,
+        };
+        if let Some(c) = slot {
             if c.status().connected() {
                 return Ok(c.clone());
             }
         }
-        *self.publishers_locked() = Publishers::default();
+        if role == Role::Publishing {
+            *self.publishers_locked() = Publishers::default();
+        }
         let runtime = async_rs::Runtime::tokio_with_handle(self.handle.clone());
+        let kind = match role {
+            Role::Consuming => "consume",
+            Role::Publishing => "publish",
+        };
         let props = ConnectionProperties::default().with_connection_name(
-            format!("mailroute@{}", gethostname::gethostname().to_string_lossy()).into(),
+            format!(
+                "mailroute@{} ({kind})",
+                gethostname::gethostname().to_string_lossy()
+            )
+            .into(),
         );
         let connect = Connection::connect_with_runtime(&self.address, props, runtime);
         let connection = match tokio::time::timeout(TIMEOUT, connect).await {
@@ -152,8 +183,11 @@ impl AmqpBroker {
                 });
             }
         };
-        info!(broker = %self.masked, "connected");
-        state.connection = Some(connection.clone());
+        info!(broker = %self.masked, connection = kind, "connected");
+        if role == Role::Publishing {
+            watch_blocked(&connection, self.masked.clone(), &self.handle);
+        }
+        *slot = Some(connection.clone());
         Ok(connection)
     }
 
@@ -182,7 +216,7 @@ impl AmqpBroker {
         if let Some(channel) = open(&self.publishers_locked()) {
             return Ok(channel);
         }
-        let connection = self.connection_locked(&mut state).await?;
+        let connection = self.connection_locked(&mut state, Role::Publishing).await?;
         let channel = timed(connection.create_channel()).await?;
         timed(channel.confirm_select(ConfirmSelectOptions::default())).await?;
         let channel = Arc::new(channel);
@@ -226,7 +260,7 @@ impl AmqpBroker {
         to: &Destination,
         message: &Message,
         mandatory: bool,
-    ) -> Result<Confirmed, BrokerError> {
+    ) -> Published {
         let options = BasicPublishOptions {
             mandatory,
             ..BasicPublishOptions::default()
@@ -244,36 +278,80 @@ impl AmqpBroker {
                 .await?
                 .await
         })
-        .await?;
-        match confirmation {
-            Confirmation::Ack(None) => Ok(Confirmed::Routed),
-            Confirmation::Ack(Some(returned)) => {
-                let reply_text = returned.reply_text.as_str().to_string();
-                let content = Message {
-                    properties: Arc::new(convert::from_lapin(&returned.delivery.properties)),
-                    body: returned.delivery.data.into(),
-                };
-                // Two identical messages are interchangeable: equal content is ours.
-                if content == *message {
-                    Err(BrokerError::Returned {
-                        reply_code: returned.reply_code,
-                        reply_text,
-                    })
-                } else {
-                    warn!(to = %to, "a returned message came with another publish's confirm");
-                    Ok(Confirmed::AlsoReturned {
-                        message: Box::new(content),
-                        reply_text,
-                    })
-                }
+        .await;
+        let (returned, ours) = match confirmation {
+            Err(error) => return failed(error),
+            Ok(Confirmation::Ack(returned)) => (returned, Ok(())),
+            Ok(Confirmation::Nack(returned)) => (returned, Err(BrokerError::Nack)),
+            Ok(Confirmation::NotRequested) => {
+                return failed(BrokerError::Other(
+                    "publish channel lost confirm mode".into(),
+                ));
             }
-            Confirmation::Nack(_) => Err(BrokerError::Nack),
-            Confirmation::NotRequested => Err(BrokerError::Other(
-                "publish channel lost confirm mode".into(),
-            )),
+        };
+        let Some(returned) = returned else {
+            return Published {
+                result: ours,
+                stray: None,
+            };
+        };
+        let reply_text = returned.reply_text.as_str().to_string();
+        let content = Message {
+            properties: Arc::new(convert::from_lapin(&returned.delivery.properties)),
+            body: returned.delivery.data.into(),
+        };
+        // Two identical messages are interchangeable: equal content is ours.
+        if content == *message {
+            return Published {
+                result: Err(BrokerError::Returned {
+                    reply_code: returned.reply_code,
+                    reply_text,
+                }),
+                stray: None,
+            };
+        }
+        warn!(to = %to, "a returned message came with another publish's confirm");
+        Published {
+            result: ours,
+            stray: Some(Box::new(Returned {
+                message: content,
+                to: Destination::exchange(
+                    returned.delivery.exchange.as_str(),
+                    returned.delivery.routing_key.as_str(),
+                ),
+                reply_text,
+            })),
         }
     }
 }
+
+fn failed(error: BrokerError) -> Published {
+    Published {
+        result: Err(error),
+        stray: None,
+    }
+}
+
+/// Logs RabbitMQ's `connection.blocked` (a memory or disk alarm: publishes wait until it
+/// clears) and its end, so an operator sees why handovers stall.
+fn watch_blocked(connection: &Connection, broker: String, handle: &tokio::runtime::Handle) {
+    let mut events = connection.events_listener();
+    handle.spawn(async move {
+        while let Some(event) = events.next().await {
+            match event {
+                lapin::Event::ConnectionBlocked(reason) => {
+                    BLOCKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    warn!(%broker, %reason, "broker blocked publishing (resource alarm)");
+                }
+                lapin::Event::ConnectionUnblocked => info!(%broker, "broker unblocked publishing"),
+                _ => {}
+            }
+        }
+    });
+}
+
+/// How often a broker blocked this process's publishing connections.
+pub static BLOCKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 #[async_trait]
 impl Broker for AmqpBroker {
@@ -358,30 +436,46 @@ impl Broker for AmqpBroker {
         mandatory: bool,
     ) -> Result<(), BrokerError> {
         if mandatory {
-            return match self.publish_mandatory(to, message).await? {
-                Confirmed::Routed => Ok(()),
+            let published = self.publish_mandatory(to, message).await;
+            return match published.stray {
+                None => published.result,
                 // A caller of plain `publish` cannot keep the other message: say so loudly.
-                Confirmed::AlsoReturned { reply_text, .. } => Err(BrokerError::Other(format!(
-                    "the broker returned another message with this confirm ({reply_text})"
+                Some(stray) => Err(BrokerError::Other(format!(
+                    "the broker returned another message with this confirm ({})",
+                    stray.reply_text
                 ))),
             };
         }
         let channel = self.publisher(None).await?;
-        self.publish_on(&channel, to, message, false)
-            .await
-            .map(|_| ())
+        self.publish_on(&channel, to, message, false).await.result
     }
 
-    async fn publish_mandatory(
-        &self,
-        to: &Destination,
-        message: &Message,
-    ) -> Result<Confirmed, BrokerError> {
-        let channel = self.publisher(Some(to)).await?;
-        self.publish_on(&channel, to, message, true).await
+    async fn publish_mandatory(&self, to: &Destination, message: &Message) -> Published {
+        match self.publisher(Some(to)).await {
+            Ok(channel) => self.publish_on(&channel, to, message, true).await,
+            Err(error) => failed(error),
+        }
     }
 
-    async fn consume(&self, queue: &str, prefetch: u16) -> Result<DeliveryStream, BrokerError> {
+    fn release(&self, to: &Destination) {
+        let channel = self
+            .publishers_locked()
+            .mandatory
+            .get_mut(&to.exchange)
+            .and_then(|keys| keys.remove(&to.routing_key));
+        if let Some(channel) = channel {
+            debug!(%to, "closing the confirm channel of a destination no longer used");
+            // Publishes still in flight on it keep their `Arc` and get their confirms first:
+            // RabbitMQ answers everything sent before the close.
+            self.handle.spawn(async move {
+                if channel.status().connected() {
+                    let _ = channel.close(200, "destination released".into()).await;
+                }
+            });
+        }
+    }
+
+    async fn subscribe(&self, queue: &str, prefetch: u16) -> Result<Subscription, BrokerError> {
         let connection = self.connection().await?;
         let channel = timed(connection.create_channel()).await?;
         timed(channel.basic_qos(prefetch, BasicQosOptions::default())).await?;
@@ -393,11 +487,20 @@ impl Broker for AmqpBroker {
         ))
         .await?;
         debug!(queue, prefetch, "consumer started");
-        Ok(Box::pin(AmqpConsumer {
-            inner: consumer,
-            channel: Some(channel),
+        let closer = Arc::new(ChannelCloser {
+            channel: channel.clone(),
             handle: self.handle.clone(),
-        }))
+        });
+        Ok(Subscription {
+            control: Box::new(AmqpControl {
+                tag: consumer.tag(),
+                closer: closer.clone(),
+            }),
+            deliveries: Box::pin(AmqpConsumer {
+                inner: consumer,
+                _closer: closer,
+            }),
+        })
     }
 
     async fn queue_len(&self, queue: &str) -> Result<u32, BrokerError> {
@@ -442,8 +545,7 @@ impl Broker for AmqpBroker {
 
 struct AmqpConsumer {
     inner: lapin::Consumer,
-    channel: Option<Channel>,
-    handle: tokio::runtime::Handle,
+    _closer: Arc<ChannelCloser>,
 }
 
 impl Stream for AmqpConsumer {
@@ -465,17 +567,39 @@ impl Stream for AmqpConsumer {
     }
 }
 
-impl Drop for AmqpConsumer {
+/// Closes a consumer's channel once both its stream and its control are gone. Closing the
+/// channel is what makes RabbitMQ requeue the unacked deliveries now rather than when the
+/// connection dies; a drain keeps the control until its last ack is answered.
+struct ChannelCloser {
+    channel: Channel,
+    handle: tokio::runtime::Handle,
+}
+
+impl Drop for ChannelCloser {
     fn drop(&mut self) {
-        // Closing the channel is what makes RabbitMQ requeue the unacked deliveries now
-        // rather than when the connection dies.
-        if let Some(channel) = self.channel.take() {
-            if channel.status().connected() {
-                self.handle.spawn(async move {
-                    let _ = channel.close(200, "consumer stopped".into()).await;
-                });
-            }
+        let channel = self.channel.clone();
+        if channel.status().connected() {
+            self.handle.spawn(async move {
+                let _ = channel.close(200, "consumer stopped".into()).await;
+            });
         }
+    }
+}
+
+struct AmqpControl {
+    tag: lapin::types::ShortString,
+    closer: Arc<ChannelCloser>,
+}
+
+#[async_trait]
+impl ConsumerControl for AmqpControl {
+    async fn cancel(&self) -> Result<(), BrokerError> {
+        timed(
+            self.closer
+                .channel
+                .basic_cancel(self.tag.clone(), BasicCancelOptions::default()),
+        )
+        .await
     }
 }
 

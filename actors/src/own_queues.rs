@@ -1,0 +1,29 @@
+//! The queues an instance owns on its local broker: outbox, deliver, failure and retry.
+
+use crate::broker::{BrokerError, QueueSpec, SharedBroker};
+use crate::settings::InstanceSettings;
+
+/// The queues this instance owns on its local broker, as it declares them.
+pub fn own_queues(settings: &InstanceSettings) -> Vec<QueueSpec> {
+    let mut retry = QueueSpec::durable(settings.retry.as_str());
+    retry.message_ttl = Some(settings.hold_time);
+    retry.dead_letter_queue = Some(settings.outbox.clone());
+    vec![
+        QueueSpec::durable(settings.outbox.as_str()),
+        QueueSpec::durable(settings.deliver.as_str()),
+        QueueSpec::durable(settings.failure.as_str()),
+        retry,
+    ]
+}
+
+/// Declares the queues this instance owns. Fails fast, so a broker that refuses them (wrong
+/// vhost, permissions, a queue declared elsewhere with other arguments) stops startup.
+pub async fn declare_queues(
+    settings: &InstanceSettings,
+    local: &SharedBroker,
+) -> Result<(), BrokerError> {
+    for spec in own_queues(settings) {
+        local.declare_queue(&spec).await?;
+    }
+    Ok(())
+}
