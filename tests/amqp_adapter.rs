@@ -1,5 +1,6 @@
-//! The lapin adapter's acknowledgement semantics on a real RabbitMQ: the consumer relies on
-//! them to settle runs of deliveries with one `multiple` ack without settling one too many.
+//! The lapin adapter's semantics on a real RabbitMQ that the actors rely on: `multiple` acks
+//! that settle no more than they should, a cancel that keeps unacked deliveries ackable, and
+//! confirm channels closed when their destination is released.
 
 mod common;
 
@@ -7,7 +8,8 @@ use std::time::Duration;
 
 use common::TestVhost;
 use futures::StreamExt;
-use mailroute_actors::broker::{Delivery, DeliveryStream, Destination, Message, QueueSpec};
+use mailroute::amqp::AmqpBroker;
+use mailroute_actors::broker::{Broker, Delivery, DeliveryStream, Destination, Message, QueueSpec};
 use mailroute_actors::testkit::wait_for;
 
 async fn next(stream: &mut DeliveryStream) -> Delivery {
@@ -62,4 +64,78 @@ async fn ack_through_settles_earlier_deliveries_but_not_a_nacked_or_later_one() 
         .collect();
     left.sort();
     assert_eq!(left, ["m1", "m4"]);
+}
+
+async fn queue_of(broker: &dyn Broker, queue: &str, n: usize) {
+    broker
+        .declare_queue(&QueueSpec::durable(queue))
+        .await
+        .unwrap();
+    for i in 0..n {
+        let m = Message::new(format!("m{i}"), Default::default());
+        broker
+            .publish(&Destination::queue(queue), &m, true)
+            .await
+            .unwrap();
+    }
+}
+
+/// A drain cancels the consumer: nothing new arrives, what was sent can still be acked, and
+/// only what is left unacked goes back once the stream and its control are dropped.
+#[actix::test]
+async fn a_cancelled_consumer_keeps_its_deliveries_ackable() {
+    let vhost = TestVhost::new("cancel");
+    let broker = vhost.broker().await;
+    queue_of(broker.as_ref(), "q", 5).await;
+    let subscription = broker.subscribe("q", 10).await.unwrap();
+    let mut stream = subscription.deliveries;
+    let mut d = Vec::new();
+    for _ in 0..5 {
+        d.push(next(&mut stream).await);
+    }
+    subscription.control.cancel().await.unwrap();
+    // Published after the cancel: stays in the queue.
+    queue_of(broker.as_ref(), "q", 3).await;
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("the stream ends after a cancel");
+    assert!(end.is_none(), "nothing delivered after the cancel");
+    for delivery in &d[..3] {
+        delivery.acker.ack().await.expect("ack after cancel");
+    }
+    assert_eq!(common::ready(&broker, "q").await, 3);
+    drop(stream);
+    drop(subscription.control);
+    wait_for("the two unacked back", Duration::from_secs(10), || async {
+        common::ready(&broker, "q").await == 5
+    })
+    .await
+    .unwrap();
+}
+
+/// The confirm channel of a destination is closed when it is released (its peer left) and
+/// opened again if mail goes there later.
+#[actix::test]
+async fn a_released_destination_closes_its_confirm_channel() {
+    let vhost = TestVhost::new("release");
+    let broker = AmqpBroker::connect(&vhost.address()).await.unwrap();
+    let m = Message::new("x", Default::default());
+    for q in ["p1.outbox", "p2.outbox"] {
+        queue_of(&broker, q, 0).await;
+        broker
+            .publish_mandatory(&Destination::queue(q), &m)
+            .await
+            .result
+            .unwrap();
+    }
+    assert_eq!(broker.confirm_channels(), 2);
+    broker.release(&Destination::queue("p1.outbox"));
+    assert_eq!(broker.confirm_channels(), 1);
+    broker
+        .publish_mandatory(&Destination::queue("p1.outbox"), &m)
+        .await
+        .result
+        .unwrap();
+    assert_eq!(broker.confirm_channels(), 2);
+    assert_eq!(common::ready(&vhost.broker().await, "p1.outbox").await, 2);
 }

@@ -14,7 +14,7 @@ use crate::broker::{
     BrokerError, Destination, HeaderValue, Message, QueueSpec, Returned, SharedBroker,
 };
 use crate::message_id::ensure_id;
-use crate::messages::{Dispatch, Outcome, Settled, Unconfirmed};
+use crate::messages::{Dispatch, Outcome, PeersGone, Settled, Unconfirmed};
 use crate::own_queues::own_queues;
 use crate::routing::{
     Decision, FROM_HEADER, HELD_SINCE_HEADER, HOPS_HEADER, REASON_HEADER, Unroutable,
@@ -240,6 +240,9 @@ impl Targets {
             return;
         };
         bump(&self.stats.strays_kept);
+        if self.own_queue(&stray.to).is_none() {
+            bump(&self.stats.handover_returned);
+        }
         let targets = self.clone();
         let span = tracing::info_span!("stray", to = %stray.to);
         actix::spawn(
@@ -287,7 +290,6 @@ impl Targets {
                 },
             };
         }
-        bump(&self.stats.handover_returned);
         let ours = stray
             .message
             .header(FROM_HEADER)
@@ -383,5 +385,20 @@ impl Handler<Dispatch> for HandoverPublisher {
             }
             .instrument(span),
         );
+    }
+}
+
+impl Handler<PeersGone> for HandoverPublisher {
+    type Result = ();
+
+    fn handle(&mut self, PeersGone(routes): PeersGone, _: &mut Context<Self>) {
+        for route in routes {
+            let broker = if route.broker == self.targets.local_identity {
+                &self.targets.local
+            } else {
+                &self.targets.cluster
+            };
+            broker.release(&Destination::queue(&route.outbox));
+        }
     }
 }

@@ -100,6 +100,7 @@ impl Instance {
         let links = RegistryLinks {
             router: router.clone().recipient(),
             hearing: router.clone().recipient(),
+            released: publisher.clone().recipient(),
             announcer: announcer.clone().recipient(),
             listening: consumer.clone().recipient(),
         };

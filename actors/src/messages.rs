@@ -70,6 +70,11 @@ pub struct OwnershipChanged {
 #[rtype(result = "()")]
 pub struct Hearing(pub bool);
 
+/// PeerRegistry → HandoverPublisher: these peer outboxes get no more mail from here.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct PeersGone(pub Vec<Arc<PeerRoute>>);
+
 /// → IpOwnershipRouter: hand every deferred message back for requeueing (the instance stops).
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]

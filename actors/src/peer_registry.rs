@@ -20,7 +20,9 @@ use tracing::{error, info, info_span, warn};
 
 use crate::backoff;
 use crate::broker::{BrokerError, Delivery, QueueSpec, SharedBroker};
-use crate::messages::{AnnounceNow, ClusterHeard, Hearing, ListPeers, OwnershipChanged, PeerInfo};
+use crate::messages::{
+    AnnounceNow, ClusterHeard, Hearing, ListPeers, OwnershipChanged, PeerInfo, PeersGone,
+};
 use crate::routing::PeerRoute;
 use crate::stats::{Stats, bump};
 use crate::wire::{Announcement, ClusterMessage, Codec};
@@ -46,6 +48,7 @@ pub struct PeerRegistry {
     epoch: u64,
     router: Recipient<OwnershipChanged>,
     hearing: Recipient<Hearing>,
+    released: Recipient<PeersGone>,
     announcer: Recipient<AnnounceNow>,
     cluster_heard: Recipient<ClusterHeard>,
     stats: Arc<Stats>,
@@ -64,6 +67,7 @@ struct Peer {
 pub struct RegistryLinks {
     pub router: Recipient<OwnershipChanged>,
     pub hearing: Recipient<Hearing>,
+    pub released: Recipient<PeersGone>,
     pub announcer: Recipient<AnnounceNow>,
     pub listening: Recipient<ClusterHeard>,
 }
@@ -92,6 +96,7 @@ impl PeerRegistry {
         let RegistryLinks {
             router,
             hearing,
+            released,
             announcer,
             listening,
         } = links;
@@ -112,6 +117,7 @@ impl PeerRegistry {
             epoch: 0,
             router,
             hearing,
+            released,
             announcer,
             cluster_heard: listening,
             stats,
@@ -153,10 +159,6 @@ impl PeerRegistry {
 
     fn on_announcement(&mut self, a: Announcement, ctx: &mut Context<Self>) {
         bump(&self.stats.announcements_received);
-        if self.rejoining.remove(&a.name) && self.rejoining.is_empty() && !self.heard {
-            // Everyone known before has answered: no need to wait out the window.
-            ctx.run_later(Duration::ZERO, |act, _| act.set_heard(true));
-        }
         if a.name == self.me {
             if a.started_at != self.my_started_at {
                 bump(&self.stats.ownership_conflicts);
@@ -178,18 +180,27 @@ impl PeerRegistry {
                 // Reordered or replayed: older news than what we hold.
             }
             Some(peer) => {
+                if self.rejoining.remove(&a.name) && self.rejoining.is_empty() && !self.heard {
+                    // Everyone known before has answered: no need to wait out the window.
+                    ctx.run_later(Duration::ZERO, |act, _| act.set_heard(true));
+                }
                 let changed = peer.announcement.local_ips != a.local_ips || *peer.route != *route;
                 if peer.announcement.started_at != a.started_at {
                     info!(peer = %a.name, "peer restarted");
                 }
                 peer.last_seen = now;
+                let mut moved = None;
                 if changed {
-                    peer.route = route;
+                    let old = std::mem::replace(&mut peer.route, route);
+                    if old.outbox != peer.route.outbox || old.broker != peer.route.broker {
+                        moved = Some(old);
+                    }
                 }
                 peer.announcement = a;
                 if changed {
                     self.publish_ownership();
                 }
+                self.gone(moved.into_iter().collect());
             }
             None => {
                 if !self.reachable_brokers.contains(&a.broker) {
@@ -227,8 +238,9 @@ impl PeerRegistry {
                     .is_some_and(|p| p.announcement.started_at == started_at);
                 if leaving {
                     info!(peer = %name, "peer left");
-                    self.peers.remove(&name);
+                    let gone = self.peers.remove(&name).map(|p| p.route);
                     self.publish_ownership();
+                    self.gone(gone.into_iter().collect());
                 }
             }
             ClusterMessage::Hello { from } => {
@@ -264,11 +276,13 @@ impl PeerRegistry {
             }
             let silent: Vec<String> = act.rejoining.drain().collect();
             if !silent.is_empty() {
+                let mut gone = Vec::new();
                 for name in &silent {
                     warn!(peer = %name, "peer did not re-announce after a reload or reconnect; forgotten");
-                    act.peers.remove(name);
+                    gone.extend(act.peers.remove(name).map(|p| p.route));
                 }
                 act.publish_ownership();
+                act.gone(gone);
             }
             act.set_heard(true);
         });
@@ -290,16 +304,30 @@ impl PeerRegistry {
             return;
         }
         let timeout = self.peer_timeout;
-        let before = self.peers.len();
-        self.peers.retain(|name, peer| {
-            let alive = peer.last_seen.elapsed() < timeout;
-            if !alive {
-                warn!(peer = %name, ?timeout, "peer fell silent; forgotten");
-            }
-            alive
-        });
-        if self.peers.len() != before {
-            self.publish_ownership();
+        let silent: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, peer)| peer.last_seen.elapsed() >= timeout)
+            .map(|(name, _)| name.clone())
+            .collect();
+        if silent.is_empty() {
+            return;
+        }
+        let mut gone = Vec::new();
+        for name in silent {
+            warn!(peer = %name, ?timeout, "peer fell silent; forgotten");
+            gone.extend(self.peers.remove(&name).map(|p| p.route));
+        }
+        self.publish_ownership();
+        self.gone(gone);
+    }
+
+    /// Tells the publisher which peer outboxes it will not publish to any more, so what it
+    /// keeps open for them (a confirm channel each) is closed: a long-running instance in a
+    /// cluster whose members come and go does not walk toward the broker's channel_max.
+    fn gone(&self, routes: Vec<Arc<PeerRoute>>) {
+        if !routes.is_empty() {
+            self.released.do_send(PeersGone(routes));
         }
     }
 }

@@ -12,6 +12,12 @@
 //!
 //! Decoding never panics and never allocates beyond `MAX_FRAME`: anything off is an error whose
 //! [`DecodeError::reason`] names a counter.
+//!
+//! Rolling upgrades: a later version may add fields at the end of a message (bincode writes
+//! fields in order, so they come after everything this version knows); this version reads what
+//! it knows and skips the rest. A change that older readers must not misread (a new encoding,
+//! a field that changes meaning) takes a new flag bit, which older readers reject, or a new
+//! version byte. A message kind this version does not know is dropped and counted (garbage).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -232,14 +238,9 @@ impl Codec {
             (None, _) => {}
         }
         let payload = &frame[HEADER..body_end];
-        let (message, used) = bincode::serde::decode_from_slice(payload, config())
+        // What follows the fields this version knows is a later version's additions.
+        let (message, _used) = bincode::serde::decode_from_slice(payload, config())
             .map_err(|e| DecodeError::Garbage(e.to_string()))?;
-        if used != payload.len() {
-            return Err(DecodeError::Garbage(format!(
-                "{} trailing bytes",
-                payload.len() - used
-            )));
-        }
         Ok(message)
     }
 }
@@ -366,9 +367,86 @@ mod tests {
         let mut huge = b"MR\x01\x00\0\0\0\0\0\0\0\0\x00".to_vec();
         huge.extend_from_slice(&[0xfc, 0xff, 0xff, 0xff, 0xff]);
         assert!(decode(&huge).is_err());
-        let mut trailing = encode(&announcement()).unwrap();
-        trailing.push(0);
-        assert!(matches!(decode(&trailing), Err(DecodeError::Garbage(_))));
+    }
+
+    /// What the next version might send: the same kinds, with a field added to an
+    /// announcement (and to the others). This version must read them.
+    #[test]
+    fn a_frame_from_the_next_version_with_added_fields_is_read() {
+        #[derive(Serialize)]
+        struct NextAnnouncement {
+            name: String,
+            version: String,
+            started_at: u64,
+            sequence: u64,
+            local_ips: Vec<IpAddr>,
+            outbox: String,
+            broker: String,
+            console_url: Option<String>,
+            config_hash: String,
+            // Added by the next version.
+            zone: Option<String>,
+            weights: Vec<u32>,
+        }
+        #[derive(Serialize)]
+        enum Next {
+            Announcement(NextAnnouncement),
+            Leaving {
+                name: String,
+                started_at: u64,
+                reason: String,
+            },
+        }
+        let frame = |message: &Next, codec: &Codec| {
+            let mut out = Vec::new();
+            out.extend_from_slice(&MAGIC);
+            out.push(VERSION);
+            out.push(if codec.is_signed() { SIGNED } else { 0 });
+            out.extend_from_slice(&1_700_000_000_000u64.to_be_bytes());
+            bincode::serde::encode_into_std_write(message, &mut out, config()).unwrap();
+            if let Some(key) = &codec.key {
+                let mut mac = key.clone();
+                mac.update(&out);
+                out.extend_from_slice(&mac.finalize().into_bytes());
+            }
+            out
+        };
+        let next = Next::Announcement(NextAnnouncement {
+            name: "a".into(),
+            version: "0.3.0".into(),
+            started_at: 1,
+            sequence: 7,
+            local_ips: vec!["10.0.0.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
+            outbox: "outbox.a".into(),
+            broker: "127.0.0.1:5672/".into(),
+            console_url: Some("http://a:8485/".into()),
+            config_hash: "abcd".into(),
+            zone: Some("eu-west".into()),
+            weights: vec![1, 2, 3],
+        });
+        let mut expected = announcement();
+        if let ClusterMessage::Announcement(a) = &mut expected {
+            a.version = "0.3.0".into();
+        }
+        for codec in [
+            Codec::default(),
+            Codec::new(Some("k"), Duration::from_secs(30)),
+        ] {
+            let read = codec.decode(&frame(&next, &codec), 1_700_000_000_000);
+            assert_eq!(read, Ok(expected.clone()));
+            let leaving = Next::Leaving {
+                name: "a".into(),
+                started_at: 1,
+                reason: "upgrade".into(),
+            };
+            assert_eq!(
+                codec.decode(&frame(&leaving, &codec), 1_700_000_000_000),
+                Ok(ClusterMessage::Leaving {
+                    name: "a".into(),
+                    started_at: 1
+                })
+            );
+        }
     }
 
     #[test]

@@ -82,7 +82,7 @@ async fn a_handover_lands_in_the_peer_outbox_untouched() {
         .declare_queue(&QueueSpec::durable("g.outbox"))
         .await
         .unwrap();
-    let a = start(&broker, settings("a", &["10.0.0.1"])).await;
+    let a = start(&broker, settings_with_ghosts("a", &["10.0.0.1"])).await;
     wait_listening(&a).await;
     announce_ghost(&broker, "g", "10.0.0.7", "g.outbox").await;
     wait_peers(&[&a], 1).await;
@@ -311,7 +311,7 @@ async fn reload_forgets_peers_and_relearns_them() {
 #[actix::test]
 async fn garbage_and_forged_cluster_messages_are_dropped_and_counted() {
     let broker = MemoryBroker::new("garbage");
-    let a = start(&broker, settings("a", &["10.0.0.1"])).await;
+    let a = start(&broker, settings_with_ghosts("a", &["10.0.0.1"])).await;
     wait_listening(&a).await;
     for body in [
         &b"\x00\x01garbage"[..],
@@ -354,7 +354,7 @@ async fn garbage_and_forged_cluster_messages_are_dropped_and_counted() {
 #[actix::test]
 async fn a_returned_handover_follows_the_unroutable_policy() {
     let broker = MemoryBroker::new("returned");
-    let a = start(&broker, settings("a", &["10.0.0.1"])).await;
+    let a = start(&broker, settings_with_ghosts("a", &["10.0.0.1"])).await;
     wait_listening(&a).await;
     // The peer is alive in the registry, but its outbox queue does not exist.
     announce_ghost(&broker, "g", "10.0.0.7", "g.missing-outbox").await;
@@ -485,7 +485,7 @@ async fn a_multiple_ack_never_covers_a_requeued_delivery() {
 async fn a_return_reported_with_another_confirm_is_kept() {
     let memory = MemoryBroker::new("misattributed");
     let broker: SharedBroker = Arc::new(TweakedBroker::misattributing(&memory));
-    let mut s = settings("a", &["10.0.0.1"]);
+    let mut s = settings_with_ghosts("a", &["10.0.0.1"]);
     s.prefetch = 1; // one at a time, so the order of publishes is known
     let a = Instance::start(s, broker.clone(), broker).await.unwrap();
     wait_listening(&a).await;
@@ -523,7 +523,7 @@ async fn a_second_claim_on_a_live_peers_ip_does_not_take_it_over() {
         .declare_queue(&QueueSpec::durable("second.outbox"))
         .await
         .unwrap();
-    let a = start(&broker, settings("a", &["10.0.0.1"])).await;
+    let a = start(&broker, settings_with_ghosts("a", &["10.0.0.1"])).await;
     wait_listening(&a).await;
     announce_ghost(&broker, "first", "10.0.0.9", "first.outbox").await;
     wait_peers(&[&a], 1).await;

@@ -133,6 +133,15 @@ impl AmqpBroker {
         &self.masked
     }
 
+    /// Confirm channels open for mandatory publishes, one per destination in use.
+    pub fn confirm_channels(&self) -> usize {
+        self.publishers_locked()
+            .mandatory
+            .values()
+            .map(HashMap::len)
+            .sum()
+    }
+
     async fn connection(&self) -> Result<Arc<Connection>, BrokerError> {
         let mut state = self.state.lock().await;
         self.connection_locked(&mut state, Role::Consuming).await

@@ -66,6 +66,14 @@ pub async fn wait_listening(instance: &Instance) {
     .unwrap();
 }
 
+/// `settings`, for a test with ghosts: peers announced once by the test, which must not
+/// expire while it runs.
+pub fn settings_with_ghosts(name: &str, ips: &[&str]) -> InstanceSettings {
+    let mut s = settings(name, ips);
+    s.peer_timeout = Duration::from_secs(60);
+    s
+}
+
 pub async fn announce_ghost(
     broker: &MemoryBroker,
     name: &str,
@@ -85,6 +93,12 @@ pub async fn announce_ghost(
     };
     publish_cluster(broker, &ClusterMessage::Announcement(a.clone())).await;
     a
+}
+
+/// The ghost announces again, as a live peer does (a higher sequence).
+pub async fn reannounce_ghost(broker: &MemoryBroker, ghost: &mut Announcement) {
+    ghost.sequence += 1;
+    publish_cluster(broker, &ClusterMessage::Announcement(ghost.clone())).await;
 }
 
 pub async fn publish_cluster(broker: &MemoryBroker, message: &ClusterMessage) {
@@ -118,6 +132,8 @@ pub struct TweakedBroker {
     /// A nack takes this long to reach the broker, as when its frame waits behind others.
     pub nack_delay: Duration,
     cut: tokio::sync::watch::Sender<bool>,
+    /// Destinations the instance released (a peer left).
+    pub released: std::sync::Mutex<Vec<Destination>>,
 }
 
 impl TweakedBroker {
@@ -142,6 +158,7 @@ impl TweakedBroker {
             stolen: Default::default(),
             nack_delay: Duration::ZERO,
             cut: tokio::sync::watch::channel(false).0,
+            released: Default::default(),
         }
     }
 
@@ -264,5 +281,8 @@ impl Broker for TweakedBroker {
     }
     async fn delete_exchange(&self, e: &str) -> Result<(), BrokerError> {
         self.inner.delete_exchange(e).await
+    }
+    fn release(&self, to: &Destination) {
+        self.released.lock().unwrap().push(to.clone());
     }
 }

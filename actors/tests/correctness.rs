@@ -1,0 +1,418 @@
+//! The correctness review's findings, each as the test that failed before its fix: mail that
+//! could be lost, wrongly failed or stalled. All on the in-memory broker, with short timings.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mailroute_actors::Instance;
+use mailroute_actors::broker::{
+    Broker, Destination, HeaderValue, Message, QueueSpec, SharedBroker,
+};
+use mailroute_actors::memory::MemoryBroker;
+use mailroute_actors::routing::{
+    FROM_HEADER, HELD_SINCE_HEADER, ID_HEADER, REASON_HEADER, Unroutable,
+};
+use mailroute_actors::testkit::wait_for;
+use mailroute_actors::traffic::{mailerq_json, test_id, test_message};
+use mailroute_actors::wire::{ClusterMessage, now_ms};
+use support::*;
+
+fn header_str(m: &Message, name: &str) -> Option<String> {
+    m.header(name)
+        .and_then(HeaderValue::as_str)
+        .map(str::to_string)
+}
+
+/// 1. A handover returned with another publish's confirm has had its original acked already:
+/// it must be kept on this instance's own broker (not the cluster broker that carried it), and
+/// kept even when that publish fails a few times.
+#[actix::test]
+async fn a_stray_return_is_kept_on_the_local_broker_until_confirmed() {
+    let local = MemoryBroker::new("stray-local");
+    let cluster_memory = MemoryBroker::new("stray-cluster");
+    let cluster: SharedBroker = Arc::new(TweakedBroker::misattributing(&cluster_memory));
+    cluster_memory
+        .declare_queue(&QueueSpec::durable("h.outbox"))
+        .await
+        .unwrap();
+    let mut s = settings_with_ghosts("a", &["10.0.0.1"]);
+    s.prefetch = 1; // one at a time: the stray rides on the next handover's confirm
+    let a = Instance::start(s, Arc::new(local.clone()), cluster)
+        .await
+        .unwrap();
+    wait_listening(&a).await;
+    announce_ghost(&cluster_memory, "g", "10.0.0.7", "g.missing-outbox").await;
+    announce_ghost(&cluster_memory, "h", "10.0.0.8", "h.outbox").await;
+    wait_peers(&[&a], 2).await;
+    // The first attempts to hold the stray fail; it must be retried, not dropped.
+    local.fail_next_publishes("a.retry", 3);
+    inject(&local, "a.outbox", "to-g", &["10.0.0.7"]).await;
+    inject(&local, "a.outbox", "to-h", &["10.0.0.8"]).await;
+    wait_for("the stray held locally", LIMIT, || async {
+        local.depth("a.retry") == 1 && cluster_memory.depth("h.outbox") == 1
+    })
+    .await
+    .unwrap();
+    let held = local.drain("a.retry");
+    assert_eq!(test_id(&held[0]).as_deref(), Some("to-g"));
+    assert_eq!(header_str(&held[0], FROM_HEADER), None, "the hop is undone");
+    assert_eq!(local.depth("a.outbox"), 0);
+    let s = a.stats.snapshot();
+    // The broker reported both handovers routed, so both count as handed over.
+    assert_eq!(
+        (s.strays_kept, s.handover_returned, s.held, s.handed_over),
+        (1, 1, 1, 2),
+        "{s:?}"
+    );
+}
+
+/// 1. A stray that was a delivery (its own queue was recreated while publishes were in flight)
+/// goes back to that queue untouched: no hop undone, no `x-mailroute-from` of an earlier hop
+/// stripped.
+#[actix::test]
+async fn a_stray_delivery_goes_back_to_its_queue_untouched() {
+    let memory = MemoryBroker::new("stray-deliver");
+    let broker: SharedBroker = Arc::new(TweakedBroker::misattributing(&memory));
+    let mut s = settings("a", &["10.0.0.1"]);
+    s.prefetch = 1;
+    let a = Instance::start(s, broker.clone(), broker).await.unwrap();
+    wait_listening(&a).await;
+    // The deliver queue is gone: the first delivery is returned (and reported routed), the
+    // queue comes back, and the second delivery's confirm carries the first one's return.
+    memory.delete_queue("a.deliver").await.unwrap();
+    let mut handed = test_message(
+        "from-b",
+        mailerq_json("from-b", Some(&[ip("10.0.0.1")]), 256),
+    );
+    {
+        let headers = &mut handed.properties_mut().headers;
+        headers.insert(FROM_HEADER.into(), HeaderValue::LongString(b"b".to_vec()));
+        headers.insert("x-mailroute-hops".into(), HeaderValue::I64(1));
+    }
+    memory
+        .publish(&Destination::queue("a.outbox"), &handed, true)
+        .await
+        .unwrap();
+    wait_for("first settled", LIMIT, || async {
+        memory.depth("a.outbox") == 0
+    })
+    .await
+    .unwrap();
+    memory
+        .declare_queue(&QueueSpec::durable("a.deliver"))
+        .await
+        .unwrap();
+    inject(&memory, "a.outbox", "local", &["10.0.0.1"]).await;
+    wait_for("both delivered", LIMIT, || async {
+        memory.depth("a.deliver") == 2
+    })
+    .await
+    .unwrap();
+    let delivered = memory.drain("a.deliver");
+    let from_b = delivered
+        .iter()
+        .find(|m| test_id(m).as_deref() == Some("from-b"))
+        .expect("the stray was delivered");
+    assert_eq!(header_str(from_b, FROM_HEADER).as_deref(), Some("b"));
+    assert_eq!(
+        from_b
+            .header("x-mailroute-hops")
+            .and_then(HeaderValue::as_i64),
+        Some(1)
+    );
+    assert_eq!(memory.depth("a.retry"), 0);
+}
+
+/// 2. When *this* instance cannot hear the cluster (its cluster link is cut for longer than
+/// peer-timeout), its peers must not expire: mail for their IPs still reaches them, none is
+/// failed. Mail nobody owns waits until the cluster is heard again, then follows the policy.
+#[actix::test]
+async fn a_deaf_instance_keeps_its_peers_and_fails_nothing() {
+    let local = MemoryBroker::new("deaf-local");
+    let cluster_memory = MemoryBroker::new("deaf-cluster");
+    let link = Arc::new(TweakedBroker::new(&cluster_memory));
+    let mut sa = settings("a", &["10.0.0.1"]);
+    sa.peer_timeout = Duration::from_millis(300);
+    sa.policy.unroutable = Unroutable::Fail;
+    let a = Instance::start(sa, Arc::new(local.clone()), link.clone())
+        .await
+        .unwrap();
+    let mut sb = settings("b", &["10.0.0.2"]);
+    sb.peer_timeout = Duration::from_millis(300);
+    let b = Instance::start(
+        sb,
+        Arc::new(local.clone()),
+        Arc::new(cluster_memory.clone()),
+    )
+    .await
+    .unwrap();
+    wait_peers(&[&a, &b], 1).await;
+
+    link.set_cut(true);
+    // Three peer-timeouts of deafness.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    for i in 0..50 {
+        inject(&local, "a.outbox", &format!("b{i}"), &["10.0.0.2"]).await;
+    }
+    for i in 0..5 {
+        inject(&local, "a.outbox", &format!("nobody{i}"), &["192.0.2.1"]).await;
+    }
+    wait_for("mail for b handed over while deaf", LIMIT, || async {
+        local.depth("b.deliver") == 50
+    })
+    .await
+    .unwrap();
+    assert_eq!(local.depth("a.failure"), 0, "nothing failed while deaf");
+    assert!(a.stats.snapshot().deferred >= 5);
+    link.set_cut(false);
+    wait_for("unowned mail failed once heard", LIMIT, || async {
+        local.depth("a.failure") == 5
+    })
+    .await
+    .unwrap();
+    let failed = local.drain("a.failure");
+    assert!(
+        failed
+            .iter()
+            .all(|m| test_id(m).unwrap().starts_with("nobody"))
+    );
+    assert_eq!(a.peers().await.len(), 1, "b is still known");
+}
+
+/// 2. A reload re-validates peers instead of forgetting them first: mail for a live peer that
+/// takes a moment to re-announce is never failed meanwhile, and a peer that does not
+/// re-announce is forgotten at the end of the window, though its peer-timeout is a minute.
+#[actix::test]
+async fn reloads_neither_fail_mail_for_live_peers_nor_keep_dead_ones() {
+    let broker = MemoryBroker::new("reloads");
+    broker
+        .declare_queue(&QueueSpec::durable("g.outbox"))
+        .await
+        .unwrap();
+    let mut s = settings_with_ghosts("a", &["10.0.0.1"]);
+    s.policy.unroutable = Unroutable::Fail;
+    let a = start(&broker, s).await;
+    wait_listening(&a).await;
+    let mut live = announce_ghost(&broker, "g", "10.0.0.7", "g.outbox").await;
+    announce_ghost(&broker, "dead", "10.0.0.9", "dead.outbox").await;
+    wait_peers(&[&a], 2).await;
+    for round in 0..3 {
+        publish_cluster(&broker, &ClusterMessage::Reload { from: None }).await;
+        wait_for("reload taken", LIMIT, || async {
+            a.stats.snapshot().reloads == round + 1
+        })
+        .await
+        .unwrap();
+        for i in 0..20 {
+            inject(&broker, "a.outbox", &format!("g{round}-{i}"), &["10.0.0.7"]).await;
+        }
+        // Within the rejoin window (two announce intervals).
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        reannounce_ghost(&broker, &mut live).await;
+    }
+    wait_for("all of g's mail handed over", LIMIT, || async {
+        broker.depth("g.outbox") == 60
+    })
+    .await
+    .unwrap();
+    assert_eq!(broker.depth("a.failure"), 0);
+    wait_peers(&[&a], 1).await;
+    assert_eq!(a.peers().await[0].announcement.name, "g");
+    assert_eq!(a.stats.snapshot().reloads, 3);
+}
+
+/// 3. A drain cancels the consumer first: with a full outbox it does not spin on requeued
+/// messages until the grace runs out, and nothing is lost or duplicated.
+#[actix::test]
+async fn a_drain_with_a_full_outbox_stops_at_once() {
+    let broker = MemoryBroker::new("drain");
+    let mut s = settings("a", &["10.0.0.1"]);
+    s.prefetch = 100;
+    let a = start(&broker, s).await;
+    wait_listening(&a).await;
+    for i in 0..5_000 {
+        inject(&broker, "a.outbox", &format!("m{i}"), &["10.0.0.1"]).await;
+    }
+    wait_for("some delivered", LIMIT, || async {
+        broker.depth("a.deliver") >= 200
+    })
+    .await
+    .unwrap();
+    let started = Instant::now();
+    a.shutdown(Duration::from_secs(30)).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "drain took {took:?}");
+    let delivered = broker.depth("a.deliver");
+    assert_eq!(delivered + broker.depth("a.outbox"), 5_000);
+    let s = a.stats.snapshot();
+    // Every delivery taken after the drain began went back once, not round and round.
+    assert!(
+        s.consumed <= delivered as u64 + 200,
+        "{s:?}, delivered {delivered}"
+    );
+    let ids = ids(&broker.drain("a.deliver"));
+    assert_eq!(ids.len(), delivered, "no duplicates");
+}
+
+/// 4. A requeue waiting out its backoff does not hold back the acks of everything behind
+/// it: mail for the other destinations flows while one destination keeps failing.
+#[actix::test]
+async fn a_failing_destination_does_not_stall_the_others() {
+    let broker = MemoryBroker::new("stall");
+    broker
+        .declare_queue(&QueueSpec::durable("g.outbox"))
+        .await
+        .unwrap();
+    let mut s = settings_with_ghosts("a", &["10.0.0.1"]);
+    s.prefetch = 10;
+    let a = start(&broker, s).await;
+    wait_listening(&a).await;
+    announce_ghost(&broker, "g", "10.0.0.7", "g.outbox").await;
+    wait_peers(&[&a], 1).await;
+    broker.fail_next_publishes("g.outbox", 1_000_000);
+    inject(&broker, "a.outbox", "to-g", &["10.0.0.7"]).await;
+    // Let it fail a few times, so its backoff has grown.
+    wait_for("g failing", LIMIT, || async {
+        a.stats.snapshot().publish_errors >= 4
+    })
+    .await
+    .unwrap();
+    for i in 0..400 {
+        inject(&broker, "a.outbox", &format!("m{i}"), &["10.0.0.1"]).await;
+    }
+    wait_for("local mail delivered and acked", LIMIT, || async {
+        broker.depth("a.deliver") == 400 && broker.depth("a.outbox") <= 1
+    })
+    .await
+    .unwrap();
+    assert_eq!(broker.depth("g.outbox"), 0);
+    assert_eq!(a.stats.snapshot().held, 0);
+}
+
+/// 5. The same message always carries the same `x-mailroute-id`, on every outcome: two
+/// copies of one message (an injector's retry) get one id, so a receiver can drop one.
+#[actix::test]
+async fn the_same_message_always_gets_the_same_id() {
+    let broker = MemoryBroker::new("ids");
+    broker
+        .declare_queue(&QueueSpec::durable("g.outbox"))
+        .await
+        .unwrap();
+    let a = start(&broker, settings_with_ghosts("a", &["10.0.0.1"])).await;
+    wait_listening(&a).await;
+    announce_ghost(&broker, "g", "10.0.0.7", "g.outbox").await;
+    wait_peers(&[&a], 1).await;
+    let body = mailerq_json("same", Some(&[ip("10.0.0.7")]), 256);
+    let without_id = Message::new(body, Default::default());
+    // The first copy's handover fails once and is requeued: the retry keeps the id too.
+    broker.fail_next_publishes("g.outbox", 1);
+    for _ in 0..2 {
+        broker
+            .publish(&Destination::queue("a.outbox"), &without_id, true)
+            .await
+            .unwrap();
+    }
+    inject(&broker, "a.outbox", "local", &["10.0.0.1"]).await;
+    inject(&broker, "a.outbox", "held", &["192.0.2.1"]).await;
+    wait_for("all settled", LIMIT, || async {
+        broker.depth("g.outbox") == 2
+            && broker.depth("a.deliver") == 1
+            && broker.depth("a.retry") == 1
+    })
+    .await
+    .unwrap();
+    let copies = broker.drain("g.outbox");
+    let first = header_str(&copies[0], ID_HEADER).expect("an id");
+    assert_eq!(
+        header_str(&copies[1], ID_HEADER).as_deref(),
+        Some(first.as_str())
+    );
+    assert_eq!(
+        header_str(&broker.drain("a.deliver")[0], ID_HEADER).as_deref(),
+        Some("local"),
+        "the message-id property is the id"
+    );
+    assert_eq!(
+        header_str(&broker.drain("a.retry")[0], ID_HEADER).as_deref(),
+        Some("held")
+    );
+}
+
+/// 7. `x-mailroute-held-since` is an AMQP timestamp in seconds, and a message that was held
+/// and then handed over carries no `x-mailroute-reason`.
+#[actix::test]
+async fn held_mail_has_seconds_and_loses_its_reason_when_routed() {
+    let broker = MemoryBroker::new("held");
+    broker
+        .declare_queue(&QueueSpec::durable("g.outbox"))
+        .await
+        .unwrap();
+    let mut s = settings_with_ghosts("a", &["10.0.0.1"]);
+    s.hold_time = Duration::from_millis(300);
+    let a = start(&broker, s).await;
+    wait_listening(&a).await;
+    wait_for("cluster heard", LIMIT, || async {
+        a.stats.snapshot().announcements_received >= 3
+    })
+    .await
+    .unwrap();
+    inject(&broker, "a.outbox", "m", &["10.0.0.7"]).await;
+    wait_for("held", LIMIT, || async { a.stats.snapshot().held >= 1 })
+        .await
+        .unwrap();
+    announce_ghost(&broker, "g", "10.0.0.7", "g.outbox").await;
+    wait_for("handed over after the hold", LIMIT, || async {
+        broker.depth("g.outbox") == 1
+    })
+    .await
+    .unwrap();
+    let m = &broker.drain("g.outbox")[0];
+    let since = match m.header(HELD_SINCE_HEADER) {
+        Some(HeaderValue::Timestamp(t)) => *t,
+        other => panic!("held-since: {other:?}"),
+    };
+    let now_s = now_ms() / 1000;
+    assert!(since <= now_s && since + 60 > now_s, "{since} vs {now_s}");
+    assert_eq!(m.header(REASON_HEADER), None);
+}
+
+/// 8. A peer that leaves or falls silent gets its confirm channel closed: the publisher
+/// releases its outbox on the broker it publishes there with.
+#[actix::test]
+async fn a_departed_peer_releases_its_destination() {
+    let memory = MemoryBroker::new("release");
+    let broker = Arc::new(TweakedBroker::new(&memory));
+    let mut s = settings("a", &["10.0.0.1"]);
+    s.peer_timeout = Duration::from_millis(300);
+    let a = Instance::start(s, broker.clone(), broker.clone())
+        .await
+        .unwrap();
+    wait_listening(&a).await;
+    let left = announce_ghost(&memory, "left", "10.0.0.7", "left.outbox").await;
+    announce_ghost(&memory, "silent", "10.0.0.8", "silent.outbox").await;
+    wait_peers(&[&a], 2).await;
+    publish_cluster(
+        &memory,
+        &ClusterMessage::Leaving {
+            name: left.name.clone(),
+            started_at: left.started_at,
+        },
+    )
+    .await;
+    wait_for("both released", LIMIT, || async {
+        broker.released.lock().unwrap().len() == 2
+    })
+    .await
+    .unwrap();
+    let mut released: Vec<String> = broker
+        .released
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|d| d.routing_key.clone())
+        .collect();
+    released.sort();
+    assert_eq!(released, ["left.outbox", "silent.outbox"]);
+}
