@@ -46,9 +46,11 @@ async fn closing_all_connections_twice_loses_nothing() {
     let mut settings = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let mut s = InstanceSettings::new(*name, ips(i as u8));
-        s.announce_interval = Duration::from_millis(300);
-        s.peer_timeout = Duration::from_secs(30);
-        s.hold_time = Duration::from_secs(600);
+        // Timings as users run them: a peer missing three announcements expires, and held
+        // mail goes round the retry queue and back while the faults happen.
+        s.announce_interval = Duration::from_secs(1);
+        s.peer_timeout = Duration::from_secs(3);
+        s.hold_time = Duration::from_secs(2);
         s.prefetch = 100;
         settings.push(s);
     }
@@ -85,10 +87,12 @@ async fn closing_all_connections_twice_loses_nothing() {
         .unwrap();
         close_all_connections(&vhost.name);
     }
-    let acc =
-        common::settle_and_account(&client, &names, &traffic.expected, Duration::from_secs(300))
-            .await;
+    common::wait_all_settled(&client, &names, &traffic.expected, Duration::from_secs(300)).await;
     let elapsed = started.elapsed();
+    for instance in &instances {
+        instance.shutdown(Duration::from_secs(30)).await;
+    }
+    let acc = common::account_stopped(&client, &names, &traffic.expected).await;
     let restarts: u64 = instances.iter().map(|i| i.stats.snapshot().restarts).sum();
     println!(
         "connection loss x2: sent {} | delivered {:?} | held {} | failed {} | lost {} | duplicates {} | actor restarts {} | {:.2?}",

@@ -9,7 +9,7 @@ use common::{rabbitmqctl, report};
 
 #[actix::test]
 async fn the_broker_restarts_mid_stream() {
-    let cluster = Cluster::start("fault-restart").await;
+    let mut cluster = Cluster::start("fault-restart").await;
     let traffic = common::traffic(&cluster.members(), 20_000, 5, 1, "restart");
     let client = cluster.client.clone();
     let stream =

@@ -18,7 +18,7 @@ fn rejected(acc: &common::Accounting) -> usize {
 
 #[actix::test]
 async fn connections_closed_twice() {
-    let cluster = Cluster::start("fault-close").await;
+    let mut cluster = Cluster::start("fault-close").await;
     let traffic = common::traffic(&cluster.members(), MESSAGES, 5, 1, "close");
     let client = cluster.client.clone();
     let stream =
@@ -114,7 +114,7 @@ async fn an_instance_leaves_with_sigterm() {
 
 #[actix::test]
 async fn a_live_peer_whose_outbox_is_gone() {
-    let cluster = Cluster::start("fault-returned").await;
+    let mut cluster = Cluster::start("fault-returned").await;
     let phantom = phantom_peer(cluster.client.clone(), "d", ips(9));
     let members = cluster.members();
     for s in &cluster.servers {
@@ -162,7 +162,7 @@ async fn hostile_input_is_rejected_and_counted() {
     use mailroute_actors::broker::{Destination, Message};
     use mailroute_actors::wire::{Announcement, ClusterMessage, Codec, MAX_FRAME, now_ms};
 
-    let cluster = Cluster::start_with("hostile", "cluster-secret: the-real-secret\n").await;
+    let mut cluster = Cluster::start_with("hostile", "cluster-secret: the-real-secret\n").await;
     let client = cluster.client.clone();
     // Forged claims on every instance's IPs, in every form an attacker could try.
     let forged = |name: &str| {

@@ -91,7 +91,9 @@ impl Actor for Announcer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let delay = backoff::delay(self.failures);
+        // Never longer than an interval: peers expire us after a few missed ones, so after a
+        // cluster-broker outage the first announcement must not wait out a long backoff.
+        let delay = backoff::delay(self.failures).min(self.interval);
         ctx.run_later(delay, |act, ctx| {
             let broker = act.broker.clone();
             let exchange = act.exchange.clone();

@@ -63,6 +63,12 @@ struct Peer {
     last_seen: Instant,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rejoin {
+    Reconnect,
+    Reload,
+}
+
 /// Who the registry tells what.
 pub struct RegistryLinks {
     pub router: Recipient<OwnershipChanged>,
@@ -257,7 +263,7 @@ impl PeerRegistry {
                 bump(&self.stats.reloads);
                 // Everyone announces on a reload; a peer that does not within the window is
                 // forgotten then. Forgetting all first would hold or fail mail for live peers.
-                self.start_rejoin(ctx);
+                self.start_rejoin(ctx, Rejoin::Reload);
                 self.announcer.do_send(AnnounceNow);
             }
         }
@@ -265,7 +271,7 @@ impl PeerRegistry {
 
     /// After a reconnect or a reload: every known peer must be heard again within the window,
     /// and until the cluster is heard, unowned mail waits in the router.
-    fn start_rejoin(&mut self, ctx: &mut Context<Self>) {
+    fn start_rejoin(&mut self, ctx: &mut Context<Self>, why: Rejoin) {
         self.epoch += 1;
         let epoch = self.epoch;
         self.rejoining = self.peers.keys().cloned().collect();
@@ -275,7 +281,10 @@ impl PeerRegistry {
                 return;
             }
             let silent: Vec<String> = act.rejoining.drain().collect();
-            if !silent.is_empty() {
+            // After a reconnect, a peer still silent may itself be reconnecting: it has a
+            // whole peer-timeout from the reconnect. After a reload everyone is listening and
+            // announces at once, so silence within the window means gone.
+            if why == Rejoin::Reload && !silent.is_empty() {
                 let mut gone = Vec::new();
                 for name in &silent {
                     warn!(peer = %name, "peer did not re-announce after a reload or reconnect; forgotten");
@@ -338,7 +347,9 @@ impl Actor for PeerRegistry {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let sweep = (self.peer_timeout / 4).max(Duration::from_millis(50));
         ctx.run_interval(sweep, |act, _| act.expire());
-        let delay = backoff::delay(self.failures);
+        // Capped at an announce interval: while deaf, this instance keeps its peers and defers
+        // unowned mail, so it must be listening again soon after the broker is back.
+        let delay = backoff::delay(self.failures).min(self.rejoin_window / 2);
         ctx.run_later(delay, |act, ctx| {
             let broker = act.broker.clone();
             let exchange = act.exchange.clone();
@@ -366,7 +377,7 @@ impl Actor for PeerRegistry {
                     for peer in act.peers.values_mut() {
                         peer.last_seen = peer.last_seen.max(now);
                     }
-                    act.start_rejoin(ctx);
+                    act.start_rejoin(ctx, Rejoin::Reconnect);
                     act.cluster_heard.do_send(ClusterHeard);
                 }
                 Err(error) => {

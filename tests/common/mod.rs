@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use mailroute::amqp::AmqpBroker;
 use mailroute_actors::broker::{Destination, HeaderValue, Message, SharedBroker};
-use mailroute_actors::routing::REASON_HEADER;
+use mailroute_actors::routing::{HELD_SINCE_HEADER, REASON_HEADER};
 use mailroute_actors::testkit::wait_for;
 use mailroute_actors::traffic::{mailerq_json, test_id, test_message};
 use rand::Rng;
@@ -92,6 +92,26 @@ impl TestVhost {
         ]);
     }
 
+    /// Cuts the instances' user off: no permissions on the vhost (so reconnects are refused),
+    /// and every open connection closed.
+    pub fn revoke_instances(&self) {
+        rabbitmqctl(&["clear_permissions", "-p", &self.name, &self.user]);
+        self.close_instance_connections();
+    }
+
+    /// Lets the instances' user back in.
+    pub fn grant_instances(&self) {
+        rabbitmqctl(&[
+            "set_permissions",
+            "-p",
+            &self.name,
+            &self.user,
+            ".*",
+            ".*",
+            ".*",
+        ]);
+    }
+
     pub async fn broker(&self) -> SharedBroker {
         Arc::new(
             AmqpBroker::connect(&self.address())
@@ -165,12 +185,14 @@ pub fn report(scenario: &str, acc: &Accounting, rejected: usize) {
 }
 
 /// Where each message must end up. The places where messages are found are always one of the
-/// first three; the last two say which places a test accepts when the owner may be gone.
+/// first four; the last two say which places a test accepts when the owner may be gone.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Expect {
     Delivered(String),
     Held(String),
     Failed(String),
+    /// Found in an instance's outbox after it stopped, never routed: no test accepts it.
+    Unrouted(String),
     /// Held by whichever instance received it (nobody owns its IP).
     HeldAnywhere,
     /// Delivered by its owner, or held anywhere if the owner had left when it arrived.
@@ -333,14 +355,37 @@ pub fn sinks(names: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// Waits until the instances' outboxes are empty and all of `expected` reached their sinks,
-/// then takes everything out and counts it by id.
+/// For instances whose hold-time outlasts the test (nothing moves once settled): waits until
+/// the outboxes are empty and all of `expected` reached their sinks, then takes everything
+/// out and counts it by id, the instances still running.
 pub async fn settle_and_account(
     client: &SharedBroker,
     names: &[&str],
     expected: &HashMap<String, Expect>,
     limit: Duration,
 ) -> Accounting {
+    wait_all_settled(client, names, expected, limit).await;
+    let mut found = Vec::new();
+    for n in names {
+        for (place, queue) in [
+            (Expect::Delivered(n.to_string()), "deliver"),
+            (Expect::Held(n.to_string()), "retry"),
+            (Expect::Failed(n.to_string()), "failure"),
+        ] {
+            found.push((place, drain(client, &format!("{n}.{queue}")).await));
+        }
+    }
+    account(expected, found)
+}
+
+/// Waits until the instances' outboxes are empty and all of `expected` reached their sinks.
+/// With a short hold-time, held mail moves on: stop the instances, then [`account_stopped`].
+pub async fn wait_all_settled(
+    client: &SharedBroker,
+    names: &[&str],
+    expected: &HashMap<String, Expect>,
+    limit: Duration,
+) {
     wait_settled(
         client,
         &outboxes(names),
@@ -349,6 +394,17 @@ pub async fn settle_and_account(
         limit,
     )
     .await;
+}
+
+/// With the instances stopped, takes everything out of their queues and counts it by id.
+/// Held mail may be in the retry queue or, dead-lettered after its hold-time, back in the
+/// outbox: found there with `x-mailroute-held-since`, it counts as held; without, it was never
+/// routed. The retry queue is emptied first, so nothing moves while the outbox is read.
+pub async fn account_stopped(
+    client: &SharedBroker,
+    names: &[&str],
+    expected: &HashMap<String, Expect>,
+) -> Accounting {
     let mut found = Vec::new();
     for n in names {
         found.push((
@@ -356,35 +412,42 @@ pub async fn settle_and_account(
             drain(client, &format!("{n}.deliver")).await,
         ));
         found.push((
-            Expect::Held(n.to_string()),
-            drain(client, &format!("{n}.retry")).await,
-        ));
-        found.push((
             Expect::Failed(n.to_string()),
             drain(client, &format!("{n}.failure")).await,
         ));
+        found.push((
+            Expect::Held(n.to_string()),
+            drain(client, &format!("{n}.retry")).await,
+        ));
+        let (held, unrouted): (Vec<Message>, Vec<Message>) = drain(client, &format!("{n}.outbox"))
+            .await
+            .into_iter()
+            .partition(|m| m.header(HELD_SINCE_HEADER).is_some());
+        found.push((Expect::Held(n.to_string()), held));
+        found.push((Expect::Unrouted(n.to_string()), unrouted));
     }
     account(expected, found)
 }
 
-/// Takes every ready message out of a queue.
+/// Takes every message out of a queue, until it is empty. Messages that leave it meanwhile (a
+/// hold-time expiring) are not waited for.
 pub async fn drain(broker: &SharedBroker, queue: &str) -> Vec<Message> {
-    let n = ready(broker, queue).await;
-    let mut out = Vec::with_capacity(n);
-    if n == 0 {
+    let mut out = Vec::new();
+    if ready(broker, queue).await == 0 {
         return out;
     }
     let mut stream = broker.consume(queue, 1000).await.expect("consume");
-    while out.len() < n {
-        let d = tokio::time::timeout(Duration::from_secs(10), stream.next())
-            .await
-            .expect("delivery within 10s")
-            .expect("stream open")
-            .expect("delivery");
-        d.acker.ack().await.expect("ack");
-        out.push(d.message);
+    loop {
+        match tokio::time::timeout(Duration::from_millis(500), stream.next()).await {
+            Ok(Some(Ok(d))) => {
+                d.acker.ack().await.expect("ack");
+                out.push(d.message);
+            }
+            Ok(other) => panic!("consumer of {queue} ended: {other:?}"),
+            Err(_) if ready(broker, queue).await == 0 => return out,
+            Err(_) => {}
+        }
     }
-    out
 }
 
 /// The accounting of one run, by message id.
@@ -398,6 +461,8 @@ pub struct Accounting {
     pub misplaced: Vec<String>,
     /// `id: expected …, found …` for each misplaced message.
     pub misplaced_detail: Vec<String>,
+    /// Found messages whose test id is missing or was never sent.
+    pub strays: Vec<String>,
     pub duplicates: usize,
     pub failed_without_reason: usize,
 }
@@ -416,10 +481,17 @@ impl Accounting {
             "misplaced {:?}",
             &self.misplaced_detail[..self.misplaced_detail.len().min(5)]
         );
+        assert!(
+            self.strays.is_empty(),
+            "strays {:?}",
+            &self.strays[..self.strays.len().min(5)]
+        );
     }
 }
 
-/// Collects `(expect, messages)` pairs and compares them with what was sent.
+/// Collects `(place, messages)` pairs and compares them with what was sent. Every copy counts:
+/// a duplicate in a wrong place is misplaced even if another copy is right, and a message
+/// without a known test id is a stray, never found.
 pub fn account(
     expected: &HashMap<String, Expect>,
     found: Vec<(Expect, Vec<Message>)>,
@@ -443,19 +515,23 @@ pub fn account(
                         acc.failed_without_reason += 1;
                     }
                 }
+                Expect::Unrouted(_) => {}
                 Expect::HeldAnywhere | Expect::DeliveredOrHeld(_) => {
                     panic!("{place:?} is an expectation, not a place a message is found")
                 }
             }
-            seen.entry(test_id(&m).unwrap_or_default())
-                .or_default()
-                .push(place.clone());
+            match test_id(&m) {
+                Some(id) if expected.contains_key(&id) => {
+                    seen.entry(id).or_default().push(place.clone())
+                }
+                other => acc.strays.push(format!("{other:?} in {place:?}")),
+            }
         }
     }
     for (id, want) in expected {
         match seen.get(id) {
             None => acc.lost.push(id.clone()),
-            Some(places) if !places.iter().any(|p| want.accepts(p)) => {
+            Some(places) if !places.iter().all(|p| want.accepts(p)) => {
                 acc.misplaced.push(id.clone());
                 acc.misplaced_detail
                     .push(format!("{id}: expected {want:?}, found {places:?}"));

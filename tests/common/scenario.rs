@@ -21,6 +21,8 @@ pub fn ips(index: u8) -> Vec<IpAddr> {
 
 pub struct Cluster {
     pub vhost: TestVhost,
+    /// The cluster exchange's own vhost and user, when the cluster broker is separate.
+    pub cluster_vhost: Option<TestVhost>,
     pub dir: PathBuf,
     pub servers: Vec<Server>,
     pub client: SharedBroker,
@@ -33,7 +35,23 @@ impl Cluster {
 
     /// `extra`: more config lines for every instance.
     pub async fn start_with(label: &str, extra: &str) -> Cluster {
+        Self::launch(label, extra, None).await
+    }
+
+    /// The cluster exchange on a vhost and user of its own (`cluster-address`), the outboxes
+    /// on another: as when the cluster broker is a separate RabbitMQ.
+    pub async fn start_split(label: &str, extra: &str) -> Cluster {
+        let cluster = TestVhost::new(&format!("{label}-cluster"));
+        Self::launch(label, extra, Some(cluster)).await
+    }
+
+    async fn launch(label: &str, extra: &str, cluster_vhost: Option<TestVhost>) -> Cluster {
         let vhost = TestVhost::new(label);
+        let extra = match &cluster_vhost {
+            Some(c) => format!("cluster-address: {}\n{extra}", c.instance_address()),
+            None => extra.to_string(),
+        };
+        let extra = extra.as_str();
         let dir = std::env::temp_dir().join(&vhost.name);
         std::fs::create_dir_all(&dir).expect("temp dir");
         let servers: Vec<Server> = NAMES
@@ -57,6 +75,7 @@ impl Cluster {
         let client = vhost.broker().await;
         Cluster {
             vhost,
+            cluster_vhost,
             dir,
             servers,
             client,
@@ -92,9 +111,25 @@ impl Cluster {
     }
 
     /// Waits until everything sent is in a deliver, retry or failure queue and the outboxes
-    /// are empty, then takes it all out and counts it against `expected`.
-    pub async fn account(&self, expected: &HashMap<String, Expect>) -> Accounting {
-        super::settle_and_account(&self.client, &NAMES, expected, Duration::from_secs(300)).await
+    /// are empty, stops every instance (SIGTERM: they drain), then takes it all out and counts
+    /// it against `expected`: held mail may be going round the retry queue meanwhile.
+    pub async fn account(&mut self, expected: &HashMap<String, Expect>) -> Accounting {
+        super::wait_all_settled(&self.client, &NAMES, expected, Duration::from_secs(300)).await;
+        self.stop_all();
+        super::account_stopped(&self.client, &NAMES, expected).await
+    }
+
+    /// SIGTERM to every running instance; each must drain and exit 0.
+    pub fn stop_all(&mut self) {
+        for s in &mut self.servers {
+            if s.child.try_wait().ok().flatten().is_none() {
+                s.signal("-TERM");
+            }
+        }
+        for s in &mut self.servers {
+            let status = s.wait();
+            assert!(status.success(), "{} exited with {status}", s.name);
+        }
     }
 
     pub fn logs(&self) -> String {
@@ -119,7 +154,19 @@ pub fn phantom_peer(
     name: &str,
     ips: Vec<IpAddr>,
 ) -> actix_rt::task::JoinHandle<()> {
-    let name = name.to_string();
+    let outbox = format!("{name}.outbox-deleted");
+    phantom_peer_on(broker, "cluster", name, &outbox, ips)
+}
+
+/// Announces a peer `name` with `outbox` on `exchange`, every 300 ms until aborted.
+pub fn phantom_peer_on(
+    broker: SharedBroker,
+    exchange: &str,
+    name: &str,
+    outbox: &str,
+    ips: Vec<IpAddr>,
+) -> actix_rt::task::JoinHandle<()> {
+    let (name, outbox, exchange) = (name.to_string(), outbox.to_string(), exchange.to_string());
     actix_rt::spawn(async move {
         let mut sequence = 0;
         loop {
@@ -130,7 +177,7 @@ pub fn phantom_peer(
                 started_at: 7,
                 sequence,
                 local_ips: ips.clone(),
-                outbox: format!("{name}.outbox-deleted"),
+                outbox: outbox.clone(),
                 broker: broker.identity(),
                 console_url: None,
                 config_hash: String::new(),
@@ -138,7 +185,7 @@ pub fn phantom_peer(
             if let Ok(body) = wire::encode(&message) {
                 let _ = broker
                     .publish(
-                        &Destination::exchange("cluster", message.routing_key()),
+                        &Destination::exchange(&exchange, message.routing_key()),
                         &Message::new(body, Default::default()),
                         false,
                     )

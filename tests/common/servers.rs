@@ -13,12 +13,13 @@ pub struct Server {
     pub starts: usize,
 }
 
-/// A config file for instance `name` on `address`: queues `<name>.outbox|deliver|retry|failure`.
+/// A config file for instance `name` on `address`: queues `<name>.outbox|deliver|retry|failure`,
+/// timings as users run them (a peer missing three 1 s announcements expires; held mail comes
+/// back after 2 s). A key in `extra` replaces the default line for it.
 pub fn write_config(dir: &Path, address: &str, name: &str, ips: &[IpAddr], extra: &str) -> PathBuf {
     let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
-    let text = format!(
-        "# written by the integration tests\n\
-         rabbitmq-address: {address}\n\
+    let defaults = format!(
+        "rabbitmq-address: {address}\n\
          rabbitmq-outbox: {name}.outbox\n\
          rabbitmq-deliver: {name}.deliver\n\
          rabbitmq-failure: {name}.failure\n\
@@ -26,13 +27,26 @@ pub fn write_config(dir: &Path, address: &str, name: &str, ips: &[IpAddr], extra
          rabbitmq-qos: 200\n\
          cluster-name: {name}\n\
          local-ips: {ips}\n\
-         announce-interval: 300ms\n\
-         peer-timeout: 60s\n\
-         hold-time: 10m\n\
-         warmup: 300ms\n\
-         {extra}",
+         announce-interval: 1s\n\
+         peer-timeout: 3s\n\
+         hold-time: 2s\n\
+         warmup: 1s\n",
         ips = ips.join(", ")
     );
+    let overridden = |line: &str| {
+        line.split_once(':').is_some_and(|(key, _)| {
+            extra.lines().any(|l| {
+                l.split_once(':')
+                    .is_some_and(|(k, _)| k.trim() == key.trim())
+            })
+        })
+    };
+    let mut text = String::from("# written by the integration tests\n");
+    for line in defaults.lines().filter(|l| !overridden(l)) {
+        text.push_str(line);
+        text.push('\n');
+    }
+    text.push_str(extra);
     let path = dir.join(format!("{name}.conf"));
     std::fs::write(&path, text).expect("config written");
     path
