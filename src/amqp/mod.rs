@@ -16,6 +16,8 @@
 //!
 //! Consumers and publishers use separate connections: when RabbitMQ blocks publishing
 //! connections (a memory or disk alarm), the outbox consumer's acks must still go through.
+//! While publishing is blocked, consumers take no new deliveries (their outcomes could not be
+//! published): they resume when the broker unblocks.
 
 pub mod address;
 mod convert;
@@ -36,8 +38,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use mailroute_actors::broker::{
-    Acker, Broker, BrokerError, ConsumerControl, Delivery, Destination, Message, Published,
-    QueueSpec, Returned, Subscription,
+    Acker, Broker, BrokerError, ConsumerControl, Delivery, DeliveryStream, Destination, Message,
+    Published, QueueSpec, Returned, Subscription,
 };
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
@@ -56,6 +58,9 @@ pub struct AmqpBroker {
     state: Mutex<State>,
     /// The open publish channels, looked up on every publish without awaiting `state`.
     publishers: std::sync::Mutex<Publishers>,
+    /// Whether the broker blocks the publishing connection (`connection.blocked`).
+    blocked: tokio::sync::watch::Sender<bool>,
+    times_blocked: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Confirm-mode channels of the current connection: for mandatory publishes by exchange then
@@ -116,6 +121,8 @@ impl AmqpBroker {
             handle: tokio::runtime::Handle::current(),
             state: Mutex::new(State::default()),
             publishers: std::sync::Mutex::new(Publishers::default()),
+            blocked: tokio::sync::watch::channel(false).0,
+            times_blocked: Arc::default(),
         })
     }
 
@@ -131,6 +138,12 @@ impl AmqpBroker {
 
     pub fn masked_address(&self) -> &str {
         &self.masked
+    }
+
+    /// How often the broker has blocked this instance's publishing (a resource alarm).
+    pub fn times_blocked(&self) -> u64 {
+        self.times_blocked
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Confirm channels open for mandatory publishes, one per destination in use.
@@ -194,7 +207,9 @@ impl AmqpBroker {
         };
         info!(broker = %self.masked, connection = kind, "connected");
         if role == Role::Publishing {
-            watch_blocked(&connection, self.masked.clone(), &self.handle);
+            // A new connection starts unblocked; the broker says so again if it still is.
+            self.blocked.send_replace(false);
+            self.watch_blocked(&connection);
         }
         *slot = Some(connection.clone());
         Ok(connection)
@@ -334,33 +349,61 @@ impl AmqpBroker {
     }
 }
 
+impl AmqpBroker {
+    /// Follows RabbitMQ's `connection.blocked` (a memory or disk alarm: publishes wait until
+    /// it clears) and its end: logged, counted, and the consumers pause meanwhile.
+    fn watch_blocked(&self, connection: &Connection) {
+        let mut events = connection.events_listener();
+        let (blocked, times, broker) = (
+            self.blocked.clone(),
+            self.times_blocked.clone(),
+            self.masked.clone(),
+        );
+        self.handle.spawn(async move {
+            while let Some(event) = events.next().await {
+                match event {
+                    lapin::Event::ConnectionBlocked(reason) => {
+                        times.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        warn!(%broker, %reason, "broker blocked publishing (resource alarm); consumers pause");
+                        blocked.send_replace(true);
+                    }
+                    lapin::Event::ConnectionUnblocked => {
+                        info!(%broker, "broker unblocked publishing; consumers resume");
+                        blocked.send_replace(false);
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+}
+
+/// Passes deliveries on only while the broker does not block publishing: the outcome of a
+/// delivery taken now could not be published, and it would wait unacked or time out.
+fn paused_while_blocked(
+    deliveries: DeliveryStream,
+    blocked: tokio::sync::watch::Receiver<bool>,
+) -> DeliveryStream {
+    Box::pin(futures::stream::unfold(
+        (deliveries, blocked),
+        |(mut deliveries, mut blocked)| async move {
+            while *blocked.borrow_and_update() {
+                if blocked.changed().await.is_err() {
+                    break;
+                }
+            }
+            let item = deliveries.next().await?;
+            Some((item, (deliveries, blocked)))
+        },
+    ))
+}
+
 fn failed(error: BrokerError) -> Published {
     Published {
         result: Err(error),
         stray: None,
     }
 }
-
-/// Logs RabbitMQ's `connection.blocked` (a memory or disk alarm: publishes wait until it
-/// clears) and its end, so an operator sees why handovers stall.
-fn watch_blocked(connection: &Connection, broker: String, handle: &tokio::runtime::Handle) {
-    let mut events = connection.events_listener();
-    handle.spawn(async move {
-        while let Some(event) = events.next().await {
-            match event {
-                lapin::Event::ConnectionBlocked(reason) => {
-                    BLOCKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    warn!(%broker, %reason, "broker blocked publishing (resource alarm)");
-                }
-                lapin::Event::ConnectionUnblocked => info!(%broker, "broker unblocked publishing"),
-                _ => {}
-            }
-        }
-    });
-}
-
-/// How often a broker blocked this process's publishing connections.
-pub static BLOCKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 #[async_trait]
 impl Broker for AmqpBroker {
@@ -505,10 +548,13 @@ impl Broker for AmqpBroker {
                 tag: consumer.tag(),
                 closer: closer.clone(),
             }),
-            deliveries: Box::pin(AmqpConsumer {
-                inner: consumer,
-                _closer: closer,
-            }),
+            deliveries: paused_while_blocked(
+                Box::pin(AmqpConsumer {
+                    inner: consumer,
+                    _closer: closer,
+                }),
+                self.blocked.subscribe(),
+            ),
         })
     }
 
