@@ -56,7 +56,14 @@ impl Running {
             let _ = connection.close(200, "done".into()).await;
         }
         if let Some(vhost) = self.shovel.take() {
-            rabbitmqctl(&["clear_parameter", "-p", &vhost, "shovel", "bench"]);
+            ctl(vec![
+                "clear_parameter".into(),
+                "-p".into(),
+                vhost,
+                "shovel".into(),
+                "bench".into(),
+            ])
+            .await;
         }
     }
 }
@@ -74,14 +81,15 @@ pub async fn start(kind: Baseline, vhost: &TestVhost, prefetch: u16) -> Running 
             "dest-queue": "B",
             "ack-mode": "on-confirm",
         });
-        rabbitmqctl(&[
-            "set_parameter",
-            "-p",
-            &vhost.name,
-            "shovel",
-            "bench",
-            &definition.to_string(),
-        ]);
+        ctl(vec![
+            "set_parameter".into(),
+            "-p".into(),
+            vhost.name.clone(),
+            "shovel".into(),
+            "bench".into(),
+            definition.to_string(),
+        ])
+        .await;
         return Running {
             task: None,
             connection: None,
@@ -98,6 +106,17 @@ pub async fn start(kind: Baseline, vhost: &TestVhost, prefetch: u16) -> Running 
         connection: Some(connection),
         shovel: None,
     }
+}
+
+/// `rabbitmqctl` off the event loop: it takes half a second, during which the timer's watcher
+/// must keep running (the Shovel starts moving messages before the command returns).
+async fn ctl(args: Vec<String>) {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        rabbitmqctl(&args);
+    })
+    .await
+    .expect("rabbitmqctl");
 }
 
 /// Whether the Shovel plugin is on, enabling it if needed (Debian's rabbitmq-server ships it).

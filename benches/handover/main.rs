@@ -80,7 +80,7 @@ fn main() {
             let shovel = baselines::shovel_available();
             let rate = match flag::<u32>(&args, "--rate") {
                 Some(rate) => rate,
-                None => half_best(&baseline_rows(&bodies(20_000, 1024), true, shovel).await),
+                None => half_best(&baseline_rows(&bodies(20_000, 1024), 1024, true, shovel).await),
             };
             latency::rows(rate, secs, PREFETCH, shovel).await
         });
@@ -147,7 +147,7 @@ fn print_single(r: &Row) {
 }
 
 /// The baselines (the Shovel only if its plugin is on), `REPEATS` runs each, interleaved.
-async fn baseline_rows(messages: &[Message], drained: bool, shovel: bool) -> Vec<Row> {
+async fn baseline_rows(messages: &[Message], size: usize, drained: bool, shovel: bool) -> Vec<Row> {
     let kinds: Vec<Baseline> = Baseline::ALL
         .into_iter()
         .filter(|k| shovel || *k != Baseline::Shovel)
@@ -158,7 +158,6 @@ async fn baseline_rows(messages: &[Message], drained: bool, shovel: bool) -> Vec
             samples[i].push(baselines::throughput(*kind, messages, PREFETCH, drained).await);
         }
     }
-    let size = messages.first().map_or(0, |m| m.body.len());
     kinds
         .iter()
         .zip(samples)
@@ -198,7 +197,7 @@ async fn run(quick: bool, latency_secs: Option<u64>) {
         let messages = bodies(n, size);
         if broker_up {
             for drained in [false, true] {
-                rows.extend(baseline_rows(&messages, drained, shovel).await);
+                rows.extend(baseline_rows(&messages, size, drained, shovel).await);
                 let (mut hand, mut full) = (Vec::new(), Vec::new());
                 for _ in 0..REPEATS {
                     let v = TestVhost::new("bench-handover");
