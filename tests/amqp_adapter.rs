@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::TestVhost;
@@ -138,4 +139,41 @@ async fn a_released_destination_closes_its_confirm_channel() {
         .unwrap();
     assert_eq!(broker.confirm_channels(), 2);
     assert_eq!(common::ready(&vhost.broker().await, "p1.outbox").await, 2);
+}
+
+/// Releasing a destination while publishes to it are in flight fails none of them: a failed
+/// publish whose message was stored would make the original be sent again (a duplicate after
+/// every peer's leave).
+#[actix::test]
+async fn releasing_a_busy_destination_fails_no_publish() {
+    let vhost = TestVhost::new("release-busy");
+    let broker = Arc::new(AmqpBroker::connect(&vhost.address()).await.unwrap());
+    queue_of(broker.as_ref(), "p.outbox", 0).await;
+    let to = Destination::queue("p.outbox");
+    let m = Message::new(vec![b'x'; 4096], Default::default());
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let publishes = futures::stream::iter(0..3000).map(|_| {
+        let (broker, to, m, done) = (broker.clone(), to.clone(), m.clone(), done.clone());
+        async move {
+            let result = broker.publish_mandatory(&to, &m).await.result;
+            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            result
+        }
+    });
+    let releaser = {
+        let (broker, to, done) = (broker.clone(), to.clone(), done.clone());
+        actix_rt::spawn(async move {
+            wait_for("publishing", Duration::from_secs(30), || async {
+                done.load(std::sync::atomic::Ordering::Relaxed) >= 300
+            })
+            .await
+            .unwrap();
+            broker.release(&to);
+        })
+    };
+    let results: Vec<_> = publishes.buffer_unordered(1000).collect().await;
+    releaser.await.unwrap();
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    assert_eq!(failed, 0, "{:?}", results.iter().find(|r| r.is_err()));
+    assert_eq!(common::ready(&vhost.broker().await, "p.outbox").await, 3000);
 }

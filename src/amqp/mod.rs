@@ -378,6 +378,20 @@ impl AmqpBroker {
     }
 }
 
+/// Closes a released confirm channel once no publish holds it. Closing earlier would lose the
+/// confirms still on their way (a client discards what arrives after its `channel.close`): the
+/// originals would be requeued although their copies were stored, and sent twice.
+async fn close_when_idle(channel: Arc<Channel>) {
+    // Each publish in flight holds a clone of the `Arc` until its confirm is in.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while Arc::strong_count(&channel) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if channel.status().connected() {
+        let _ = channel.close(200, "destination released".into()).await;
+    }
+}
+
 /// Passes deliveries on only while the broker does not block publishing: the outcome of a
 /// delivery taken now could not be published, and it would wait unacked or time out.
 fn paused_while_blocked(
@@ -517,13 +531,7 @@ impl Broker for AmqpBroker {
             .and_then(|keys| keys.remove(&to.routing_key));
         if let Some(channel) = channel {
             debug!(%to, "closing the confirm channel of a destination no longer used");
-            // Publishes still in flight on it keep their `Arc` and get their confirms first:
-            // RabbitMQ answers everything sent before the close.
-            self.handle.spawn(async move {
-                if channel.status().connected() {
-                    let _ = channel.close(200, "destination released".into()).await;
-                }
-            });
+            self.handle.spawn(close_when_idle(channel));
         }
     }
 

@@ -464,6 +464,8 @@ pub struct Accounting {
     /// Found messages whose test id is missing or was never sent.
     pub strays: Vec<String>,
     pub duplicates: usize,
+    /// `id: places` of the first duplicated messages, for the failure message.
+    pub duplicate_detail: Vec<String>,
     pub failed_without_reason: usize,
 }
 
@@ -540,5 +542,11 @@ pub fn account(
         }
     }
     acc.duplicates = seen.values().map(|v| v.len().saturating_sub(1)).sum();
+    acc.duplicate_detail = seen
+        .iter()
+        .filter(|(_, places)| places.len() > 1)
+        .take(5)
+        .map(|(id, places)| format!("{id}: {places:?}"))
+        .collect();
     acc
 }
