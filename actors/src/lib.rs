@@ -17,8 +17,8 @@ pub mod peer_registry;
 pub mod routing;
 pub mod settings;
 pub mod stats;
+#[cfg(feature = "testkit")]
 pub mod testkit;
-pub mod traffic;
 pub mod wire;
 
 pub use broker::{Broker, BrokerError, Message, SharedBroker};

@@ -14,8 +14,8 @@ use mailroute_actors::memory::MemoryBroker;
 use mailroute_actors::routing::{
     FROM_HEADER, HELD_SINCE_HEADER, ID_HEADER, REASON_HEADER, Unroutable,
 };
+use mailroute_actors::testkit::traffic::{mailerq_json, test_id, test_message};
 use mailroute_actors::testkit::wait_for;
-use mailroute_actors::traffic::{mailerq_json, test_id, test_message};
 use mailroute_actors::wire::{ClusterMessage, now_ms};
 use support::*;
 

@@ -11,8 +11,8 @@ use anyhow::bail;
 use clap::Args;
 use mailroute_actors::broker::{Destination, SharedBroker};
 use mailroute_actors::memory::MemoryBroker;
-use mailroute_actors::testkit::wait_for;
-use mailroute_actors::traffic::{mailerq_json, test_id, test_message};
+use mailroute_actors::testkit::traffic::{mailerq_json, test_message};
+use mailroute_actors::testkit::{Expect, account, wait_for};
 use mailroute_actors::{Instance, InstanceSettings};
 use rand::Rng;
 
@@ -32,13 +32,6 @@ fn ips_of(index: usize) -> Vec<IpAddr> {
     (1..=4)
         .map(|host| IpAddr::from([10, 0, index as u8, host]))
         .collect()
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Expect {
-    DeliveredBy(usize),
-    Held(usize),
-    Failed(usize),
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -89,17 +82,24 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             let id = format!("demo-{sent}");
             let entry: usize = rng.random_range(0..3);
             let roll: u32 = rng.random_range(0..100);
+            let entry_name = NAMES[entry].to_string();
             let (body, expect) = if roll == 0 {
-                (b"{\"ips\": [\"10.0.0.1\", ".to_vec(), Expect::Failed(entry))
+                (
+                    b"{\"ips\": [\"10.0.0.1\", ".to_vec(),
+                    Expect::Failed(entry_name),
+                )
             } else if roll <= 5 {
                 let ip = IpAddr::from([192, 0, 2, rng.random_range(1..255)]);
-                (mailerq_json(&id, Some(&[ip]), 1024), Expect::Held(entry))
+                (
+                    mailerq_json(&id, Some(&[ip]), 1024),
+                    Expect::Held(entry_name),
+                )
             } else {
                 let owner: usize = rng.random_range(0..3);
                 let ip = ips_of(owner)[rng.random_range(0..4)];
                 (
                     mailerq_json(&id, Some(&[ip]), 1024),
-                    Expect::DeliveredBy(owner),
+                    Expect::Delivered(NAMES[owner].to_string()),
                 )
             };
             let outbox = Destination::queue(&instances[entry].settings.outbox);
@@ -157,57 +157,52 @@ fn progress(instances: &[Instance], sent: usize) {
     println!("sent {sent:>6} | {}", line.join(" | "));
 }
 
+/// Every copy of every message counted where it ended up, by the same accounting the tests
+/// use: a message is lost if no copy is found, misrouted if any copy is somewhere it does not
+/// belong.
 fn summary(
     memory: &MemoryBroker,
     instances: &[Instance],
     expected: &HashMap<String, Expect>,
 ) -> anyhow::Result<()> {
-    let mut seen: HashMap<String, Vec<Expect>> = HashMap::new();
     println!(
         "\n{:<10} {:>9} {:>11} {:>6} {:>7}",
         "instance", "delivered", "handed over", "held", "failed"
     );
-    for (index, instance) in instances.iter().enumerate() {
+    let mut found = Vec::new();
+    for instance in instances {
         let s = &instance.settings;
         let delivered = memory.drain(&s.deliver);
         let held = memory.drain(&s.retry);
         let failed = memory.drain(&s.failure);
-        let stats = instance.stats.snapshot();
         println!(
             "{:<10} {:>9} {:>11} {:>6} {:>7}",
             s.name,
             delivered.len(),
-            stats.handed_over,
+            instance.stats.snapshot().handed_over,
             held.len(),
             failed.len()
         );
-        for (messages, outcome) in [
-            (delivered, Expect::DeliveredBy(index)),
-            (held, Expect::Held(index)),
-            (failed, Expect::Failed(index)),
-        ] {
-            for m in messages {
-                seen.entry(test_id(&m).unwrap_or_default())
-                    .or_default()
-                    .push(outcome.clone());
-            }
-        }
+        found.push((Expect::Delivered(s.name.clone()), delivered));
+        found.push((Expect::Held(s.name.clone()), held));
+        found.push((Expect::Failed(s.name.clone()), failed));
     }
-    let lost = expected.keys().filter(|id| !seen.contains_key(*id)).count();
-    let misrouted = expected
-        .iter()
-        .filter(|(id, want)| seen.get(*id).is_some_and(|got| !got.contains(want)))
-        .count();
-    let duplicates: usize = seen.values().map(|v| v.len().saturating_sub(1)).sum();
+    let acc = account(expected, found);
+    let (lost, misrouted) = (acc.lost.len(), acc.misplaced.len());
     println!(
-        "\nsent {}: lost {lost}, misrouted {misrouted}, duplicates {duplicates}",
-        expected.len()
+        "\nsent {}: lost {lost}, misrouted {misrouted}, duplicates {}, strays {}",
+        acc.sent,
+        acc.duplicates,
+        acc.strays.len()
     );
     println!(
         "(malformed messages are in the failure queue with an x-mailroute-reason header; unowned ones are held)"
     );
-    if lost + misrouted > 0 {
-        bail!("demo accounting failed: {lost} lost, {misrouted} misrouted");
+    if lost + misrouted + acc.strays.len() > 0 {
+        bail!(
+            "demo accounting failed: {lost} lost, {misrouted} misrouted, {} strays",
+            acc.strays.len()
+        );
     }
     Ok(())
 }

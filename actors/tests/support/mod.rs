@@ -13,8 +13,8 @@ use mailroute_actors::broker::{
     Acker, Broker, Destination, Message, Published, QueueSpec, Returned, SharedBroker, Subscription,
 };
 use mailroute_actors::memory::MemoryBroker;
+use mailroute_actors::testkit::traffic::{mailerq_json, test_id, test_message};
 use mailroute_actors::testkit::wait_for;
-use mailroute_actors::traffic::{mailerq_json, test_id, test_message};
 use mailroute_actors::wire::{self, Announcement, ClusterMessage};
 use mailroute_actors::{BrokerError, Instance, InstanceSettings};
 

@@ -1,4 +1,4 @@
-//! Helpers shared by tests, benches and the demo: waiting on a condition instead of sleeping.
+//! Waiting on a condition instead of sleeping.
 
 use std::future::Future;
 use std::time::Duration;
