@@ -33,13 +33,20 @@ impl fmt::Display for Origin {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    // The OS error is the source: printed once, by whoever prints the chain.
+    #[error("cannot read config file {path}")]
     Read {
         path: String,
         source: std::io::Error,
     },
     #[error("{origin}: expected `key: value`, got {text:?}")]
     Syntax { origin: Origin, text: String },
+    #[error("{second}: `{key}` is given twice (first at {first}); remove one")]
+    Duplicate {
+        key: String,
+        first: Origin,
+        second: Origin,
+    },
     #[error("{origin}: invalid value for `{key}`: {reason}")]
     Value {
         key: &'static str,
@@ -118,7 +125,44 @@ const KEYS: &[&str] = &[
 
 type Raw = BTreeMap<String, (String, Origin)>;
 
-/// Reads `key: value` lines; `#` starts a comment; a later line wins.
+/// A comment starts with `#` at the start of a line or after whitespace, so a value such as
+/// `cluster-secret: ab#cd` keeps its `#`.
+fn strip_comment(line: &str) -> &str {
+    let bytes = line.as_bytes();
+    let start = bytes
+        .iter()
+        .enumerate()
+        .find(|&(i, &b)| b == b'#' && (i == 0 || bytes[i - 1].is_ascii_whitespace()))
+        .map(|(i, _)| i);
+    start.map_or(line, |i| &line[..i])
+}
+
+/// A known key within two edits of `key` (a typo), for the unknown-key warning.
+pub fn did_you_mean(key: &str) -> Option<&'static str> {
+    KEYS.iter()
+        .map(|known| (edit_distance(key, known), *known))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, known)| known)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let replace = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = replace.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// Reads `key: value` lines; `#` after whitespace or at line start begins a comment; a key
+/// given twice is an error naming both lines.
 pub fn parse_text(text: &str, path: &str) -> Result<Raw, ConfigError> {
     let mut raw = Raw::new();
     for (index, line) in text.lines().enumerate() {
@@ -126,10 +170,7 @@ pub fn parse_text(text: &str, path: &str) -> Result<Raw, ConfigError> {
             path: path.to_string(),
             line: index + 1,
         };
-        let content = line
-            .split_once('#')
-            .map_or(line, |(before, _)| before)
-            .trim();
+        let content = strip_comment(line).trim();
         if content.is_empty() {
             continue;
         }
@@ -144,6 +185,13 @@ pub fn parse_text(text: &str, path: &str) -> Result<Raw, ConfigError> {
             return Err(ConfigError::Syntax {
                 origin,
                 text: content.to_string(),
+            });
+        }
+        if let Some((_, first)) = raw.get(&key) {
+            return Err(ConfigError::Duplicate {
+                key,
+                first: first.clone(),
+                second: origin,
             });
         }
         raw.insert(key, (value.trim().to_string(), origin));
@@ -189,8 +237,9 @@ impl Config {
                 .map_err(|e| values.error("cluster-address", e.reason))?;
             cluster_address
         };
-        let announce_interval = values.duration("announce-interval", Duration::from_secs(2))?;
-        let peer_timeout = values.duration("peer-timeout", announce_interval * 3)?;
+        let announce_interval =
+            values.positive_duration("announce-interval", Duration::from_secs(2))?;
+        let peer_timeout = values.positive_duration("peer-timeout", announce_interval * 3)?;
         if peer_timeout <= announce_interval {
             return Err(values.error(
                 "peer-timeout",
@@ -211,8 +260,9 @@ impl Config {
             cluster_secret: Some(values.string("cluster-secret", "")?)
                 .filter(|s| !s.is_empty())
                 .map(Secret),
-            cluster_timeout: values.duration("cluster-timeout", Duration::from_secs(1))?,
-            cluster_freshness: values.duration("cluster-freshness", Duration::from_secs(30))?,
+            cluster_timeout: values.positive_duration("cluster-timeout", Duration::from_secs(1))?,
+            cluster_freshness: values
+                .positive_duration("cluster-freshness", Duration::from_secs(30))?,
             cluster_name: values.name("cluster-name", &default_name())?,
             announce_interval,
             peer_timeout,
@@ -233,8 +283,8 @@ impl Config {
                     ));
                 }
             },
-            hold_time: values.duration("hold-time", Duration::from_secs(60))?,
-            max_hold: values.duration("max-hold", Duration::from_secs(3600))?,
+            hold_time: values.positive_duration("hold-time", Duration::from_secs(60))?,
+            max_hold: values.positive_duration("max-hold", Duration::from_secs(3600))?,
             warmup: values.duration("warmup", announce_interval)?,
             www_address: Some(values.string("www-address", "")?).filter(|s| !s.is_empty()),
             www_url: Some(values.string("www-url", "")?).filter(|s| !s.is_empty()),
@@ -259,9 +309,6 @@ impl Config {
                     format!("must differ from rabbitmq-outbox ({queue}), or mail loops"),
                 ));
             }
-        }
-        if config.hold_time.is_zero() {
-            return Err(values.error("hold-time", "must be more than zero".into()));
         }
         Ok(config)
     }
@@ -365,6 +412,19 @@ impl Values<'_> {
         parse_duration(value).ok_or_else(|| {
             self.error(key, format!("expected a duration such as 2, 2s, 500ms, 5m or 1h (bare numbers are seconds), got {value:?}"))
         })
+    }
+
+    /// A duration that must not be zero: an interval or a timeout of nothing makes no sense.
+    fn positive_duration(
+        &self,
+        key: &'static str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let value = self.duration(key, default)?;
+        if value.is_zero() {
+            return Err(self.error(key, "must be more than zero".into()));
+        }
+        Ok(value)
     }
 
     fn ips(&self, key: &'static str) -> Result<Vec<IpAddr>, ConfigError> {
@@ -547,6 +607,50 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(!load("").unwrap().codec().is_signed());
+    }
+
+    #[test]
+    fn a_hash_starts_a_comment_only_after_whitespace() {
+        let c =
+            load("cluster-secret: ab#cd # the real comment\n#whole line\n  # indented\n").unwrap();
+        assert_eq!(c.cluster_secret, Some(Secret("ab#cd".into())));
+    }
+
+    #[test]
+    fn zero_durations_are_refused_naming_their_key() {
+        for key in [
+            "announce-interval",
+            "peer-timeout",
+            "cluster-timeout",
+            "cluster-freshness",
+            "hold-time",
+            "max-hold",
+        ] {
+            let got = error_of(&format!("{key}: 0\n"));
+            assert!(
+                got.contains(&format!(
+                    "line 1: invalid value for `{key}`: must be more than zero"
+                )),
+                "{key}: {got}"
+            );
+        }
+        assert!(load("warmup: 0\n").is_ok(), "no warm-up is a choice");
+    }
+
+    #[test]
+    fn a_key_given_twice_names_both_lines() {
+        let got = error_of("rabbitmq-qos: 10\nmax-hops: 3\nrabbitmq-qos: 20\n");
+        assert_eq!(
+            got,
+            "test.conf line 3: `rabbitmq-qos` is given twice (first at test.conf line 1); remove one"
+        );
+    }
+
+    #[test]
+    fn a_misspelt_key_gets_a_suggestion() {
+        assert_eq!(did_you_mean("rabbitmq-qso"), Some("rabbitmq-qos"));
+        assert_eq!(did_you_mean("peer-timout"), Some("peer-timeout"));
+        assert_eq!(did_you_mean("license-key"), None);
     }
 
     #[test]

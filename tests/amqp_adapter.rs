@@ -177,3 +177,22 @@ async fn releasing_a_busy_destination_fails_no_publish() {
     assert_eq!(failed, 0, "{:?}", results.iter().find(|r| r.is_err()));
     assert_eq!(common::ready(&vhost.broker().await, "p.outbox").await, 3000);
 }
+
+/// MailerQ's own address form: `amqp://user:pass@host/` (empty vhost) means vhost `/`.
+#[actix::test]
+async fn an_address_with_an_empty_vhost_reaches_the_default_vhost() {
+    let broker = AmqpBroker::connect("amqp://guest:guest@127.0.0.1/")
+        .await
+        .expect("amqp://host/ connects");
+    let queue = format!("test-empty-vhost-{:08x}", rand::random::<u32>());
+    queue_of(&broker, &queue, 1).await;
+    let root = AmqpBroker::connect("amqp://guest:guest@127.0.0.1:5672/%2f")
+        .await
+        .unwrap();
+    assert_eq!(
+        root.queue_len(&queue).await.unwrap(),
+        1,
+        "the same vhost: /"
+    );
+    root.delete_queue(&queue).await.unwrap();
+}

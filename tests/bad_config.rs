@@ -50,8 +50,23 @@ fn a_missing_file_is_named() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("cannot read config file /nonexistent/mailroute.conf")
+        err.contains("cannot read config file /nonexistent/mailroute.conf"),
+        "{err}"
     );
+    assert_eq!(
+        err.matches("No such file").count(),
+        1,
+        "the OS error once: {err}"
+    );
+}
+
+#[test]
+fn a_misspelt_key_is_a_warning_with_a_suggestion() {
+    let (ok, err) = serve_with(
+        "rabbitmq-qso: 10\nlocal-ips: 10.0.0.1\nrabbitmq-address: amqp://guest:guest@127.0.0.1:1/\n",
+    );
+    assert!(!ok, "the broker is unreachable");
+    assert!(err.contains("did you mean rabbitmq-qos?"), "{err}");
 }

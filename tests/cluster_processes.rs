@@ -96,6 +96,14 @@ async fn three_serve_processes_route_and_one_leaves() {
     // SIGTERM c: it drains, says Leaving and exits cleanly; a and b log "peer left" only for
     // a Leaving message (a timeout logs "peer fell silent").
     let mut c = cluster.servers.pop().unwrap();
+    // SIGHUP (systemd's ExecReload) must not stop it: logged and ignored until reload is built.
+    c.signal("-HUP");
+    wait_for("SIGHUP logged", Duration::from_secs(10), || async {
+        c.log_count("SIGHUP") == 1
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log_text()));
+    assert!(c.child.try_wait().unwrap().is_none(), "SIGHUP stopped c");
     c.signal("-TERM");
     let (status, c) = tokio::task::spawn_blocking(move || (c.wait(), c))
         .await

@@ -10,12 +10,30 @@ pub struct AddressError {
     pub reason: String,
 }
 
-/// Parses an `amqp://` URI; the error shows the address with its password masked.
+/// Parses an `amqp://` URI as MailerQ (AMQP-CPP) does: an empty vhost (`amqp://host/` or
+/// `amqp://host`) is `/`, RabbitMQ's default. The error shows the address with its password
+/// masked. `amqps://` is refused: without a TLS backend it would connect in plain text.
 pub fn parse(address: &str) -> Result<AMQPUri, AddressError> {
-    address.parse::<AMQPUri>().map_err(|reason| AddressError {
+    let error = |reason: String| AddressError {
         masked: mask_password(address),
         reason,
-    })
+    };
+    if address
+        .trim_start()
+        .to_ascii_lowercase()
+        .starts_with("amqps:")
+    {
+        return Err(error(
+            "amqps:// (TLS) is not supported yet, and mailroute will not connect in plain text \
+             instead; use amqp:// on a trusted network or through a TLS tunnel"
+                .into(),
+        ));
+    }
+    let mut uri = address.parse::<AMQPUri>().map_err(error)?;
+    if uri.vhost.is_empty() {
+        uri.vhost = "/".into();
+    }
+    Ok(uri)
 }
 
 /// `host:port/vhost`: equal for two instances on the same broker, whatever their credentials.
@@ -68,6 +86,25 @@ mod tests {
         assert_eq!(identity(&uri), "127.0.0.1:5672//");
         let uri = parse("amqp://other:pw@127.0.0.1/%2f").unwrap();
         assert_eq!(identity(&uri), "127.0.0.1:5672//");
+    }
+
+    #[test]
+    fn an_empty_vhost_is_the_default_vhost_as_in_mailerq() {
+        for address in [
+            "amqp://guest:guest@localhost/",
+            "amqp://guest:guest@localhost",
+            "amqp://localhost/%2f",
+        ] {
+            assert_eq!(parse(address).unwrap().vhost, "/", "{address}");
+        }
+        assert_eq!(parse("amqp://localhost/mail").unwrap().vhost, "mail");
+    }
+
+    #[test]
+    fn amqps_is_refused_rather_than_downgraded() {
+        let err = parse("amqps://u:secret@host/").unwrap_err().to_string();
+        assert!(err.contains("TLS) is not supported yet"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
     }
 
     #[test]

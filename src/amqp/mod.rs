@@ -50,7 +50,7 @@ pub use address::AddressError;
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct AmqpBroker {
-    address: String,
+    uri: lapin::uri::AMQPUri,
     masked: String,
     identity: String,
     handle: tokio::runtime::Handle,
@@ -115,7 +115,7 @@ impl AmqpBroker {
     pub fn new(address: &str) -> Result<Self, AddressError> {
         let uri = address::parse(address)?;
         Ok(AmqpBroker {
-            address: address.to_string(),
+            uri: uri.clone(),
             masked: address::mask_password(address),
             identity: address::identity(&uri),
             handle: tokio::runtime::Handle::current(),
@@ -189,7 +189,7 @@ impl AmqpBroker {
             )
             .into(),
         );
-        let connect = Connection::connect_with_runtime(&self.address, props, runtime);
+        let connect = Connection::connect_uri_with_runtime(self.uri.clone(), props, runtime);
         let connection = match tokio::time::timeout(TIMEOUT, connect).await {
             Ok(Ok(c)) => Arc::new(c),
             Ok(Err(e)) => {

@@ -29,7 +29,12 @@ pub fn init_tracing(default_level: &str) {
 pub fn load_config(path: &Path) -> anyhow::Result<Config> {
     let config = Config::load(path).context("configuration rejected")?;
     for (key, origin) in &config.unknown_keys {
-        tracing::warn!(%key, %origin, "config key not used by mailroute");
+        match mailroute::config::did_you_mean(key) {
+            Some(known) => {
+                tracing::warn!(%key, %origin, "config key not used by mailroute; did you mean {known}?")
+            }
+            None => tracing::warn!(%key, %origin, "config key not used by mailroute"),
+        }
     }
     Ok(config)
 }

@@ -22,13 +22,27 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     let (local, cluster) = super::connect(&config).await?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    // Listening replaces SIGHUP's default action, which would end the process without a word
+    // (a systemd `ExecReload=kill -HUP` would take the node down).
+    let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
     let instance = Instance::start(config.settings(), local, cluster)
         .await
         .context("cannot declare this instance's queues")?;
     info!(name = %config.cluster_name, outbox = %config.rabbitmq_outbox, "serving");
-    tokio::select! {
-        _ = terminate.recv() => info!("SIGTERM: shutting down"),
-        _ = interrupt.recv() => info!("SIGINT: shutting down"),
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => {
+                info!("SIGTERM: shutting down");
+                break;
+            }
+            _ = interrupt.recv() => {
+                info!("SIGINT: shutting down");
+                break;
+            }
+            _ = hangup.recv() => {
+                warn!("SIGHUP: re-reading the config is not built yet; ignored, still serving");
+            }
+        }
     }
     instance.shutdown(GRACE).await;
     let s = instance.stats.snapshot();
