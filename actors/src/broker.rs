@@ -25,6 +25,19 @@ pub enum BrokerError {
     Returned { reply_code: u16, reply_text: String },
     #[error("no queue named {0}")]
     NoSuchQueue(String),
+    #[error(
+        "queue {queue} exists with {argument} = {existing}, but this instance declares {declared}; \
+         RabbitMQ cannot change the arguments of a queue: move its messages elsewhere (a shovel) \
+         and delete it so that mailroute declares it anew, or configure what the queue has{hint}"
+    )]
+    Inequivalent {
+        queue: String,
+        argument: String,
+        existing: String,
+        declared: String,
+        /// What this argument is to mailroute, when that helps.
+        hint: String,
+    },
     #[error("broker operation timed out after {0:?}")]
     Timeout(std::time::Duration),
     #[error("broker error: {0}")]

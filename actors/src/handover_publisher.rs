@@ -36,6 +36,9 @@ struct Targets {
     deliver: String,
     failure: String,
     retry: String,
+    /// Held mail's `expiration` (ms, as AMQP wants it): the retry queue dead-letters it back
+    /// to the outbox then.
+    hold_expiration: String,
     /// Declared again when a publish to one of them is returned (it was deleted).
     own_queues: Vec<QueueSpec>,
     unroutable: Unroutable,
@@ -65,6 +68,7 @@ impl HandoverPublisher {
                 deliver: settings.deliver.clone(),
                 failure: settings.failure.clone(),
                 retry: settings.retry.clone(),
+                hold_expiration: settings.hold_time.as_millis().max(1).to_string(),
                 own_queues: own_queues(settings),
                 unroutable: settings.policy.unroutable,
                 stats,
@@ -126,6 +130,11 @@ impl Targets {
             }
             Decision::Hold { reason } => {
                 // AMQP timestamps are seconds: other clients (pika, say) read them as such.
+                let headers = {
+                    let properties = message.properties_mut();
+                    properties.expiration = Some(self.hold_expiration.clone());
+                    &mut properties.headers
+                };
                 headers
                     .entry(HELD_SINCE_HEADER.into())
                     .or_insert(HeaderValue::Timestamp(now_ms() / 1000));

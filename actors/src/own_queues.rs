@@ -3,10 +3,11 @@
 use crate::broker::{BrokerError, QueueSpec, SharedBroker};
 use crate::settings::InstanceSettings;
 
-/// The queues this instance owns on its local broker, as it declares them.
+/// The queues this instance owns on its local broker, as it declares them. The retry queue
+/// has no `x-message-ttl`: held mail carries its hold-time as a per-message `expiration`, so
+/// `hold-time` can change without the queue (and the mail in it) having to be deleted.
 pub fn own_queues(settings: &InstanceSettings) -> Vec<QueueSpec> {
     let mut retry = QueueSpec::durable(settings.retry.as_str());
-    retry.message_ttl = Some(settings.hold_time);
     retry.dead_letter_queue = Some(settings.outbox.clone());
     vec![
         QueueSpec::durable(settings.outbox.as_str()),

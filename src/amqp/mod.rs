@@ -412,6 +412,44 @@ fn paused_while_blocked(
     ))
 }
 
+/// RabbitMQ's `PRECONDITION_FAILED - inequivalent arg 'A' for queue 'Q' in vhost 'V': received
+/// X but current is Y`, as an error that says what to do.
+fn inequivalent(queue: &str, error: BrokerError) -> BrokerError {
+    let BrokerError::ChannelClosed(text) = &error else {
+        return error;
+    };
+    let Some(rest) = text.split("inequivalent arg '").nth(1) else {
+        return error;
+    };
+    let Some((argument, rest)) = rest.split_once('\'') else {
+        return error;
+    };
+    let Some((_, values)) = rest.split_once(": received ") else {
+        return error;
+    };
+    let Some((declared, existing)) = values.split_once(" but current is ") else {
+        return error;
+    };
+    let clean = |v: &str| {
+        v.trim()
+            .trim_end_matches(['"', ')'])
+            .replace("the value ", "")
+    };
+    let hint = if argument == "x-message-ttl" {
+        " (an earlier mailroute put hold-time on the retry queue as x-message-ttl; held mail now \
+         carries its own expiration, so the new retry queue has none)"
+    } else {
+        ""
+    };
+    BrokerError::Inequivalent {
+        queue: queue.to_string(),
+        argument: argument.to_string(),
+        existing: clean(existing),
+        declared: clean(declared),
+        hint: hint.to_string(),
+    }
+}
+
 fn failed(error: BrokerError) -> Published {
     Published {
         result: Err(error),
@@ -455,6 +493,7 @@ impl Broker for AmqpBroker {
                 .map(|_| ())
         })
         .await
+        .map_err(|error| inequivalent(&spec.name, error))
     }
 
     async fn declare_topic_exchange(&self, name: &str) -> Result<(), BrokerError> {
