@@ -67,6 +67,8 @@ pub struct Config {
     pub cluster_exchange: String,
     pub cluster_secret: Option<Secret>,
     pub cluster_timeout: Duration,
+    /// How long `serve` waits for its brokers at startup (zero: for ever).
+    pub startup_timeout: Duration,
     /// How far a signed cluster message's timestamp may be from this clock (replay window).
     pub cluster_freshness: Duration,
     pub cluster_name: String,
@@ -108,6 +110,7 @@ const KEYS: &[&str] = &[
     "cluster-exchange",
     "cluster-secret",
     "cluster-timeout",
+    "startup-timeout",
     "cluster-freshness",
     "cluster-name",
     "announce-interval",
@@ -261,6 +264,7 @@ impl Config {
                 .filter(|s| !s.is_empty())
                 .map(Secret),
             cluster_timeout: values.positive_duration("cluster-timeout", Duration::from_secs(1))?,
+            startup_timeout: values.duration("startup-timeout", Duration::from_secs(300))?,
             cluster_freshness: values
                 .positive_duration("cluster-freshness", Duration::from_secs(30))?,
             cluster_name: values.name("cluster-name", &default_name())?,
@@ -622,6 +626,7 @@ mod tests {
             "announce-interval",
             "peer-timeout",
             "cluster-timeout",
+            "startup-timeout",
             "cluster-freshness",
             "hold-time",
             "max-hold",

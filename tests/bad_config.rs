@@ -35,9 +35,10 @@ fn bad_values_stop_startup_with_key_and_line() {
 #[test]
 fn an_unreachable_broker_stops_startup_with_a_masked_address() {
     let (ok, err) = serve_with(
-        "rabbitmq-address: amqp://guest:topsecret@127.0.0.1:1/%2f\nlocal-ips: 10.0.0.1\n",
+        "rabbitmq-address: amqp://guest:topsecret@127.0.0.1:1/%2f\nlocal-ips: 10.0.0.1\nstartup-timeout: 1s\n",
     );
     assert!(!ok);
+    assert!(err.contains("broker not reachable yet; retrying"), "{err}");
     assert!(err.contains("rabbitmq-address: cannot connect"), "{err}");
     assert!(err.contains("guest:***@127.0.0.1:1"), "{err}");
     assert!(!err.contains("topsecret"), "{err}");
@@ -65,7 +66,7 @@ fn a_missing_file_is_named() {
 #[test]
 fn a_misspelt_key_is_a_warning_with_a_suggestion() {
     let (ok, err) = serve_with(
-        "rabbitmq-qso: 10\nlocal-ips: 10.0.0.1\nrabbitmq-address: amqp://guest:guest@127.0.0.1:1/\n",
+        "rabbitmq-qso: 10\nlocal-ips: 10.0.0.1\nrabbitmq-address: amqp://guest:guest@127.0.0.1:1/\nstartup-timeout: 1s\n",
     );
     assert!(!ok, "the broker is unreachable");
     assert!(err.contains("did you mean rabbitmq-qos?"), "{err}");

@@ -66,7 +66,7 @@ pub async fn gather(
 
 pub async fn list(path: &Path) -> anyhow::Result<()> {
     let config = super::load_config(path)?;
-    let (_, cluster) = super::connect(&config).await?;
+    let (_, cluster) = super::connect(&config, None).await?;
     let peers = gather(
         &cluster,
         &config.cluster_exchange,
@@ -103,7 +103,7 @@ pub async fn list(path: &Path) -> anyhow::Result<()> {
 
 pub async fn reload(path: &Path) -> anyhow::Result<()> {
     let config = super::load_config(path)?;
-    let (_, cluster) = super::connect(&config).await?;
+    let (_, cluster) = super::connect(&config, None).await?;
     cluster
         .declare_topic_exchange(&config.cluster_exchange)
         .await?;

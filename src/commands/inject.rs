@@ -37,7 +37,7 @@ pub struct InjectArgs {
 
 pub async fn run(args: InjectArgs) -> anyhow::Result<()> {
     let config = super::load_config(&args.config)?;
-    let (local, cluster) = super::connect(&config).await?;
+    let (local, cluster) = super::connect(&config, None).await?;
     let (pool, pick_one) = if args.ips.is_empty() {
         let peers = super::cluster::gather(
             &cluster,

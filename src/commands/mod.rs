@@ -7,11 +7,12 @@ pub mod serve;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use mailroute::amqp::AmqpBroker;
 use mailroute::config::Config;
-use mailroute_actors::SharedBroker;
+use mailroute_actors::{BrokerError, SharedBroker};
 
 pub fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -40,9 +41,13 @@ pub fn load_config(path: &Path) -> anyhow::Result<Config> {
 }
 
 /// The local broker and the cluster broker (the same connection when the addresses match).
-pub async fn connect(config: &Config) -> anyhow::Result<(SharedBroker, SharedBroker)> {
+/// `wait`: how long to keep trying a broker that does not answer yet (`None`: one try).
+pub async fn connect(
+    config: &Config,
+    wait: Option<Duration>,
+) -> anyhow::Result<(SharedBroker, SharedBroker)> {
     let local: SharedBroker = Arc::new(
-        AmqpBroker::connect(&config.rabbitmq_address)
+        connect_one(&config.rabbitmq_address, wait)
             .await
             .context("rabbitmq-address: cannot connect")?,
     );
@@ -50,9 +55,34 @@ pub async fn connect(config: &Config) -> anyhow::Result<(SharedBroker, SharedBro
         return Ok((local.clone(), local));
     }
     let cluster: SharedBroker = Arc::new(
-        AmqpBroker::connect(&config.cluster_address)
+        connect_one(&config.cluster_address, wait)
             .await
             .context("cluster-address: cannot connect")?,
     );
     Ok((local, cluster))
+}
+
+/// Connects, retrying with the usual backoff while the broker does not answer (a service
+/// started next to RabbitMQ must not give up before it is up). `Some(ZERO)`: for ever. A wrong
+/// address fails at once: waiting cannot fix it.
+async fn connect_one(address: &str, wait: Option<Duration>) -> Result<AmqpBroker, BrokerError> {
+    let started = tokio::time::Instant::now();
+    let mut attempt = 0;
+    loop {
+        let error = match AmqpBroker::connect(address).await {
+            Ok(broker) => return Ok(broker),
+            Err(error) => error,
+        };
+        let Some(wait) = wait else {
+            return Err(error);
+        };
+        let invalid = mailroute::amqp::address::parse(address).is_err();
+        if invalid || (!wait.is_zero() && started.elapsed() >= wait) {
+            return Err(error);
+        }
+        attempt += 1;
+        let delay = mailroute_actors::backoff::delay(attempt);
+        tracing::warn!(%error, attempt, retry_in = ?delay, "broker not reachable yet; retrying (startup-timeout)");
+        tokio::time::sleep(delay).await;
+    }
 }

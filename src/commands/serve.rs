@@ -19,7 +19,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     if config.local_ips.is_empty() {
         warn!("no local-ips: this instance sends nothing itself and hands everything over");
     }
-    let (local, cluster) = super::connect(&config).await?;
+    let (local, cluster) = super::connect(&config, Some(config.startup_timeout)).await?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     // Listening replaces SIGHUP's default action, which would end the process without a word
