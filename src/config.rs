@@ -55,7 +55,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     pub rabbitmq_address: String,
     pub rabbitmq_outbox: String,
@@ -85,8 +85,44 @@ pub struct Config {
     pub www_url: Option<String>,
     /// Keys that were set but mean nothing to mailroute (e.g. MailerQ's own).
     pub unknown_keys: Vec<(String, Origin)>,
-    /// Short hash of the effective settings, announced so operators can spot drift.
+    /// Short hash of the settings every instance of a cluster must share, announced so that
+    /// drift is spotted: see [`cluster_hash`].
     pub hash: String,
+}
+
+impl fmt::Debug for Config {
+    // By hand, so that the broker addresses print with their passwords masked.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::amqp::address::mask_password;
+        f.debug_struct("Config")
+            .field("rabbitmq_address", &mask_password(&self.rabbitmq_address))
+            .field("rabbitmq_outbox", &self.rabbitmq_outbox)
+            .field("rabbitmq_deliver", &self.rabbitmq_deliver)
+            .field("rabbitmq_failure", &self.rabbitmq_failure)
+            .field("rabbitmq_retry", &self.rabbitmq_retry)
+            .field("rabbitmq_qos", &self.rabbitmq_qos)
+            .field("cluster_address", &mask_password(&self.cluster_address))
+            .field("cluster_exchange", &self.cluster_exchange)
+            .field("cluster_secret", &self.cluster_secret)
+            .field("cluster_timeout", &self.cluster_timeout)
+            .field("startup_timeout", &self.startup_timeout)
+            .field("cluster_freshness", &self.cluster_freshness)
+            .field("cluster_name", &self.cluster_name)
+            .field("announce_interval", &self.announce_interval)
+            .field("peer_timeout", &self.peer_timeout)
+            .field("local_ips", &self.local_ips)
+            .field("default_ips", &self.default_ips)
+            .field("max_hops", &self.max_hops)
+            .field("unroutable", &self.unroutable)
+            .field("hold_time", &self.hold_time)
+            .field("max_hold", &self.max_hold)
+            .field("warmup", &self.warmup)
+            .field("www_address", &self.www_address)
+            .field("www_url", &self.www_url)
+            .field("unknown_keys", &self.unknown_keys)
+            .field("hash", &self.hash)
+            .finish()
+    }
 }
 
 /// A secret value: printed as `***`, so a logged config never leaks it.
@@ -297,9 +333,13 @@ impl Config {
                 .filter(|(k, _)| !KEYS.contains(&k.as_str()))
                 .map(|(k, (_, origin))| (k.clone(), origin.clone()))
                 .collect(),
-            hash: hash(&raw),
+            hash: String::new(),
             rabbitmq_address,
             cluster_address,
+        };
+        let config = Config {
+            hash: cluster_hash(&config),
+            ..config
         };
         let queues = [
             ("rabbitmq-deliver", &config.rabbitmq_deliver),
@@ -478,16 +518,23 @@ pub fn detect_local_ips() -> Vec<IpAddr> {
         .unwrap_or_default()
 }
 
-fn hash(raw: &Raw) -> String {
+/// A hash of the settings that must be equal on every instance of a cluster (MailerQ's docs
+/// insist on the same cluster settings everywhere): the cluster broker (without credentials)
+/// and exchange, `max-hops`, and whether messages are signed. Per-instance values (names,
+/// queues, IPs) and secrets stay out, so equal hashes mean agreement and a hash leaks nothing.
+pub fn cluster_hash(config: &Config) -> String {
+    let broker = crate::amqp::address::parse(&config.cluster_address)
+        .map(|uri| crate::amqp::address::identity(&uri))
+        .unwrap_or_default();
     let mut digest = Sha256::new();
-    for (key, (value, _)) in raw {
-        if key == "cluster-secret" {
-            continue;
-        }
-        digest.update(key.as_bytes());
+    for part in [
+        broker,
+        config.cluster_exchange.clone(),
+        config.max_hops.to_string(),
+        config.cluster_secret.is_some().to_string(),
+    ] {
+        digest.update(part.as_bytes());
         digest.update(b"\0");
-        digest.update(value.as_bytes());
-        digest.update(b"\n");
     }
     digest
         .finalize()
@@ -626,7 +673,6 @@ mod tests {
             "announce-interval",
             "peer-timeout",
             "cluster-timeout",
-            "startup-timeout",
             "cluster-freshness",
             "hold-time",
             "max-hold",
@@ -656,6 +702,35 @@ mod tests {
         assert_eq!(did_you_mean("rabbitmq-qso"), Some("rabbitmq-qos"));
         assert_eq!(did_you_mean("peer-timout"), Some("peer-timeout"));
         assert_eq!(did_you_mean("license-key"), None);
+    }
+
+    #[test]
+    fn debug_masks_every_password() {
+        let c =
+            load("rabbitmq-address: amqp://u:hunter2@h/\ncluster-address: amqp://c:swordfish@k/\n")
+                .unwrap();
+        let shown = format!("{c:?}");
+        for secret in ["hunter2", "swordfish"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("amqp://u:***@h/"), "{shown}");
+    }
+
+    #[test]
+    fn the_cluster_hash_covers_shared_settings_only() {
+        let base = "cluster-address: amqp://x:pw@k/c\nmax-hops: 2\n";
+        let a = load(&format!("{base}cluster-name: a\nrabbitmq-outbox: oa\nlocal-ips: 10.0.0.1\nrabbitmq-address: amqp://a:one@h/\n")).unwrap();
+        let b = load(&format!("{base}cluster-name: b\nrabbitmq-outbox: ob\nlocal-ips: 10.0.0.2\nrabbitmq-address: amqp://b:two@h/\n")).unwrap();
+        assert_eq!(
+            a.hash, b.hash,
+            "per-instance values and credentials do not count"
+        );
+        let hops = load(&format!("{base}max-hops: 3\n").replace("max-hops: 2\n", "")).unwrap();
+        assert_ne!(a.hash, hops.hash);
+        let signed = load(&format!("{base}cluster-secret: s\n")).unwrap();
+        assert_ne!(a.hash, signed.hash);
+        let other_broker = load("cluster-address: amqp://x:pw@k/other\nmax-hops: 2\n").unwrap();
+        assert_ne!(a.hash, other_broker.hash);
     }
 
     #[test]

@@ -96,6 +96,7 @@ impl Instance {
             announce_interval: settings.announce_interval,
             reachable_brokers: vec![local.identity(), cluster.identity()],
             codec: settings.codec.clone(),
+            config_hash: settings.config_hash.clone(),
         };
         let links = RegistryLinks {
             router: router.clone().recipient(),

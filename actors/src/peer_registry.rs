@@ -37,6 +37,7 @@ pub struct PeerRegistry {
     rejoin_window: Duration,
     reachable_brokers: Vec<String>,
     codec: Codec,
+    config_hash: String,
     peers: HashMap<String, Peer>,
     /// The listener is consuming: silence means something.
     listening: bool,
@@ -90,6 +91,8 @@ pub struct RegistryConfig {
     /// cluster broker); a peer whose outbox lives on another broker gets no mail.
     pub reachable_brokers: Vec<String>,
     pub codec: Codec,
+    /// Hash of the settings every instance must share; a peer announcing another is warned of.
+    pub config_hash: String,
 }
 
 impl PeerRegistry {
@@ -116,6 +119,7 @@ impl PeerRegistry {
             peer_timeout: config.peer_timeout,
             reachable_brokers: config.reachable_brokers,
             codec: config.codec,
+            config_hash: config.config_hash,
             peers: HashMap::new(),
             listening: false,
             heard: false,
@@ -191,6 +195,9 @@ impl PeerRegistry {
                     ctx.run_later(Duration::ZERO, |act, _| act.set_heard(true));
                 }
                 let changed = peer.announcement.local_ips != a.local_ips || *peer.route != *route;
+                if peer.announcement.config_hash != a.config_hash {
+                    Self::check_drift(&self.stats, &self.config_hash, &a);
+                }
                 if peer.announcement.started_at != a.started_at {
                     info!(peer = %a.name, "peer restarted");
                 }
@@ -214,6 +221,7 @@ impl PeerRegistry {
                         "peer's outbox is on a broker this instance cannot reach; no mail is handed over to it");
                 }
                 info!(peer = %a.name, ips = a.local_ips.len(), outbox = %a.outbox, "peer joined");
+                Self::check_drift(&self.stats, &self.config_hash, &a);
                 self.peers.insert(
                     a.name.clone(),
                     Peer {
@@ -227,6 +235,16 @@ impl PeerRegistry {
                 // The newcomer may not know us yet.
                 self.announcer.do_send(AnnounceNow);
             }
+        }
+    }
+
+    /// Every instance must share the cluster settings (broker, exchange, max-hops, signing):
+    /// said once when a peer joins or its settings change, not on every announcement.
+    fn check_drift(stats: &Stats, ours: &str, a: &Announcement) {
+        if !a.config_hash.is_empty() && !ours.is_empty() && a.config_hash != ours {
+            bump(&stats.config_drift);
+            warn!(peer = %a.name, theirs = %a.config_hash, %ours,
+                "peer's cluster settings differ from this instance's (cluster broker, exchange, max-hops, cluster-secret set): make them equal");
         }
     }
 

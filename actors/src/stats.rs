@@ -25,6 +25,8 @@ pub struct Stats {
     pub announcements_sent: AtomicU64,
     pub announcements_received: AtomicU64,
     pub ownership_conflicts: AtomicU64,
+    /// Peers announcing other cluster settings than this instance's.
+    pub config_drift: AtomicU64,
     pub dropped_oversized: AtomicU64,
     pub dropped_bad_magic: AtomicU64,
     pub dropped_bad_version: AtomicU64,
@@ -52,6 +54,7 @@ pub struct StatsSnapshot {
     pub announcements_sent: u64,
     pub announcements_received: u64,
     pub ownership_conflicts: u64,
+    pub config_drift: u64,
     pub dropped: u64,
     pub reloads: u64,
     pub restarts: u64,
@@ -91,6 +94,7 @@ impl Stats {
             announcements_sent: get(&self.announcements_sent),
             announcements_received: get(&self.announcements_received),
             ownership_conflicts: get(&self.ownership_conflicts),
+            config_drift: get(&self.config_drift),
             dropped: get(&self.dropped_oversized)
                 + get(&self.dropped_bad_magic)
                 + get(&self.dropped_bad_version)

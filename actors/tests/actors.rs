@@ -585,3 +585,33 @@ async fn failed_outcomes_are_retried_with_backoff() {
         started.elapsed()
     );
 }
+
+/// A peer whose cluster settings differ (another config hash) is warned of and counted once,
+/// not on every announcement.
+#[actix::test]
+async fn a_peer_with_other_cluster_settings_is_flagged_once() {
+    let broker = MemoryBroker::new("drift");
+    let mut s = settings_with_ghosts("a", &["10.0.0.1"]);
+    s.config_hash = "aaaa".into();
+    let a = start(&broker, s).await;
+    wait_listening(&a).await;
+    let mut same = announce_ghost(&broker, "same", "10.0.0.7", "same.outbox").await;
+    same.config_hash = "aaaa".into();
+    reannounce_ghost(&broker, &mut same).await;
+    let mut other = announce_ghost(&broker, "other", "10.0.0.8", "other.outbox").await;
+    other.config_hash = "bbbb".into();
+    for _ in 0..3 {
+        reannounce_ghost(&broker, &mut other).await;
+    }
+    wait_for("drift counted", LIMIT, || async {
+        a.stats.snapshot().config_drift >= 1
+    })
+    .await
+    .unwrap();
+    wait_for("all announcements read", LIMIT, || async {
+        a.stats.snapshot().announcements_received >= 7
+    })
+    .await
+    .unwrap();
+    assert_eq!(a.stats.snapshot().config_drift, 1);
+}

@@ -44,8 +44,17 @@ pub fn identity(uri: &AMQPUri) -> String {
     )
 }
 
-/// The address as given, with any password replaced by `***`.
+/// The address as given, with any password replaced by `***`; every address of a
+/// comma-separated list (MailerQ's syntax for several brokers) is masked.
 pub fn mask_password(address: &str) -> String {
+    address
+        .split(',')
+        .map(mask_one)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn mask_one(address: &str) -> String {
     let Some((scheme, rest)) = address.split_once("://") else {
         return address.to_string();
     };
@@ -78,6 +87,10 @@ mod tests {
         assert_eq!(mask_password("amqp://host/vh"), "amqp://host/vh");
         assert_eq!(mask_password("amqp://user@host/"), "amqp://user@host/");
         assert_eq!(mask_password("amqp://u:p@ss@host/"), "amqp://u:***@host/");
+        assert_eq!(
+            mask_password("amqp://a:one@h1/,amqp://b:two@h2/"),
+            "amqp://a:***@h1/,amqp://b:***@h2/"
+        );
     }
 
     #[test]
