@@ -28,6 +28,7 @@ struct Cli {
 enum Command {
     /// Run this instance: consume the outbox, route, hand over, announce.
     Serve {
+        /// The instance's config file (MailerQ's `key: value` format).
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -46,11 +47,13 @@ enum Command {
 enum ClusterCommand {
     /// List the instances that announce themselves within `cluster-timeout`.
     List {
+        /// A config file naming the cluster broker, exchange and secret (any instance's).
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Make every instance forget its peers and re-learn them (after a config change).
     Reload {
+        /// A config file naming the cluster broker, exchange and secret (any instance's).
         #[arg(long, short)]
         config: PathBuf,
     },

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::StreamExt;
 use mailroute_actors::announcer;
-use mailroute_actors::broker::{QueueSpec, SharedBroker};
+use mailroute_actors::broker::{BrokerError, QueueSpec, SharedBroker};
 use mailroute_actors::wire::{Announcement, ClusterMessage, Codec, now_ms};
 use rand::Rng;
 
@@ -30,9 +30,18 @@ pub async fn gather(
     wait: Duration,
 ) -> anyhow::Result<Vec<Announcement>> {
     let queue = format!("mailroute.cli.{:08x}", rand::rng().random::<u32>());
-    broker.declare_topic_exchange(exchange).await?;
     broker.declare_queue(&QueueSpec::private(&queue)).await?;
-    broker.bind_queue(&queue, exchange, "announce.*").await?;
+    // Binding is the check that the exchange exists: a command must not create the exchange
+    // it was pointed at by a typo, and then report an empty cluster.
+    broker
+        .bind_queue(&queue, exchange, "announce.*")
+        .await
+        .map_err(|e| match e {
+            BrokerError::ChannelClosed(text) if text.contains("NOT_FOUND") => anyhow::anyhow!(
+                "there is no exchange {exchange} on this broker: is cluster-exchange right, and does any instance run?"
+            ),
+            other => other.into(),
+        })?;
     let mut stream = broker.consume(&queue, 100).await?;
     publish(
         broker,
@@ -67,36 +76,65 @@ pub async fn gather(
 pub async fn list(path: &Path) -> anyhow::Result<()> {
     let config = super::load_config(path)?;
     let (_, cluster) = super::connect(&config, None).await?;
+    let asked = format!(
+        "exchange {} on {}",
+        config.cluster_exchange,
+        mailroute::amqp::address::mask_password(&config.cluster_address)
+    );
     let peers = gather(
         &cluster,
         &config.cluster_exchange,
         &config.codec(),
         config.cluster_timeout,
     )
-    .await?;
+    .await
+    .with_context(|| format!("asking {asked}"))?;
     if peers.is_empty() {
-        println!(
-            "no instance answered within {:?} on exchange {}",
-            config.cluster_timeout, config.cluster_exchange
+        anyhow::bail!(
+            "no instance answered within cluster-timeout ({:?}) on {asked}",
+            config.cluster_timeout
         );
-        return Ok(());
     }
     println!(
-        "{:<20} {:<24} {:<8} {:<10} {:<24} {:<18} IPS",
-        "NAME", "OUTBOX", "VERSION", "CONFIG", "BROKER", "CONSOLE"
+        "{} instance(s) answered on {asked} within {:?}\n",
+        peers.len(),
+        config.cluster_timeout
     );
-    for a in peers {
-        let ips: Vec<String> = a.local_ips.iter().map(ToString::to_string).collect();
-        println!(
-            "{:<20} {:<24} {:<8} {:<10} {:<24} {:<18} {}",
-            a.name,
-            a.outbox,
-            a.version,
-            a.config_hash,
-            a.broker,
-            a.console_url.as_deref().unwrap_or("-"),
-            ips.join(",")
-        );
+    let rows: Vec<[String; 7]> = peers
+        .iter()
+        .map(|a| {
+            let ips: Vec<String> = a.local_ips.iter().map(ToString::to_string).collect();
+            [
+                a.name.clone(),
+                a.outbox.clone(),
+                a.version.clone(),
+                a.config_hash.clone(),
+                a.broker.clone(),
+                a.console_url.clone().unwrap_or_else(|| "-".into()),
+                ips.join(","),
+            ]
+        })
+        .collect();
+    let header = [
+        "NAME", "OUTBOX", "VERSION", "CONFIG", "BROKER", "CONSOLE", "IPS",
+    ]
+    .map(String::from);
+    let widths: Vec<usize> = (0..7)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain(std::iter::once(header[i].len()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in std::iter::once(&header).chain(rows.iter()) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
     }
     Ok(())
 }

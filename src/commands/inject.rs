@@ -12,6 +12,7 @@ use rand::seq::IndexedRandom;
 
 #[derive(Args)]
 pub struct InjectArgs {
+    /// A config file naming the broker and outbox (an instance's).
     #[arg(long, short)]
     config: PathBuf,
     /// How many messages.

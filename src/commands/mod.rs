@@ -15,8 +15,16 @@ use mailroute::config::Config;
 use mailroute_actors::{BrokerError, SharedBroker};
 
 pub fn init_tracing(default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let from_env = std::env::var("RUST_LOG").ok();
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // lapin logs every returned message whole, body included: mailroute handles returns and
+    // says what matters, and mail bodies have no place in logs.
+    if !from_env.is_some_and(|v| v.contains("lapin")) {
+        if let Ok(quiet) = "lapin::returned_messages=error".parse() {
+            filter = filter.add_directive(quiet);
+        }
+    }
     // Plain text when logging to a file, so logs stay greppable.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
