@@ -20,6 +20,9 @@ use clap::{Parser, Subcommand};
     about = "Routes outbox mail to the cluster instance that owns its sending IP"
 )]
 struct Cli {
+    /// Log lines as text (for people) or JSON, one object a line (for log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = commands::LogFormat::Text)]
+    log_format: commands::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -65,7 +68,7 @@ fn main() -> ExitCode {
         Command::Demo(_) => "warn",
         _ => "info",
     };
-    commands::init_tracing(default_level);
+    commands::init_tracing(default_level, cli.log_format);
     let system = actix_rt::System::new();
     let result = system.block_on(async move {
         match cli.command {

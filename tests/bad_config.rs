@@ -71,3 +71,34 @@ fn a_misspelt_key_is_a_warning_with_a_suggestion() {
     assert!(!ok, "the broker is unreachable");
     assert!(err.contains("did you mean rabbitmq-qos?"), "{err}");
 }
+
+#[test]
+fn json_logs_are_one_object_a_line() {
+    let dir = std::env::temp_dir().join(format!("mailroute-jsonlog-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("json.conf");
+    std::fs::write(
+        &path,
+        "rabbitmq-address: amqp://guest:guest@127.0.0.1:1/\nlocal-ips: 10.0.0.1\nstartup-timeout: 1s\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mailroute"))
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(&path)
+        .output()
+        .expect("binary runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let logged: Vec<serde_json::Value> = err
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        logged.iter().any(|v| v["level"] == "WARN"
+            && v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("broker not reachable yet"))),
+        "{err}"
+    );
+}

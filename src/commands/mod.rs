@@ -14,7 +14,14 @@ use mailroute::amqp::AmqpBroker;
 use mailroute::config::Config;
 use mailroute_actors::{BrokerError, SharedBroker};
 
-pub fn init_tracing(default_level: &str) {
+/// How log lines are written: text for people, JSON (one object a line) for log shippers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+pub fn init_tracing(default_level: &str, format: LogFormat) {
     let from_env = std::env::var("RUST_LOG").ok();
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
@@ -25,14 +32,18 @@ pub fn init_tracing(default_level: &str) {
             filter = filter.add_directive(quiet);
         }
     }
-    // Plain text when logging to a file, so logs stay greppable.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        // Spans (message id, peer) as fields of each line, so a shipper can index them.
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+        // Plain text when logging to a file, so logs stay greppable.
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 pub fn load_config(path: &Path) -> anyhow::Result<Config> {
