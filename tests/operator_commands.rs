@@ -7,6 +7,7 @@ mod common;
 use std::process::{Command, Output};
 
 use common::TestVhost;
+use common::scenario::phantom_peer_on;
 use common::servers::write_config;
 
 fn run(args: &[&str], config: &std::path::Path) -> Output {
@@ -50,6 +51,28 @@ async fn cluster_list_and_inject_fail_clearly() {
     assert!(
         err.contains("no instance answered within cluster-timeout"),
         "{err}"
+    );
+
+    // Two instances claiming one IP: listed, and the conflict marked.
+    let client = vhost.broker().await;
+    let shared = vec!["10.9.2.9".parse().unwrap()];
+    let claims = [
+        phantom_peer_on(client.clone(), "cluster", "p1", "p1.outbox", shared.clone()),
+        phantom_peer_on(client.clone(), "cluster", "p2", "p2.outbox", shared),
+    ];
+    // Off the event loop: the phantoms announce on it meanwhile.
+    let path = config.clone();
+    let out = tokio::task::spawn_blocking(move || run(&["cluster", "list"], &path))
+        .await
+        .unwrap();
+    for claim in claims {
+        claim.abort();
+    }
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{listed}");
+    assert!(
+        listed.contains("CONFLICT 10.9.2.9 is claimed by p1, p2"),
+        "{listed}"
     );
 
     let out = run(

@@ -9,7 +9,7 @@
 //! mail that no known peer owns. A reload does the same: peers are re-validated (kept while
 //! they re-announce within the window), not forgotten first.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,6 +55,10 @@ pub struct PeerRegistry {
     stats: Arc<Stats>,
     failures: u32,
     last_claims: Option<Vec<(IpAddr, Arc<PeerRoute>)>>,
+    /// IP conflicts as last found, and when they were last said.
+    conflicts: BTreeSet<String>,
+    conflicts_told: Instant,
+    remind_every: Duration,
 }
 
 struct Peer {
@@ -133,6 +137,9 @@ impl PeerRegistry {
             stats,
             failures: 0,
             last_claims: None,
+            conflicts: BTreeSet::new(),
+            conflicts_told: Instant::now(),
+            remind_every: (config.announce_interval * 30).min(Duration::from_secs(60)),
         }
     }
 
@@ -144,22 +151,38 @@ impl PeerRegistry {
         let local: HashSet<IpAddr> = self.local_ips.iter().copied().collect();
         let mut owner_of: HashMap<IpAddr, &str> = HashMap::new();
         let mut claims = Vec::new();
+        let mut conflicts = BTreeSet::new();
         for peer in peers {
             if !self.reachable_brokers.contains(&peer.route.broker) {
                 continue;
             }
             for ip in &peer.announcement.local_ips {
                 if local.contains(ip) {
-                    bump(&self.stats.ownership_conflicts);
-                    warn!(peer = %peer.announcement.name, %ip, "peer claims an IP of this instance; ignored");
+                    conflicts.insert(format!(
+                        "{ip}: {} claims an IP of this instance (ignored)",
+                        peer.announcement.name
+                    ));
                 } else if let Some(holder) = owner_of.get(ip) {
-                    bump(&self.stats.ownership_conflicts);
-                    warn!(peer = %peer.announcement.name, %ip, %holder, "IP claimed twice; the older claim holds");
+                    conflicts.insert(format!(
+                        "{ip}: claimed by {holder} and {} (the older claim, {holder}, holds)",
+                        peer.announcement.name
+                    ));
                 } else {
                     owner_of.insert(*ip, &peer.announcement.name);
                     claims.push((*ip, peer.route.clone()));
                 }
             }
+        }
+        self.stats
+            .ip_conflicts
+            .store(conflicts.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if conflicts != self.conflicts {
+            for conflict in conflicts.difference(&self.conflicts) {
+                bump(&self.stats.ownership_conflicts);
+                warn!(%conflict, "IP conflict: two instances send from one IP");
+            }
+            self.conflicts = conflicts;
+            self.conflicts_told = Instant::now();
         }
         if self.last_claims.as_ref() != Some(&claims) {
             self.last_claims = Some(claims.clone());
@@ -325,6 +348,18 @@ impl PeerRegistry {
         }
     }
 
+    /// While a conflict lasts it is said again now and then (not on every announcement): mail
+    /// for that IP goes out from whichever instance has it.
+    fn remind_conflicts(&mut self) {
+        if !self.conflicts.is_empty() && self.conflicts_told.elapsed() >= self.remind_every / 2 {
+            self.conflicts_told = Instant::now();
+            bump(&self.stats.conflict_reminders);
+            for conflict in &self.conflicts {
+                warn!(%conflict, "IP conflict still there: two instances send from one IP");
+            }
+        }
+    }
+
     fn expire(&mut self) {
         if !self.listening {
             // Silence is this instance's own deafness, not the peers' death.
@@ -365,6 +400,7 @@ impl Actor for PeerRegistry {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let sweep = (self.peer_timeout / 4).max(Duration::from_millis(50));
         ctx.run_interval(sweep, |act, _| act.expire());
+        ctx.run_interval(self.remind_every, |act, _| act.remind_conflicts());
         // Capped at an announce interval: while deaf, this instance keeps its peers and defers
         // unowned mail, so it must be listening again soon after the broker is back.
         let delay = backoff::delay(self.failures).min(self.rejoin_window / 2);

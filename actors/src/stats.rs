@@ -25,6 +25,10 @@ pub struct Stats {
     pub announcements_sent: AtomicU64,
     pub announcements_received: AtomicU64,
     pub ownership_conflicts: AtomicU64,
+    /// IP conflicts that exist now (a gauge): an IP two instances claim.
+    pub ip_conflicts: AtomicU64,
+    /// How often lasting IP conflicts were logged again.
+    pub conflict_reminders: AtomicU64,
     /// Peers announcing other cluster settings than this instance's.
     pub config_drift: AtomicU64,
     pub dropped_oversized: AtomicU64,
@@ -54,6 +58,8 @@ pub struct StatsSnapshot {
     pub announcements_sent: u64,
     pub announcements_received: u64,
     pub ownership_conflicts: u64,
+    pub ip_conflicts: u64,
+    pub conflict_reminders: u64,
     pub config_drift: u64,
     pub dropped: u64,
     pub reloads: u64,
@@ -94,6 +100,8 @@ impl Stats {
             announcements_sent: get(&self.announcements_sent),
             announcements_received: get(&self.announcements_received),
             ownership_conflicts: get(&self.ownership_conflicts),
+            ip_conflicts: get(&self.ip_conflicts),
+            conflict_reminders: get(&self.conflict_reminders),
             config_drift: get(&self.config_drift),
             dropped: get(&self.dropped_oversized)
                 + get(&self.dropped_bad_magic)

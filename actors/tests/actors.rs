@@ -615,3 +615,37 @@ async fn a_peer_with_other_cluster_settings_is_flagged_once() {
     .unwrap();
     assert_eq!(a.stats.snapshot().config_drift, 1);
 }
+
+/// Two peers claiming one IP is a conflict while it lasts: counted as a gauge, said again now
+/// and then (every 30 announce intervals here: 3 s), and gone when one of them leaves.
+#[actix::test]
+async fn an_ip_conflict_is_flagged_while_it_lasts() {
+    let broker = MemoryBroker::new("ip-conflict");
+    let a = start(&broker, settings_with_ghosts("a", &["10.0.0.1"])).await;
+    wait_listening(&a).await;
+    announce_ghost(&broker, "first", "10.0.0.9", "first.outbox").await;
+    let second = announce_ghost(&broker, "second", "10.0.0.9", "second.outbox").await;
+    wait_for("conflict seen", LIMIT, || async {
+        a.stats.snapshot().ip_conflicts == 1
+    })
+    .await
+    .unwrap();
+    wait_for("conflict said again", LIMIT, || async {
+        a.stats.snapshot().conflict_reminders >= 1
+    })
+    .await
+    .unwrap();
+    publish_cluster(
+        &broker,
+        &ClusterMessage::Leaving {
+            name: second.name.clone(),
+            started_at: second.started_at,
+        },
+    )
+    .await;
+    wait_for("conflict gone", LIMIT, || async {
+        a.stats.snapshot().ip_conflicts == 0
+    })
+    .await
+    .unwrap();
+}

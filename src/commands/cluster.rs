@@ -136,6 +136,18 @@ pub async fn list(path: &Path) -> anyhow::Result<()> {
             .collect();
         println!("{}", cells.join("  ").trim_end());
     }
+    let mut claims: BTreeMap<std::net::IpAddr, Vec<&str>> = BTreeMap::new();
+    for a in &peers {
+        for ip in &a.local_ips {
+            claims.entry(*ip).or_default().push(&a.name);
+        }
+    }
+    for (ip, names) in claims.iter().filter(|(_, names)| names.len() > 1) {
+        println!(
+            "CONFLICT {ip} is claimed by {}: the older claim holds at each instance",
+            names.join(", ")
+        );
+    }
     Ok(())
 }
 
