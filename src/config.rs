@@ -81,6 +81,7 @@ pub struct Config {
     pub hold_time: Duration,
     pub max_hold: Duration,
     pub warmup: Duration,
+    pub log_summary_interval: Duration,
     pub www_address: Option<String>,
     pub www_url: Option<String>,
     /// Keys that were set but mean nothing to mailroute (e.g. MailerQ's own).
@@ -117,6 +118,7 @@ impl fmt::Debug for Config {
             .field("hold_time", &self.hold_time)
             .field("max_hold", &self.max_hold)
             .field("warmup", &self.warmup)
+            .field("log_summary_interval", &self.log_summary_interval)
             .field("www_address", &self.www_address)
             .field("www_url", &self.www_url)
             .field("unknown_keys", &self.unknown_keys)
@@ -158,6 +160,7 @@ const KEYS: &[&str] = &[
     "hold-time",
     "max-hold",
     "warmup",
+    "log-summary-interval",
     "www-address",
     "www-url",
 ];
@@ -326,6 +329,8 @@ impl Config {
             hold_time: values.positive_duration("hold-time", Duration::from_secs(60))?,
             max_hold: values.positive_duration("max-hold", Duration::from_secs(3600))?,
             warmup: values.duration("warmup", announce_interval)?,
+            log_summary_interval: values
+                .positive_duration("log-summary-interval", Duration::from_secs(60))?,
             www_address: Some(values.string("www-address", "")?).filter(|s| !s.is_empty()),
             www_url: Some(values.string("www-url", "")?).filter(|s| !s.is_empty()),
             unknown_keys: raw
@@ -377,6 +382,7 @@ impl Config {
         s.console_url = self.www_url.clone();
         s.config_hash = self.hash.clone();
         s.warmup = self.warmup;
+        s.summary_interval = self.log_summary_interval;
         s.codec = self.codec();
         s
     }

@@ -17,7 +17,7 @@ async fn three_serve_processes_route_and_one_leaves() {
     // A long hold-time: the held mail is inspected in the retry queues while the cluster runs.
     let mut cluster = Cluster::start_with(
         "processes",
-        &format!("cluster-secret: {SECRET}\nhold-time: 10m\n"),
+        &format!("cluster-secret: {SECRET}\nhold-time: 10m\nlog-summary-interval: 1s\n"),
     )
     .await;
     let names = NAMES;
@@ -41,6 +41,23 @@ async fn three_serve_processes_route_and_one_leaves() {
     );
     acc.assert_complete("");
     assert_eq!(acc.duplicates, 0);
+    // At INFO, what each instance did is said once per interval, and a failure reason new in
+    // its window as it happens (the 1% malformed mail).
+    for s in &cluster.servers {
+        wait_for("a summary line", Duration::from_secs(10), || async {
+            s.log_count("summary of the last") >= 1
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", s.name, s.log_text()));
+    }
+    if acc.failed > 0 {
+        let told: usize = cluster
+            .servers
+            .iter()
+            .map(|s| s.log_count("mail failed for a reason new in this summary window"))
+            .sum();
+        assert!(told >= 1, "{}", cluster.logs());
+    }
     assert_eq!(acc.failed_without_reason, 0);
 
     // The operator commands, as a person would run them.

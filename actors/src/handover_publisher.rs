@@ -21,6 +21,7 @@ use crate::routing::{
 };
 use crate::settings::InstanceSettings;
 use crate::stats::{Stats, bump};
+use crate::summary::Summary;
 use crate::wire::now_ms;
 
 pub struct HandoverPublisher {
@@ -43,6 +44,8 @@ struct Targets {
     own_queues: Vec<QueueSpec>,
     unroutable: Unroutable,
     stats: Arc<Stats>,
+    summary: Summary,
+    summary_interval: std::time::Duration,
 }
 
 struct Plan {
@@ -72,6 +75,8 @@ impl HandoverPublisher {
                 own_queues: own_queues(settings),
                 unroutable: settings.policy.unroutable,
                 stats,
+                summary: Summary::default(),
+                summary_interval: settings.summary_interval,
             }),
         }
     }
@@ -316,6 +321,7 @@ impl Targets {
     }
 
     fn count(&self, outcome: &Outcome) {
+        self.summary.record(outcome);
         bump(match outcome {
             Outcome::Delivered => &self.stats.delivered,
             Outcome::HandedOver { .. } => &self.stats.handed_over,
@@ -351,6 +357,11 @@ fn undo_handover(mut message: Message) -> Message {
 
 impl Actor for HandoverPublisher {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let every = self.targets.summary_interval;
+        ctx.run_interval(every, move |act, _| act.targets.summary.flush(every));
+    }
 }
 
 impl Supervised for HandoverPublisher {

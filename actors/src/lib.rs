@@ -17,6 +17,7 @@ pub mod peer_registry;
 pub mod routing;
 pub mod settings;
 pub mod stats;
+pub mod summary;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod wire;

@@ -29,6 +29,8 @@ pub struct InstanceSettings {
     /// How long the outbox consumer waits after start so peers can announce first; without it,
     /// mail for peers arriving in the first second would be treated as unroutable.
     pub warmup: Duration,
+    /// How often the INFO summary of what this instance did is logged.
+    pub summary_interval: Duration,
 }
 
 impl InstanceSettings {
@@ -57,6 +59,7 @@ impl InstanceSettings {
             config_hash: String::new(),
             codec: crate::wire::Codec::default(),
             warmup: Duration::ZERO,
+            summary_interval: Duration::from_secs(60),
         }
     }
 }
