@@ -740,6 +740,19 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_has_every_key_and_loads() {
+        let example = include_str!("../packaging/mailroute.conf.example");
+        for key in KEYS {
+            assert!(
+                example.contains(&format!("\n#{key}:")),
+                "{key} missing in packaging/mailroute.conf.example"
+            );
+        }
+        // Commented out, it is a valid (empty) config.
+        assert!(load(example).is_ok());
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("2"), Some(Duration::from_secs(2)));
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
