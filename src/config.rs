@@ -82,6 +82,8 @@ pub struct Config {
     pub max_hold: Duration,
     pub warmup: Duration,
     pub log_summary_interval: Duration,
+    pub duplicate_memory: usize,
+    pub duplicate_window: Duration,
     pub www_address: Option<String>,
     pub www_url: Option<String>,
     /// Keys that were set but mean nothing to mailroute (e.g. MailerQ's own).
@@ -119,6 +121,8 @@ impl fmt::Debug for Config {
             .field("max_hold", &self.max_hold)
             .field("warmup", &self.warmup)
             .field("log_summary_interval", &self.log_summary_interval)
+            .field("duplicate_memory", &self.duplicate_memory)
+            .field("duplicate_window", &self.duplicate_window)
             .field("www_address", &self.www_address)
             .field("www_url", &self.www_url)
             .field("unknown_keys", &self.unknown_keys)
@@ -161,6 +165,8 @@ const KEYS: &[&str] = &[
     "max-hold",
     "warmup",
     "log-summary-interval",
+    "duplicate-memory",
+    "duplicate-window",
     "www-address",
     "www-url",
 ];
@@ -331,6 +337,9 @@ impl Config {
             warmup: values.duration("warmup", announce_interval)?,
             log_summary_interval: values
                 .positive_duration("log-summary-interval", Duration::from_secs(60))?,
+            duplicate_memory: values.number("duplicate-memory", 50_000, 0, 10_000_000)? as usize,
+            duplicate_window: values
+                .positive_duration("duplicate-window", Duration::from_secs(600))?,
             www_address: Some(values.string("www-address", "")?).filter(|s| !s.is_empty()),
             www_url: Some(values.string("www-url", "")?).filter(|s| !s.is_empty()),
             unknown_keys: raw
@@ -383,6 +392,8 @@ impl Config {
         s.config_hash = self.hash.clone();
         s.warmup = self.warmup;
         s.summary_interval = self.log_summary_interval;
+        s.duplicate_memory = self.duplicate_memory;
+        s.duplicate_window = self.duplicate_window;
         s.codec = self.codec();
         s
     }

@@ -16,6 +16,7 @@ use crate::broker::{
 use crate::message_id::ensure_id;
 use crate::messages::{Dispatch, Outcome, PeersGone, Settled, Unconfirmed};
 use crate::own_queues::own_queues;
+use crate::recent_ids::{RecentIds, id_of};
 use crate::routing::{
     Decision, FROM_HEADER, HELD_SINCE_HEADER, HOPS_HEADER, REASON_HEADER, Unroutable,
 };
@@ -46,6 +47,7 @@ struct Targets {
     stats: Arc<Stats>,
     summary: Summary,
     summary_interval: std::time::Duration,
+    recent: Arc<RecentIds>,
 }
 
 struct Plan {
@@ -61,6 +63,7 @@ impl HandoverPublisher {
         local: SharedBroker,
         cluster: SharedBroker,
         stats: Arc<Stats>,
+        recent: Arc<RecentIds>,
     ) -> Self {
         HandoverPublisher {
             targets: Arc::new(Targets {
@@ -77,6 +80,7 @@ impl HandoverPublisher {
                 stats,
                 summary: Summary::default(),
                 summary_interval: settings.summary_interval,
+                recent,
             }),
         }
     }
@@ -193,7 +197,7 @@ impl Targets {
         self.keep_stray(published.stray);
         match published.result {
             Ok(()) => {
-                self.count(&plan.outcome);
+                self.confirmed(&plan);
                 Ok(plan.outcome)
             }
             Err(BrokerError::Returned { reply_text, .. }) => {
@@ -215,7 +219,7 @@ impl Targets {
         self.keep_stray(published.stray);
         let reply_text = match published.result {
             Ok(()) => {
-                self.count(&plan.outcome);
+                self.confirmed(&plan);
                 return Ok(plan.outcome);
             }
             Err(BrokerError::Returned { reply_text, .. }) => reply_text,
@@ -237,7 +241,7 @@ impl Targets {
         self.keep_stray(published.stray);
         match published.result {
             Ok(()) => {
-                self.count(&plan.outcome);
+                self.confirmed(&plan);
                 Ok(plan.outcome)
             }
             Err(BrokerError::Returned { .. }) => Err(unconfirmed(missing(), &plan.to)),
@@ -320,6 +324,17 @@ impl Targets {
         )
     }
 
+    /// Counts a confirmed outcome, and remembers the id of mail delivered here so that a
+    /// second copy is dropped (see `recent_ids`).
+    fn confirmed(&self, plan: &Plan) {
+        self.count(&plan.outcome);
+        if plan.outcome == Outcome::Delivered {
+            if let Some(id) = id_of(&plan.message) {
+                self.recent.remember(id);
+            }
+        }
+    }
+
     fn count(&self, outcome: &Outcome) {
         self.summary.record(outcome);
         bump(match outcome {
@@ -327,6 +342,7 @@ impl Targets {
             Outcome::HandedOver { .. } => &self.stats.handed_over,
             Outcome::Held => &self.stats.held,
             Outcome::Failed { .. } => &self.stats.failed,
+            Outcome::Duplicate => &self.stats.duplicates_dropped,
         });
     }
 }

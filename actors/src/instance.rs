@@ -14,6 +14,7 @@ use crate::messages::{Drain, Leave, ListPeers, PeerInfo, ReleaseDeferred};
 use crate::outbox_consumer::OutboxConsumer;
 use crate::own_queues::declare_queues;
 use crate::peer_registry::{PeerRegistry, RegistryConfig, RegistryLinks};
+use crate::recent_ids::RecentIds;
 use crate::routing::OwnershipTable;
 use crate::settings::InstanceSettings;
 use crate::stats::Stats;
@@ -46,14 +47,24 @@ impl Instance {
 
         // Each actor is built here and handed to its supervisor, which keeps the same value
         // across restarts (calling `restarting`), so state such as the ownership table survives.
-        let publisher =
-            HandoverPublisher::new(&settings, local.clone(), cluster.clone(), stats.clone());
+        let recent = Arc::new(RecentIds::new(
+            settings.duplicate_memory,
+            settings.duplicate_window,
+        ));
+        let publisher = HandoverPublisher::new(
+            &settings,
+            local.clone(),
+            cluster.clone(),
+            stats.clone(),
+            recent.clone(),
+        );
         let publisher = Supervisor::start(move |_| publisher);
         let router_actor = IpOwnershipRouter::new(
             settings.local_ips.clone(),
             settings.policy.clone(),
             publisher.clone().recipient(),
             stats.clone(),
+            recent,
         );
         let table = router_actor.table();
         let router = Supervisor::start(move |_| router_actor);

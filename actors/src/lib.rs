@@ -14,6 +14,7 @@ pub mod messages;
 pub mod outbox_consumer;
 pub mod own_queues;
 pub mod peer_registry;
+pub mod recent_ids;
 pub mod routing;
 pub mod settings;
 pub mod stats;

@@ -35,9 +35,15 @@ pub struct Dispatch {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Delivered,
-    HandedOver { peer: String },
+    HandedOver {
+        peer: String,
+    },
     Held,
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
+    /// A second copy of a message this instance already delivered or failed: acked, not routed.
+    Duplicate,
 }
 
 /// HandoverPublisher → OutboxConsumer: ack the original on `Ok`, requeue it on `Err`.

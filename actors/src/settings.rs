@@ -31,6 +31,10 @@ pub struct InstanceSettings {
     pub warmup: Duration,
     /// How often the INFO summary of what this instance did is logged.
     pub summary_interval: Duration,
+    /// Ids of messages delivered or failed here, remembered to drop second copies: how many,
+    /// and for how long (`duplicate-memory`, `duplicate-window`).
+    pub duplicate_memory: usize,
+    pub duplicate_window: Duration,
 }
 
 impl InstanceSettings {
@@ -60,6 +64,8 @@ impl InstanceSettings {
             codec: crate::wire::Codec::default(),
             warmup: Duration::ZERO,
             summary_interval: Duration::from_secs(60),
+            duplicate_memory: 50_000,
+            duplicate_window: Duration::from_secs(600),
         }
     }
 }

@@ -15,6 +15,8 @@ pub struct Stats {
     pub handover_returned: AtomicU64,
     /// Messages the broker returned with another publish's confirm, kept by this instance.
     pub strays_kept: AtomicU64,
+    /// Second copies of messages already delivered or failed here, acked without routing.
+    pub duplicates_dropped: AtomicU64,
     /// Messages whose IPs nobody known owns, kept back while the cluster was not heard (after
     /// a reconnect or a reload) instead of being held, failed or sent from here.
     pub deferred: AtomicU64,
@@ -52,6 +54,7 @@ pub struct StatsSnapshot {
     pub failed: u64,
     pub handover_returned: u64,
     pub strays_kept: u64,
+    pub duplicates_dropped: u64,
     pub deferred: u64,
     pub publish_errors: u64,
     pub queues_redeclared: u64,
@@ -94,6 +97,7 @@ impl Stats {
             failed: get(&self.failed),
             handover_returned: get(&self.handover_returned),
             strays_kept: get(&self.strays_kept),
+            duplicates_dropped: get(&self.duplicates_dropped),
             deferred: get(&self.deferred),
             publish_errors: get(&self.publish_errors),
             queues_redeclared: get(&self.queues_redeclared),

@@ -39,6 +39,7 @@ impl Summary {
         match outcome {
             Outcome::Delivered => w.delivered += 1,
             Outcome::Held => w.held += 1,
+            Outcome::Duplicate => {}
             Outcome::HandedOver { peer } => *w.handed_over.entry(peer.clone()).or_default() += 1,
             Outcome::Failed { reason } => {
                 w.failed += 1;

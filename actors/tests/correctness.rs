@@ -416,3 +416,31 @@ async fn a_departed_peer_releases_its_destination() {
     released.sort();
     assert_eq!(released, ["left.outbox", "silent.outbox"]);
 }
+
+/// #10: a second copy of a message already delivered here (a redelivery upstream, an
+/// injector's retry) is acked without being routed again, and counted; held mail coming back
+/// on purpose is not taken for one.
+#[actix::test]
+async fn a_second_copy_of_delivered_mail_is_dropped() {
+    let broker = MemoryBroker::new("dedupe");
+    let mut s = settings("a", &["10.0.0.1"]);
+    s.hold_time = Duration::from_millis(200);
+    let a = start(&broker, s).await;
+    wait_listening(&a).await;
+    inject(&broker, "a.outbox", "once", &["10.0.0.1"]).await;
+    wait_for("delivered", LIMIT, || async {
+        broker.depth("a.deliver") == 1
+    })
+    .await
+    .unwrap();
+    inject(&broker, "a.outbox", "once", &["10.0.0.1"]).await;
+    inject(&broker, "a.outbox", "held", &["192.0.2.1"]).await;
+    wait_for("dropped, and held twice", LIMIT, || async {
+        let s = a.stats.snapshot();
+        s.duplicates_dropped == 1 && s.held >= 2
+    })
+    .await
+    .unwrap();
+    assert_eq!(broker.depth("a.deliver"), 1);
+    assert_eq!(a.stats.snapshot().delivered, 1);
+}
