@@ -16,7 +16,7 @@ use crate::broker::{
 use crate::message_id::ensure_id;
 use crate::messages::{Dispatch, Outcome, PeersGone, Settled, Unconfirmed};
 use crate::own_queues::own_queues;
-use crate::recent_ids::{SettledIds, id_of};
+use crate::recent_ids::{RecentIds, id_of};
 use crate::routing::{
     Decision, FROM_HEADER, HELD_SINCE_HEADER, HOPS_HEADER, REASON_HEADER, Unroutable,
 };
@@ -47,7 +47,7 @@ struct Targets {
     stats: Arc<Stats>,
     summary: Summary,
     summary_interval: std::time::Duration,
-    recent: Arc<SettledIds>,
+    recent: Arc<RecentIds>,
 }
 
 struct Plan {
@@ -63,7 +63,7 @@ impl HandoverPublisher {
         local: SharedBroker,
         cluster: SharedBroker,
         stats: Arc<Stats>,
-        recent: Arc<SettledIds>,
+        recent: Arc<RecentIds>,
     ) -> Self {
         HandoverPublisher {
             targets: Arc::new(Targets {
@@ -324,12 +324,14 @@ impl Targets {
         )
     }
 
-    /// Counts a confirmed outcome, and remembers the id of mail delivered or held here so that
-    /// a second copy is dropped (see `recent_ids`).
+    /// Counts a confirmed outcome, and remembers the id of mail delivered here so that a
+    /// second copy is dropped (see `recent_ids`).
     fn confirmed(&self, plan: &Plan) {
         self.count(&plan.outcome);
-        if let Some(id) = id_of(&plan.message) {
-            self.recent.remember(&plan.outcome, id);
+        if plan.outcome == Outcome::Delivered {
+            if let Some(id) = id_of(&plan.message) {
+                self.recent.remember(id);
+            }
         }
     }
 

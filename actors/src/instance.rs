@@ -14,7 +14,7 @@ use crate::messages::{Drain, Leave, ListPeers, PeerInfo, ReleaseDeferred};
 use crate::outbox_consumer::OutboxConsumer;
 use crate::own_queues::declare_queues;
 use crate::peer_registry::{PeerRegistry, RegistryConfig, RegistryLinks};
-use crate::recent_ids::SettledIds;
+use crate::recent_ids::RecentIds;
 use crate::routing::OwnershipTable;
 use crate::settings::InstanceSettings;
 use crate::stats::Stats;
@@ -47,10 +47,9 @@ impl Instance {
 
         // Each actor is built here and handed to its supervisor, which keeps the same value
         // across restarts (calling `restarting`), so state such as the ownership table survives.
-        let recent = Arc::new(SettledIds::new(
+        let recent = Arc::new(RecentIds::new(
             settings.duplicate_memory,
             settings.duplicate_window,
-            settings.hold_time,
         ));
         let publisher = HandoverPublisher::new(
             &settings,

@@ -13,7 +13,7 @@ use crate::broker::BrokerError;
 use crate::messages::{
     Dispatch, Hearing, OwnershipChanged, ReleaseDeferred, Route, Settled, Unconfirmed,
 };
-use crate::recent_ids::{SettledIds, id_of};
+use crate::recent_ids::{RecentIds, id_of};
 use crate::routing::{Decision, OwnershipTable, RoutePolicy, Unroutable, route_message};
 use crate::stats::{Stats, bump};
 use crate::wire::now_ms;
@@ -31,7 +31,7 @@ pub struct IpOwnershipRouter {
     table: Arc<OwnershipTable>,
     publisher: Recipient<Dispatch>,
     stats: Arc<Stats>,
-    recent: Arc<SettledIds>,
+    recent: Arc<RecentIds>,
 }
 
 impl IpOwnershipRouter {
@@ -40,7 +40,7 @@ impl IpOwnershipRouter {
         policy: RoutePolicy,
         publisher: Recipient<Dispatch>,
         stats: Arc<Stats>,
-        recent: Arc<SettledIds>,
+        recent: Arc<RecentIds>,
     ) -> Self {
         IpOwnershipRouter {
             table: Arc::new(OwnershipTable::new(&local_ips)),
@@ -65,12 +65,12 @@ impl IpOwnershipRouter {
     }
 
     fn route(&mut self, route: Route) {
-        if id_of(&route.message).is_some_and(|id| self.recent.is_duplicate(id)) {
-            // Delivered (or just held) here already: a redelivery upstream or an injector's retry.
+        if id_of(&route.message).is_some_and(|id| self.recent.contains(id)) {
+            // Delivered here already: this copy is a redelivery upstream or an injector's retry.
             bump(&self.stats.duplicates_dropped);
             debug!(
                 id = route.id,
-                "duplicate of a message settled here; acked, not routed"
+                "duplicate of a message delivered here; acked, not routed"
             );
             route.reply.do_send(Settled {
                 id: route.id,

@@ -2,48 +2,17 @@
 //! failed — kept for a while, so that a second copy (redelivered after a crash or a cut
 //! connection somewhere upstream, or injected twice) is acked without being routed again.
 //!
-//! Bounded by count and by age. Held mail is remembered only for half its hold-time: a copy
-//! redelivered at once (its ack died with a channel) is a duplicate, the one that comes back
-//! from the retry queue after the hold-time is not. Failed and handed-over messages are not
-//! remembered: an operator may re-queue failed mail, and a message handed over may
-//! legitimately return (ownership moved, or a loop that `max-hops` must see). A restart empties
-//! the memory, so duplicates that cross a restart of the receiver still get through.
+//! Bounded by count and by age. Held and handed-over messages are not remembered: held mail
+//! comes back on purpose, and a message handed over may legitimately return (ownership moved,
+//! or a loop that `max-hops` must see). A restart empties the set, so duplicates that cross a
+//! restart of the receiver still get through.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::broker::{HeaderValue, Message};
-use crate::messages::Outcome;
 use crate::routing::ID_HEADER;
-
-/// What the router checks and the publisher fills: delivered mail for `duplicate-window`, held
-/// mail for half its hold-time.
-pub struct SettledIds {
-    delivered: RecentIds,
-    held: RecentIds,
-}
-
-impl SettledIds {
-    pub fn new(limit: usize, window: Duration, hold_time: Duration) -> Self {
-        SettledIds {
-            delivered: RecentIds::new(limit, window),
-            held: RecentIds::new(limit, hold_time / 2),
-        }
-    }
-
-    pub fn is_duplicate(&self, id: &str) -> bool {
-        self.delivered.contains(id) || self.held.contains(id)
-    }
-
-    pub fn remember(&self, outcome: &Outcome, id: &str) {
-        match outcome {
-            Outcome::Delivered => self.delivered.remember(id),
-            Outcome::Held => self.held.remember(id),
-            _ => {}
-        }
-    }
-}
 
 pub struct RecentIds {
     limit: usize,
@@ -148,25 +117,6 @@ mod tests {
         std::thread::sleep(Duration::from_millis(40));
         assert!(!ids.contains("a"));
         assert!(ids.is_empty());
-    }
-
-    #[test]
-    fn held_mail_is_remembered_for_half_its_hold_time() {
-        let ids = SettledIds::new(10, Duration::from_secs(600), Duration::from_millis(40));
-        ids.remember(&Outcome::Held, "h");
-        ids.remember(&Outcome::Delivered, "d");
-        ids.remember(&Outcome::Failed { reason: "x".into() }, "f");
-        assert!(ids.is_duplicate("h") && ids.is_duplicate("d"));
-        assert!(
-            !ids.is_duplicate("f"),
-            "failed mail may be re-queued on purpose"
-        );
-        std::thread::sleep(Duration::from_millis(30));
-        assert!(
-            !ids.is_duplicate("h"),
-            "back from the retry queue: not a duplicate"
-        );
-        assert!(ids.is_duplicate("d"));
     }
 
     #[test]

@@ -418,13 +418,13 @@ async fn a_departed_peer_releases_its_destination() {
 }
 
 /// #10: a second copy of a message already delivered here (a redelivery upstream, an
-/// injector's retry) is acked without being routed again, and counted; so is a copy of a
-/// message just held, while the held one coming back after its hold-time is routed again.
+/// injector's retry) is acked without being routed again, and counted; held mail coming back
+/// on purpose is not taken for one.
 #[actix::test]
-async fn a_second_copy_of_settled_mail_is_dropped() {
+async fn a_second_copy_of_delivered_mail_is_dropped() {
     let broker = MemoryBroker::new("dedupe");
     let mut s = settings("a", &["10.0.0.1"]);
-    s.hold_time = Duration::from_millis(600);
+    s.hold_time = Duration::from_millis(200);
     let a = start(&broker, s).await;
     wait_listening(&a).await;
     inject(&broker, "a.outbox", "once", &["10.0.0.1"]).await;
@@ -435,27 +435,12 @@ async fn a_second_copy_of_settled_mail_is_dropped() {
     .unwrap();
     inject(&broker, "a.outbox", "once", &["10.0.0.1"]).await;
     inject(&broker, "a.outbox", "held", &["192.0.2.1"]).await;
-    wait_for("one dropped, one held", LIMIT, || async {
+    wait_for("dropped, and held twice", LIMIT, || async {
         let s = a.stats.snapshot();
-        s.duplicates_dropped == 1 && s.held == 1
+        s.duplicates_dropped == 1 && s.held >= 2
     })
     .await
     .unwrap();
-    // At once, within half the hold-time: the twin of the held message is a duplicate.
-    inject(&broker, "a.outbox", "held", &["192.0.2.1"]).await;
-    wait_for("the held twin dropped", LIMIT, || async {
-        a.stats.snapshot().duplicates_dropped == 2
-    })
-    .await
-    .unwrap();
-    assert_eq!(broker.depth("a.retry"), 1);
-    // After the hold-time the held one comes back and is held again, not dropped.
-    wait_for("held again", LIMIT, || async {
-        a.stats.snapshot().held >= 2
-    })
-    .await
-    .unwrap();
-    assert_eq!(a.stats.snapshot().duplicates_dropped, 2);
     assert_eq!(broker.depth("a.deliver"), 1);
     assert_eq!(a.stats.snapshot().delivered, 1);
 }
