@@ -65,9 +65,11 @@ impl RecentIds {
         }
         let now = Instant::now();
         let mut inner = self.lock();
-        if inner.seen.insert(id.to_string(), now).is_none() {
-            inner.order.push_back((now, id.to_string()));
-        }
+        // Remembered again: the new time counts, and it gets an entry of its own in the order,
+        // or the id would outlive its age limit (its old entry no longer matches, and would
+        // not remove it).
+        inner.seen.insert(id.to_string(), now);
+        inner.order.push_back((now, id.to_string()));
         self.evict(&mut inner, now);
     }
 
@@ -116,6 +118,19 @@ mod tests {
         ids.remember("a");
         std::thread::sleep(Duration::from_millis(40));
         assert!(!ids.contains("a"));
+        assert!(ids.is_empty());
+    }
+
+    #[test]
+    fn an_id_remembered_twice_still_ages_out() {
+        let ids = RecentIds::new(10, Duration::from_millis(20));
+        ids.remember("a");
+        ids.remember("a");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(
+            !ids.contains("a"),
+            "remembered twice, it must still be forgotten"
+        );
         assert!(ids.is_empty());
     }
 
