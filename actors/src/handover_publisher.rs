@@ -193,13 +193,8 @@ impl Targets {
         let Outcome::HandedOver { peer } = &plan.outcome else {
             return self.publish(plan).await;
         };
-        let published = plan.broker.publish_mandatory(&plan.to, &plan.message).await;
-        self.keep_stray(published.stray);
-        match published.result {
-            Ok(()) => {
-                self.confirmed(&plan);
-                Ok(plan.outcome)
-            }
+        match self.attempt(&plan).await {
+            Ok(()) => Ok(plan.outcome),
             Err(BrokerError::Returned { reply_text, .. }) => {
                 bump(&self.stats.handover_returned);
                 warn!(%peer, to = %plan.to, "handover returned; applying the unroutable policy");
@@ -215,13 +210,8 @@ impl Targets {
     /// A queue that is gone (an operator deleted it, or the broker lost it) is declared again
     /// and the publish made once more, rather than the original requeued until someone notices.
     async fn publish(self: &Arc<Self>, plan: Plan) -> Result<Outcome, Unconfirmed> {
-        let published = plan.broker.publish_mandatory(&plan.to, &plan.message).await;
-        self.keep_stray(published.stray);
-        let reply_text = match published.result {
-            Ok(()) => {
-                self.confirmed(&plan);
-                return Ok(plan.outcome);
-            }
+        let reply_text = match self.attempt(&plan).await {
+            Ok(()) => return Ok(plan.outcome),
             Err(BrokerError::Returned { reply_text, .. }) => reply_text,
             Err(error) => return Err(unconfirmed(error, &plan.to)),
         };
@@ -237,16 +227,22 @@ impl Targets {
         if let Err(error) = plan.broker.declare_queue(spec).await {
             return Err(unconfirmed(error, &plan.to));
         }
-        let published = plan.broker.publish_mandatory(&plan.to, &plan.message).await;
-        self.keep_stray(published.stray);
-        match published.result {
-            Ok(()) => {
-                self.confirmed(&plan);
-                Ok(plan.outcome)
-            }
+        match self.attempt(&plan).await {
+            Ok(()) => Ok(plan.outcome),
             Err(BrokerError::Returned { .. }) => Err(unconfirmed(missing(), &plan.to)),
             Err(error) => Err(unconfirmed(error, &plan.to)),
         }
+    }
+
+    /// One mandatory publish of the plan: a stray that came with the broker's answer is kept,
+    /// and a confirmed outcome counted (and remembered).
+    async fn attempt(self: &Arc<Self>, plan: &Plan) -> Result<(), BrokerError> {
+        let published = plan.broker.publish_mandatory(&plan.to, &plan.message).await;
+        self.keep_stray(published.stray);
+        if published.result.is_ok() {
+            self.confirmed(plan);
+        }
+        published.result
     }
 
     /// A message the broker returned with the confirm of another publish was not routed, and

@@ -146,11 +146,11 @@ async fn channels(address: &str, prefetch: u16) -> (Connection, lapin::Channel, 
     (conn, consume, publish)
 }
 
-async fn consumer(channel: &lapin::Channel) -> lapin::Consumer {
+async fn consumer(channel: &lapin::Channel, queue: &str, tag: &str) -> lapin::Consumer {
     channel
         .basic_consume(
-            "A".into(),
-            "baseline".into(),
+            queue.into(),
+            tag.into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -158,25 +158,38 @@ async fn consumer(channel: &lapin::Channel) -> lapin::Consumer {
         .unwrap()
 }
 
+/// Publishes a delivery's message to B and waits for the broker's confirm: `true` if acked.
+async fn confirmed_in_b(
+    publish: &lapin::Channel,
+    delivery: &lapin::message::Delivery,
+    mandatory: bool,
+) -> bool {
+    let options = BasicPublishOptions {
+        mandatory,
+        ..BasicPublishOptions::default()
+    };
+    let Ok(confirm) = publish
+        .basic_publish(
+            "".into(),
+            "B".into(),
+            options,
+            &delivery.data,
+            delivery.properties.clone(),
+        )
+        .await
+    else {
+        return false;
+    };
+    confirm.await.is_ok_and(|c| c.is_ack())
+}
+
 /// Consume A → publish to B with confirm → ack A once confirmed, one ack per message.
 async fn bare(consume: lapin::Channel, publish: lapin::Channel) {
-    let mut deliveries = consumer(&consume).await;
+    let mut deliveries = consumer(&consume, "A", "baseline").await;
     while let Some(Ok(delivery)) = deliveries.next().await {
         let publish = publish.clone();
         actix_rt::spawn(async move {
-            let Ok(confirm) = publish
-                .basic_publish(
-                    "".into(),
-                    "B".into(),
-                    BasicPublishOptions::default(),
-                    &delivery.data,
-                    delivery.properties.clone(),
-                )
-                .await
-            else {
-                return;
-            };
-            if confirm.await.is_ok_and(|c| c.is_ack()) {
+            if confirmed_in_b(&publish, &delivery, false).await {
                 let _ = delivery.acker.ack(BasicAckOptions::default()).await;
             }
         });
@@ -205,57 +218,75 @@ async fn multiple_acks(consume: lapin::Channel, publish: lapin::Channel) {
             }
         }
     });
-    let mut deliveries = consumer(&consume).await;
+    let mut deliveries = consumer(&consume, "A", "baseline").await;
     while let Some(Ok(delivery)) = deliveries.next().await {
         let (publish, confirmed_tx) = (publish.clone(), confirmed_tx.clone());
         actix_rt::spawn(async move {
-            let options = BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            };
-            let Ok(confirm) = publish
-                .basic_publish(
-                    "".into(),
-                    "B".into(),
-                    options,
-                    &delivery.data,
-                    delivery.properties.clone(),
-                )
-                .await
-            else {
-                return;
-            };
-            if confirm.await.is_ok_and(|c| c.is_ack()) {
+            if confirmed_in_b(&publish, &delivery, true).await {
                 let _ = confirmed_tx.send((delivery.delivery_tag, delivery.acker));
             }
         });
     }
 }
 
-/// Takes everything out of `queue` as the owning instance would (prefetch 1000, a `multiple`
-/// ack every 100), counting what arrived.
-pub async fn drain(address: String, queue: String, arrived: Arc<AtomicU64>) -> Connection {
-    let (connection, channel, _) = channels(&address, 1000).await;
-    let mut deliveries = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "drain".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    actix_rt::spawn(async move {
-        let mut n = 0u64;
-        while let Some(Ok(delivery)) = deliveries.next().await {
-            n += 1;
-            arrived.fetch_add(1, Ordering::Relaxed);
-            if n % 100 == 0 {
-                let _ = delivery.acker.ack(BasicAckOptions { multiple: true }).await;
-            }
+/// Where a scenario's messages end up, counted: B growing (its depth), or B drained by a
+/// consumer meanwhile, as the owning instance would (prefetch 1000, a `multiple` ack every
+/// 100), counting what arrived.
+pub struct Arrivals {
+    queue: String,
+    drainer: Option<(Connection, Arc<AtomicU64>)>,
+}
+
+impl Arrivals {
+    pub async fn new(
+        vhost: &TestVhost,
+        admin: &mailroute_actors::broker::SharedBroker,
+        queue: &str,
+        drained: bool,
+    ) -> Arrivals {
+        if !drained {
+            return Arrivals {
+                queue: queue.to_string(),
+                drainer: None,
+            };
         }
-    });
-    connection
+        admin
+            .declare_queue(&mailroute_actors::broker::QueueSpec::durable(queue))
+            .await
+            .unwrap();
+        let (connection, channel, _) = channels(&vhost.address(), 1000).await;
+        let mut deliveries = consumer(&channel, queue, "drain").await;
+        let arrived = Arc::new(AtomicU64::new(0));
+        let counter = arrived.clone();
+        actix_rt::spawn(async move {
+            let mut n = 0u64;
+            while let Some(Ok(delivery)) = deliveries.next().await {
+                n += 1;
+                counter.fetch_add(1, Ordering::Relaxed);
+                if n % 100 == 0 {
+                    let _ = delivery.acker.ack(BasicAckOptions { multiple: true }).await;
+                }
+            }
+        });
+        Arrivals {
+            queue: queue.to_string(),
+            drainer: Some((connection, arrived)),
+        }
+    }
+
+    /// Whether all `n` messages have arrived.
+    pub async fn all(&self, admin: &mailroute_actors::broker::SharedBroker, n: usize) -> bool {
+        match &self.drainer {
+            Some((_, arrived)) => arrived.load(Ordering::Relaxed) >= n as u64,
+            None => crate::common::ready(admin, &self.queue).await >= n,
+        }
+    }
+
+    pub async fn close(self) {
+        if let Some((connection, _)) = self.drainer {
+            let _ = connection.close(200, "done".into()).await;
+        }
+    }
 }
 
 /// One timed run of `kind` moving `messages` from a full A into B (`drained`: a consumer
@@ -274,25 +305,11 @@ pub async fn throughput(
     }
     crate::fill(&admin, "A", messages).await;
     let n = messages.len();
-    let arrived = Arc::new(AtomicU64::new(0));
-    let drainer = match drained {
-        true => Some(drain(vhost.address(), "B".into(), arrived.clone()).await),
-        false => None,
-    };
+    let arrivals = Arrivals::new(&vhost, &admin, "B", drained).await;
     let watch = crate::measure::Watch::start(&admin, "A", n).await;
     let running = start(kind, &vhost, prefetch).await;
-    let sample = watch
-        .until(|| async {
-            if drained {
-                arrived.load(Ordering::Relaxed) >= n as u64
-            } else {
-                crate::common::ready(&admin, "B").await >= n
-            }
-        })
-        .await;
+    let sample = watch.until(|| arrivals.all(&admin, n)).await;
     running.stop().await;
-    if let Some(c) = drainer {
-        let _ = c.close(200, "done".into()).await;
-    }
+    arrivals.close().await;
     sample
 }

@@ -91,31 +91,12 @@ pub async fn handover(
     fill(&broker, &a.outbox, messages).await;
     let outbox = a.outbox.clone();
     let n = messages.len();
-    let arrived = Arc::new(AtomicU64::new(0));
-    let drainer = if drained {
-        broker
-            .declare_queue(&QueueSpec::durable("b.outbox"))
-            .await
-            .unwrap();
-        Some(baselines::drain(vhost.address(), "b.outbox".into(), arrived.clone()).await)
-    } else {
-        None
-    };
+    let arrivals = baselines::Arrivals::new(vhost, &broker, "b.outbox", drained).await;
     let watch = Watch::start(&broker, &outbox, n).await;
     let instance = a_with_phantom_b(&broker, a).await;
-    let sample = watch
-        .until(|| async {
-            if drained {
-                arrived.load(Ordering::Relaxed) >= n as u64
-            } else {
-                common::ready(&broker, "b.outbox").await >= n
-            }
-        })
-        .await;
+    let sample = watch.until(|| arrivals.all(&broker, n)).await;
     instance.shutdown(Duration::from_secs(5)).await;
-    if let Some(c) = drainer {
-        let _ = c.close(200, "done".into()).await;
-    }
+    arrivals.close().await;
     sample
 }
 

@@ -82,10 +82,11 @@ pub async fn connect(
 }
 
 /// Connects, retrying with the usual backoff while the broker does not answer (a service
-/// started next to RabbitMQ must not give up before it is up). `Some(ZERO)`: for ever. A wrong
-/// address fails at once: waiting cannot fix it.
+/// started next to RabbitMQ must not give up before it is up). `Some(ZERO)`: for ever.
 async fn connect_one(address: &str, wait: Option<Duration>) -> Result<AmqpBroker, BrokerError> {
     let started = tokio::time::Instant::now();
+    // A wrong address fails at once: waiting cannot fix it.
+    let wait = wait.filter(|_| mailroute::amqp::address::parse(address).is_ok());
     let mut attempt = 0;
     loop {
         let error = match AmqpBroker::connect(address).await {
@@ -95,8 +96,7 @@ async fn connect_one(address: &str, wait: Option<Duration>) -> Result<AmqpBroker
         let Some(wait) = wait else {
             return Err(error);
         };
-        let invalid = mailroute::amqp::address::parse(address).is_err();
-        if invalid || (!wait.is_zero() && started.elapsed() >= wait) {
+        if !wait.is_zero() && started.elapsed() >= wait {
             return Err(error);
         }
         attempt += 1;
