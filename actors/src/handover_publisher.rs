@@ -1,8 +1,11 @@
 //! HandoverPublisher: publishes each decided outcome with publisher confirms and reports back,
-//! so the consumer acks the original only after the broker took the copy. A handover goes
-//! straight into the owner's outbox queue, `mandatory`: a returned message is not a success.
-//! The owner's outbox is reached on this instance's own broker when the owner announced the
-//! same one, else on the cluster broker.
+//! so the consumer acks the original only after the broker took the copy. Every publish is
+//! `mandatory`: a returned message is not a success.
+//!
+//! A handover takes one of three paths, by the broker the owner announced (host:port/vhost):
+//! this instance's own broker or the cluster broker → straight into the owner's outbox there;
+//! any other (the owner's private broker) → the owner's handover queue on the cluster broker,
+//! which its relay moves into its outbox (see `handover_relay`).
 
 use std::sync::Arc;
 
@@ -13,12 +16,13 @@ use crate::backoff;
 use crate::broker::{
     BrokerError, Destination, HeaderValue, Message, QueueSpec, Returned, SharedBroker,
 };
+use crate::handover_relay::handover_queue;
 use crate::message_id::ensure_id;
 use crate::messages::{Dispatch, Outcome, PeersGone, Settled, Unconfirmed};
 use crate::own_queues::own_queues;
 use crate::recent_ids::{RecentIds, id_of};
 use crate::routing::{
-    Decision, FROM_HEADER, HELD_SINCE_HEADER, HOPS_HEADER, REASON_HEADER, Unroutable,
+    Decision, FROM_HEADER, HELD_SINCE_HEADER, HOPS_HEADER, PeerRoute, REASON_HEADER, Unroutable,
 };
 use crate::settings::InstanceSettings;
 use crate::stats::{Stats, bump};
@@ -35,6 +39,7 @@ struct Targets {
     local: SharedBroker,
     local_identity: String,
     cluster: SharedBroker,
+    cluster_identity: String,
     deliver: String,
     failure: String,
     retry: String,
@@ -70,6 +75,7 @@ impl HandoverPublisher {
                 name: settings.name.clone(),
                 local_identity: local.identity(),
                 local,
+                cluster_identity: cluster.identity(),
                 cluster,
                 deliver: settings.deliver.clone(),
                 failure: settings.failure.clone(),
@@ -123,14 +129,10 @@ impl Targets {
                     FROM_HEADER.into(),
                     HeaderValue::LongString(self.name.clone().into_bytes()),
                 );
-                let broker = if peer.broker == self.local_identity {
-                    self.local.clone()
-                } else {
-                    self.cluster.clone()
-                };
+                let (broker, to) = self.path(&peer);
                 Plan {
                     broker,
-                    to: Destination::queue(&peer.outbox),
+                    to,
                     message,
                     outcome: Outcome::HandedOver {
                         peer: peer.name.clone(),
@@ -170,6 +172,21 @@ impl Targets {
                     outcome: Outcome::Failed { reason },
                 }
             }
+        }
+    }
+
+    /// Where a handover to `peer` is published: its outbox when it is on a broker this
+    /// instance publishes to anyway, else its handover queue on the cluster broker.
+    fn path(&self, peer: &PeerRoute) -> (SharedBroker, Destination) {
+        if peer.broker == self.local_identity {
+            (self.local.clone(), Destination::queue(&peer.outbox))
+        } else if peer.broker == self.cluster_identity {
+            (self.cluster.clone(), Destination::queue(&peer.outbox))
+        } else {
+            (
+                self.cluster.clone(),
+                Destination::queue(handover_queue(&peer.name)),
+            )
         }
     }
 
@@ -425,12 +442,8 @@ impl Handler<PeersGone> for HandoverPublisher {
 
     fn handle(&mut self, PeersGone(routes): PeersGone, _: &mut Context<Self>) {
         for route in routes {
-            let broker = if route.broker == self.targets.local_identity {
-                &self.targets.local
-            } else {
-                &self.targets.cluster
-            };
-            broker.release(&Destination::queue(&route.outbox));
+            let (broker, to) = self.targets.path(&route);
+            broker.release(&to);
         }
     }
 }

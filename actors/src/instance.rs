@@ -1,4 +1,4 @@
-//! One mailroute instance: the five supervised actors wired together, and its orderly stop.
+//! One mailroute instance: the six supervised actors wired together, and its orderly stop.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use tracing::{info, warn};
 use crate::announcer::Announcer;
 use crate::broker::{BrokerError, SharedBroker};
 use crate::handover_publisher::HandoverPublisher;
+use crate::handover_relay::HandoverRelay;
 use crate::ip_ownership_router::IpOwnershipRouter;
 use crate::messages::{Drain, Leave, ListPeers, PeerInfo, ReleaseDeferred};
 use crate::outbox_consumer::OutboxConsumer;
@@ -30,6 +31,7 @@ pub struct Instance {
     pub publisher: Addr<HandoverPublisher>,
     pub announcer: Addr<Announcer>,
     pub registry: Addr<PeerRegistry>,
+    pub relay: Addr<HandoverRelay>,
 }
 
 impl Instance {
@@ -105,7 +107,6 @@ impl Instance {
             local_ips: settings.local_ips.clone(),
             peer_timeout: settings.peer_timeout,
             announce_interval: settings.announce_interval,
-            reachable_brokers: vec![local.identity(), cluster.identity()],
             codec: settings.codec.clone(),
             config_hash: settings.config_hash.clone(),
         };
@@ -118,6 +119,17 @@ impl Instance {
         };
         let registry = PeerRegistry::new(cluster.clone(), config, links, stats.clone());
         let registry = Supervisor::start(move |_| registry);
+        // Always running, even when this instance's outbox is on the cluster broker: a peer
+        // that spells that broker's address differently hands over through the queue.
+        let relay = HandoverRelay::new(
+            cluster.clone(),
+            local.clone(),
+            &settings.name,
+            &settings.outbox,
+            settings.prefetch,
+            stats.clone(),
+        );
+        let relay = Supervisor::start(move |_| relay);
         info!(instance = %settings.name, outbox = %settings.outbox, ips = settings.local_ips.len(), "instance started");
         Ok(Instance {
             settings,
@@ -128,6 +140,7 @@ impl Instance {
             publisher,
             announcer,
             registry,
+            relay,
         })
     }
 
@@ -139,7 +152,7 @@ impl Instance {
     /// `Leaving` so peers stop handing over at once instead of after `peer-timeout`.
     pub async fn shutdown(&self, grace: Duration) {
         info!(instance = %self.settings.name, "draining");
-        let drain = self.consumer.send(Drain);
+        let drain = futures::future::join(self.consumer.send(Drain), self.relay.send(Drain));
         // Mail waiting for the cluster to be heard goes back to the outbox now.
         self.router.do_send(ReleaseDeferred);
         if tokio::time::timeout(grace, drain).await.is_err() {

@@ -6,6 +6,7 @@ pub mod announcer;
 pub mod backoff;
 pub mod broker;
 pub mod handover_publisher;
+pub mod handover_relay;
 pub mod instance;
 pub mod ip_ownership_router;
 pub mod memory;

@@ -35,7 +35,6 @@ pub struct PeerRegistry {
     local_ips: Vec<IpAddr>,
     peer_timeout: Duration,
     rejoin_window: Duration,
-    reachable_brokers: Vec<String>,
     codec: Codec,
     config_hash: String,
     peers: HashMap<String, Peer>,
@@ -91,9 +90,6 @@ pub struct RegistryConfig {
     pub local_ips: Vec<IpAddr>,
     pub peer_timeout: Duration,
     pub announce_interval: Duration,
-    /// Identities of the brokers handovers can be published to (this instance's own and the
-    /// cluster broker); a peer whose outbox lives on another broker gets no mail.
-    pub reachable_brokers: Vec<String>,
     pub codec: Codec,
     /// Hash of the settings every instance must share; a peer announcing another is warned of.
     pub config_hash: String,
@@ -121,7 +117,6 @@ impl PeerRegistry {
             local_ips: config.local_ips,
             rejoin_window: (config.announce_interval * 2).min(config.peer_timeout),
             peer_timeout: config.peer_timeout,
-            reachable_brokers: config.reachable_brokers,
             codec: config.codec,
             config_hash: config.config_hash,
             peers: HashMap::new(),
@@ -153,9 +148,6 @@ impl PeerRegistry {
         let mut claims = Vec::new();
         let mut conflicts = BTreeSet::new();
         for peer in peers {
-            if !self.reachable_brokers.contains(&peer.route.broker) {
-                continue;
-            }
             for ip in &peer.announcement.local_ips {
                 if local.contains(ip) {
                     conflicts.insert(format!(
@@ -239,11 +231,7 @@ impl PeerRegistry {
                 self.gone(moved.into_iter().collect());
             }
             None => {
-                if !self.reachable_brokers.contains(&a.broker) {
-                    warn!(peer = %a.name, peer_broker = %a.broker, reachable = ?self.reachable_brokers,
-                        "peer's outbox is on a broker this instance cannot reach; no mail is handed over to it");
-                }
-                info!(peer = %a.name, ips = a.local_ips.len(), outbox = %a.outbox, "peer joined");
+                info!(peer = %a.name, ips = a.local_ips.len(), outbox = %a.outbox, broker = %a.broker, "peer joined");
                 Self::check_drift(&self.stats, &self.config_hash, &a);
                 self.peers.insert(
                     a.name.clone(),

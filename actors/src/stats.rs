@@ -9,6 +9,8 @@ pub struct Stats {
     pub consumed: AtomicU64,
     pub delivered: AtomicU64,
     pub handed_over: AtomicU64,
+    /// Messages moved from this instance's handover queue on the cluster broker to its outbox.
+    pub relayed: AtomicU64,
     pub held: AtomicU64,
     pub failed: AtomicU64,
     /// Handovers the broker returned (peer outbox missing); re-routed by the unroutable policy.
@@ -50,6 +52,7 @@ pub struct StatsSnapshot {
     pub consumed: u64,
     pub delivered: u64,
     pub handed_over: u64,
+    pub relayed: u64,
     pub held: u64,
     pub failed: u64,
     pub handover_returned: u64,
@@ -93,6 +96,7 @@ impl Stats {
             consumed: get(&self.consumed),
             delivered: get(&self.delivered),
             handed_over: get(&self.handed_over),
+            relayed: get(&self.relayed),
             held: get(&self.held),
             failed: get(&self.failed),
             handover_returned: get(&self.handover_returned),

@@ -50,6 +50,8 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         consumed = s.consumed,
         delivered = s.delivered,
         handed_over = s.handed_over,
+        relayed = s.relayed,
+        duplicates_dropped = s.duplicates_dropped,
         held = s.held,
         failed = s.failed,
         "stopped"

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod private;
 pub mod scenario;
 pub mod servers;
 

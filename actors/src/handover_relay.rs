@@ -1,0 +1,241 @@
+//! HandoverRelay: moves mail that peers handed over through the cluster broker (because this
+//! instance's outbox is on a broker they cannot reach) from this instance's handover queue
+//! there into its own outbox. Each message is published to the outbox with confirms, body,
+//! properties and headers untouched, and only then acked on the cluster broker: at least once
+//! across the two brokers. A second copy (the ack lost with a connection) is dropped by the
+//! router's duplicate memory once the first was delivered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tracing::{Instrument, info, warn};
+
+use crate::backoff;
+use crate::broker::{
+    BrokerError, ConsumerControl, Delivery, Destination, QueueSpec, Returned, SharedBroker,
+};
+use crate::messages::Drain;
+use crate::stats::{Stats, bump};
+
+/// The durable queue on the cluster broker that peers hand mail for `instance` to, when its
+/// outbox is not on a broker they share. It outlives its instance, keeping mail for its return.
+pub fn handover_queue(instance: &str) -> String {
+    format!("mailroute.handover.{instance}")
+}
+
+pub struct HandoverRelay {
+    cluster: SharedBroker,
+    links: Arc<Links>,
+    queue: String,
+    prefetch: u16,
+    failures: u32,
+    control: Option<Arc<dyn ConsumerControl>>,
+    /// Deliveries taken and not yet acked (their publish may still be retrying).
+    in_flight: usize,
+    draining: bool,
+    drained: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// What a relay task needs, shared with the detached tasks.
+struct Links {
+    local: SharedBroker,
+    outbox: Destination,
+    outbox_spec: QueueSpec,
+    stats: Arc<Stats>,
+}
+
+/// A relay task is done with one delivery (acked, or given back with its channel).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Relayed;
+
+impl HandoverRelay {
+    pub fn new(
+        cluster: SharedBroker,
+        local: SharedBroker,
+        instance: &str,
+        outbox: &str,
+        prefetch: u16,
+        stats: Arc<Stats>,
+    ) -> Self {
+        HandoverRelay {
+            cluster,
+            links: Arc::new(Links {
+                local,
+                outbox: Destination::queue(outbox),
+                outbox_spec: QueueSpec::durable(outbox),
+                stats,
+            }),
+            queue: handover_queue(instance),
+            prefetch,
+            failures: 0,
+            control: None,
+            in_flight: 0,
+            draining: false,
+            drained: Vec::new(),
+        }
+    }
+
+    fn settle_if_drained(&mut self) {
+        if self.draining && self.in_flight == 0 {
+            for tx in self.drained.drain(..) {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
+impl Links {
+    /// Publishes one message into the outbox until the local broker confirms it. A missing
+    /// outbox is declared again; anything else is retried with backoff, the delivery kept
+    /// unacked meanwhile (the prefetch bounds how many wait).
+    async fn relay(self: &Arc<Self>, message: &crate::broker::Message) {
+        let mut attempt = 0;
+        loop {
+            let published = self.local.publish_mandatory(&self.outbox, message).await;
+            if let Some(stray) = published.stray {
+                self.keep(*stray);
+            }
+            let error = match published.result {
+                Ok(()) => return,
+                Err(error) => error,
+            };
+            attempt += 1;
+            bump(&self.stats.publish_errors);
+            if matches!(error, BrokerError::Returned { .. }) {
+                warn!(outbox = %self.outbox, "outbox missing; declaring it again");
+                bump(&self.stats.queues_redeclared);
+                let _ = self.local.declare_queue(&self.outbox_spec).await;
+            } else {
+                warn!(%error, attempt, "cannot relay into the outbox yet; retrying");
+            }
+            tokio::time::sleep(backoff::delay(attempt)).await;
+        }
+    }
+
+    /// A message returned with the confirm of another relay publish: that publish was told it
+    /// was routed and its original acked, so this one is ours to keep.
+    fn keep(self: &Arc<Self>, stray: Returned) {
+        bump(&self.stats.strays_kept);
+        let links = self.clone();
+        actix::spawn(async move { Box::pin(links.relay(&stray.message)).await });
+    }
+}
+
+impl Actor for HandoverRelay {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.draining {
+            self.settle_if_drained();
+            return;
+        }
+        let delay = backoff::delay(self.failures);
+        ctx.run_later(delay, |act, ctx| {
+            let (cluster, queue, prefetch) = (act.cluster.clone(), act.queue.clone(), act.prefetch);
+            let subscribe = async move {
+                cluster.declare_queue(&QueueSpec::durable(&queue)).await?;
+                cluster.subscribe(&queue, prefetch).await
+            };
+            ctx.wait(subscribe.into_actor(act).map(|result, act, ctx| match result {
+                Ok(subscription) => {
+                    info!(queue = %act.queue, "relaying handovers from the cluster broker");
+                    act.control = Some(Arc::from(subscription.control));
+                    ctx.add_stream(subscription.deliveries);
+                }
+                Err(error) => {
+                    act.failures += 1;
+                    warn!(%error, queue = %act.queue, "cannot consume the handover queue; restarting");
+                    ctx.stop();
+                }
+            }));
+        });
+    }
+}
+
+impl Supervised for HandoverRelay {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        bump(&self.links.stats.restarts);
+        self.control = None;
+    }
+}
+
+impl StreamHandler<Result<Delivery, BrokerError>> for HandoverRelay {
+    fn handle(&mut self, item: Result<Delivery, BrokerError>, ctx: &mut Context<Self>) {
+        let delivery = match item {
+            Ok(delivery) => delivery,
+            Err(error) => {
+                self.failures += 1;
+                warn!(%error, "handover relay's consumer failed; restarting");
+                ctx.stop();
+                return;
+            }
+        };
+        self.failures = 0;
+        self.in_flight += 1;
+        let links = self.links.clone();
+        let me = ctx.address();
+        let id = crate::recent_ids::id_of(&delivery.message)
+            .unwrap_or("-")
+            .to_owned();
+        let from = delivery
+            .message
+            .header(crate::routing::FROM_HEADER)
+            .and_then(crate::broker::HeaderValue::as_str)
+            .unwrap_or("-")
+            .to_owned();
+        let span = tracing::info_span!("relay", id, peer = from);
+        actix::spawn(
+            async move {
+                links.relay(&delivery.message).await;
+                bump(&links.stats.relayed);
+                // A failed ack (the cluster connection dropped) makes the broker redeliver:
+                // a second copy in the outbox, dropped by the router once the first went out.
+                if let Err(error) = delivery.acker.ack().await {
+                    warn!(%error, "relayed, but the ack on the cluster broker failed");
+                }
+                me.do_send(Relayed);
+            }
+            .instrument(span),
+        );
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        if self.draining {
+            return;
+        }
+        self.failures += 1;
+        warn!("handover relay's consumer ended; restarting");
+        ctx.stop();
+    }
+}
+
+impl Handler<Relayed> for HandoverRelay {
+    type Result = ();
+
+    fn handle(&mut self, _: Relayed, _: &mut Context<Self>) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.settle_if_drained();
+    }
+}
+
+/// Stops taking handovers and resolves once those taken are in the outbox and acked, so a
+/// graceful stop leaves no copy in both places.
+impl Handler<Drain> for HandoverRelay {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.drained.push(tx);
+        self.draining = true;
+        let control = self.control.clone();
+        self.settle_if_drained();
+        Box::pin(async move {
+            if let Some(control) = control {
+                let _ = control.cancel().await;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(60), rx).await;
+        })
+    }
+}
