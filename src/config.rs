@@ -82,6 +82,8 @@ pub struct Config {
     pub max_hold: Duration,
     pub warmup: Duration,
     pub log_summary_interval: Duration,
+    /// `RUST_LOG` syntax (`info`, `mailroute=debug,info`); `RUST_LOG` itself wins at startup.
+    pub log_level: String,
     pub duplicate_memory: usize,
     pub duplicate_window: Duration,
     pub www_address: Option<String>,
@@ -121,6 +123,7 @@ impl fmt::Debug for Config {
             .field("max_hold", &self.max_hold)
             .field("warmup", &self.warmup)
             .field("log_summary_interval", &self.log_summary_interval)
+            .field("log_level", &self.log_level)
             .field("duplicate_memory", &self.duplicate_memory)
             .field("duplicate_window", &self.duplicate_window)
             .field("www_address", &self.www_address)
@@ -165,6 +168,7 @@ const KEYS: &[&str] = &[
     "max-hold",
     "warmup",
     "log-summary-interval",
+    "log-level",
     "duplicate-memory",
     "duplicate-window",
     "www-address",
@@ -337,6 +341,16 @@ impl Config {
             warmup: values.duration("warmup", announce_interval)?,
             log_summary_interval: values
                 .positive_duration("log-summary-interval", Duration::from_secs(60))?,
+            log_level: {
+                let level = values.string("log-level", "info")?;
+                if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+                    return Err(values.error(
+                        "log-level",
+                        format!("{e} (try info, debug, or mailroute=debug,info)"),
+                    ));
+                }
+                level
+            },
             duplicate_memory: values.number("duplicate-memory", 50_000, 0, 10_000_000)? as usize,
             duplicate_window: values
                 .positive_duration("duplicate-window", Duration::from_secs(600))?,

@@ -54,11 +54,14 @@ enum ClusterCommand {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Make every instance forget its peers and re-learn them (after a config change).
+    /// Make every instance re-read its own config file and re-validate its peers.
     Reload {
         /// A config file naming the cluster broker, exchange and secret (any instance's).
         #[arg(long, short)]
         config: PathBuf,
+        /// Only the instance of this `cluster-name` reloads.
+        #[arg(long, value_name = "NAME")]
+        only: Option<String>,
     },
 }
 
@@ -78,8 +81,8 @@ fn main() -> ExitCode {
                 command: ClusterCommand::List { config },
             } => commands::cluster::list(&config).await,
             Command::Cluster {
-                command: ClusterCommand::Reload { config },
-            } => commands::cluster::reload(&config).await,
+                command: ClusterCommand::Reload { config, only },
+            } => commands::cluster::reload(&config, only).await,
             Command::Inject(args) => commands::inject::run(args).await,
         }
     });

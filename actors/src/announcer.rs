@@ -9,7 +9,7 @@ use tracing::{debug, warn};
 
 use crate::backoff;
 use crate::broker::{BrokerError, Destination, Message, Properties, SharedBroker};
-use crate::messages::{AnnounceNow, Leave};
+use crate::messages::{AnnounceNow, Leave, Reconfigure};
 use crate::stats::{Stats, bump};
 use crate::wire::{Announcement, ClusterMessage, Codec};
 
@@ -21,6 +21,7 @@ pub struct Announcer {
     stats: Arc<Stats>,
     codec: Codec,
     failures: u32,
+    ticker: Option<SpawnHandle>,
 }
 
 impl Announcer {
@@ -40,6 +41,7 @@ impl Announcer {
             stats,
             codec,
             failures: 0,
+            ticker: None,
         }
     }
 
@@ -67,6 +69,15 @@ impl Announcer {
                     }
                 }),
         );
+    }
+}
+
+impl Announcer {
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if let Some(old) = self.ticker.take() {
+            ctx.cancel_future(old);
+        }
+        self.ticker = Some(ctx.run_interval(self.interval, |act, ctx| act.announce(ctx)));
     }
 }
 
@@ -101,7 +112,7 @@ impl Actor for Announcer {
             ctx.wait(declare.into_actor(act).map(|result, act, ctx| match result {
                 Ok(()) => {
                     act.announce(ctx);
-                    ctx.run_interval(act.interval, |act, ctx| act.announce(ctx));
+                    act.tick(ctx);
                 }
                 Err(error) => {
                     act.failures += 1;
@@ -116,6 +127,7 @@ impl Actor for Announcer {
 impl Supervised for Announcer {
     fn restarting(&mut self, _: &mut Context<Self>) {
         bump(&self.stats.restarts);
+        self.ticker = None;
     }
 }
 
@@ -124,6 +136,23 @@ impl Handler<AnnounceNow> for Announcer {
 
     fn handle(&mut self, _: AnnounceNow, ctx: &mut Context<Self>) {
         debug!("announcing on request");
+        self.announce(ctx);
+    }
+}
+
+/// Announces the new IPs and config hash at once, so peers route by them within moments.
+impl Handler<Reconfigure> for Announcer {
+    type Result = ();
+
+    fn handle(&mut self, Reconfigure(live): Reconfigure, ctx: &mut Context<Self>) {
+        self.announcement.local_ips = live.local_ips.clone();
+        self.announcement.config_hash = live.config_hash.clone();
+        if self.interval != live.announce_interval {
+            self.interval = live.announce_interval;
+            if self.ticker.is_some() {
+                self.tick(ctx);
+            }
+        }
         self.announce(ctx);
     }
 }

@@ -18,7 +18,7 @@ use crate::broker::{
 };
 use crate::handover_relay::handover_queue;
 use crate::message_id::ensure_id;
-use crate::messages::{Dispatch, Outcome, PeersGone, Settled, Unconfirmed};
+use crate::messages::{Dispatch, Outcome, PeersGone, Reconfigure, Settled, Unconfirmed};
 use crate::own_queues::own_queues;
 use crate::recent_ids::{RecentIds, id_of};
 use crate::routing::{
@@ -43,16 +43,30 @@ struct Targets {
     deliver: String,
     failure: String,
     retry: String,
-    /// Held mail's `expiration` (ms, as AMQP wants it): the retry queue dead-letters it back
-    /// to the outbox then.
-    hold_expiration: String,
+    /// What a reload may change.
+    live: std::sync::RwLock<LivePolicy>,
     /// Declared again when a publish to one of them is returned (it was deleted).
     own_queues: Vec<QueueSpec>,
-    unroutable: Unroutable,
     stats: Arc<Stats>,
     summary: Summary,
     summary_interval: std::time::Duration,
     recent: Arc<RecentIds>,
+}
+
+struct LivePolicy {
+    /// Held mail's `expiration` (ms, as AMQP wants it): the retry queue dead-letters it back
+    /// to the outbox then.
+    hold_expiration: String,
+    unroutable: Unroutable,
+}
+
+impl LivePolicy {
+    fn new(hold_time: std::time::Duration, unroutable: Unroutable) -> Self {
+        LivePolicy {
+            hold_expiration: hold_time.as_millis().max(1).to_string(),
+            unroutable,
+        }
+    }
 }
 
 struct Plan {
@@ -80,9 +94,11 @@ impl HandoverPublisher {
                 deliver: settings.deliver.clone(),
                 failure: settings.failure.clone(),
                 retry: settings.retry.clone(),
-                hold_expiration: settings.hold_time.as_millis().max(1).to_string(),
+                live: std::sync::RwLock::new(LivePolicy::new(
+                    settings.hold_time,
+                    settings.policy.unroutable,
+                )),
                 own_queues: own_queues(settings),
-                unroutable: settings.policy.unroutable,
                 stats,
                 summary: Summary::default(),
                 summary_interval: settings.summary_interval,
@@ -143,7 +159,7 @@ impl Targets {
                 // AMQP timestamps are seconds: other clients (pika, say) read them as such.
                 let headers = {
                     let properties = message.properties_mut();
-                    properties.expiration = Some(self.hold_expiration.clone());
+                    properties.expiration = Some(self.live().hold_expiration.clone());
                     &mut properties.headers
                 };
                 headers
@@ -175,6 +191,13 @@ impl Targets {
         }
     }
 
+    /// A poisoned lock only means a panic elsewhere while it was held; the values are whole.
+    fn live(&self) -> std::sync::RwLockReadGuard<'_, LivePolicy> {
+        self.live
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Where a handover to `peer` is published: its outbox when it is on a broker this
     /// instance publishes to anyway, else its handover queue on the cluster broker.
     fn path(&self, peer: &PeerRoute) -> (SharedBroker, Destination) {
@@ -193,7 +216,7 @@ impl Targets {
     /// The unroutable policy, for a handover the broker returned (the peer's outbox is gone).
     fn fallback(&self, peer: &str, reply_text: &str) -> Decision {
         let reason = format!("handover to {peer} returned by the broker: {reply_text}");
-        match self.unroutable {
+        match self.live().unroutable {
             Unroutable::Hold | Unroutable::Defer => Decision::Hold { reason },
             Unroutable::Fail => Decision::Fail { reason },
             Unroutable::Local => Decision::Deliver,
@@ -445,5 +468,18 @@ impl Handler<PeersGone> for HandoverPublisher {
             let (broker, to) = self.targets.path(&route);
             broker.release(&to);
         }
+    }
+}
+
+impl Handler<Reconfigure> for HandoverPublisher {
+    type Result = ();
+
+    fn handle(&mut self, Reconfigure(live): Reconfigure, _: &mut Context<Self>) {
+        let policy = LivePolicy::new(live.hold_time, live.policy.unroutable);
+        *self
+            .targets
+            .live
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = policy;
     }
 }

@@ -11,13 +11,13 @@ use crate::broker::{BrokerError, SharedBroker};
 use crate::handover_publisher::HandoverPublisher;
 use crate::handover_relay::HandoverRelay;
 use crate::ip_ownership_router::IpOwnershipRouter;
-use crate::messages::{Drain, Leave, ListPeers, PeerInfo, ReleaseDeferred};
+use crate::messages::{Drain, Leave, ListPeers, PeerInfo, Reconfigure, ReleaseDeferred};
 use crate::outbox_consumer::OutboxConsumer;
 use crate::own_queues::declare_queues;
 use crate::peer_registry::{PeerRegistry, RegistryConfig, RegistryLinks};
 use crate::recent_ids::RecentIds;
 use crate::routing::OwnershipTable;
-use crate::settings::InstanceSettings;
+use crate::settings::{InstanceSettings, LiveSettings};
 use crate::stats::Stats;
 use crate::wire::Announcement;
 use crate::wire::now_ms;
@@ -32,6 +32,8 @@ pub struct Instance {
     pub announcer: Addr<Announcer>,
     pub registry: Addr<PeerRegistry>,
     pub relay: Addr<HandoverRelay>,
+    /// Bumped each time the cluster asks this instance to reload (see [`Instance::reconfigure`]).
+    pub reload_requests: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Instance {
@@ -110,12 +112,14 @@ impl Instance {
             codec: settings.codec.clone(),
             config_hash: settings.config_hash.clone(),
         };
+        let (reload_tx, reload_requests) = tokio::sync::watch::channel(0);
         let links = RegistryLinks {
             router: router.clone().recipient(),
             hearing: router.clone().recipient(),
             released: publisher.clone().recipient(),
             announcer: announcer.clone().recipient(),
             listening: consumer.clone().recipient(),
+            reload_requests: reload_tx,
         };
         let registry = PeerRegistry::new(cluster.clone(), config, links, stats.clone());
         let registry = Supervisor::start(move |_| registry);
@@ -141,7 +145,20 @@ impl Instance {
             announcer,
             registry,
             relay,
+            reload_requests,
         })
+    }
+
+    /// Applies what a reload may change at run time, and announces it at once. Nothing in
+    /// flight is dropped: each actor takes the new values for what it does next.
+    pub fn reconfigure(&mut self, live: LiveSettings) {
+        self.settings.apply(&live);
+        let message = Reconfigure(Arc::new(live));
+        self.registry.do_send(message.clone());
+        self.router.do_send(message.clone());
+        self.publisher.do_send(message.clone());
+        self.consumer.do_send(message.clone());
+        self.announcer.do_send(message);
     }
 
     pub async fn peers(&self) -> Vec<PeerInfo> {

@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 
 use crate::broker::BrokerError;
 use crate::messages::{
-    Dispatch, Hearing, OwnershipChanged, ReleaseDeferred, Route, Settled, Unconfirmed,
+    Dispatch, Hearing, OwnershipChanged, Reconfigure, ReleaseDeferred, Route, Settled, Unconfirmed,
 };
 use crate::recent_ids::{RecentIds, id_of};
 use crate::routing::{Decision, OwnershipTable, RoutePolicy, Unroutable, route_message};
@@ -25,6 +25,8 @@ pub struct IpOwnershipRouter {
     waiting: RoutePolicy,
     heard: bool,
     deferred: Vec<Route>,
+    /// The peers' claims as last received: local IPs changed by a reload are applied on top.
+    claims: Vec<(IpAddr, Arc<crate::routing::PeerRoute>)>,
     /// The instance stops: nothing more is deferred, it goes back to the outbox.
     stopping: bool,
     // Survives restarts: the supervisor reuses this struct, so peers need not re-announce.
@@ -52,6 +54,7 @@ impl IpOwnershipRouter {
             policy,
             heard: false,
             deferred: Vec::new(),
+            claims: Vec::new(),
             stopping: false,
             publisher,
             stats,
@@ -150,7 +153,9 @@ impl Handler<OwnershipChanged> for IpOwnershipRouter {
     type Result = ();
 
     fn handle(&mut self, changed: OwnershipChanged, _: &mut Context<Self>) {
-        self.table.replace_peers(&self.local_ips, changed.claims);
+        self.claims = changed.claims;
+        self.table
+            .replace_peers(&self.local_ips, self.claims.iter().cloned());
         info!(owned_ips = self.table.len(), "ownership table updated");
         // A peer that announced may own what was waiting.
         self.route_deferred();
@@ -183,5 +188,25 @@ impl Handler<ReleaseDeferred> for IpOwnershipRouter {
         for route in std::mem::take(&mut self.deferred) {
             refuse(route.id, &route.reply, "instance stopping");
         }
+    }
+}
+
+impl Handler<Reconfigure> for IpOwnershipRouter {
+    type Result = ();
+
+    fn handle(&mut self, Reconfigure(live): Reconfigure, _: &mut Context<Self>) {
+        self.policy = live.policy.clone();
+        self.waiting = RoutePolicy {
+            unroutable: Unroutable::Defer,
+            ..live.policy.clone()
+        };
+        if self.local_ips != live.local_ips {
+            self.local_ips = live.local_ips.clone();
+            // The registry re-sends claims once it applied the same change; until then a peer's
+            // claim on an IP that is local now is overridden here (local always wins).
+            self.table
+                .replace_peers(&self.local_ips, self.claims.iter().cloned());
+        }
+        self.route_deferred();
     }
 }

@@ -118,3 +118,14 @@ pub struct PeerInfo {
     /// How long ago the last announcement arrived.
     pub last_seen: std::time::Duration,
 }
+
+/// → every actor: the settings a reload changed; each takes what it uses.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct Reconfigure(pub Arc<crate::settings::LiveSettings>);
+
+/// PeerRegistry → whoever runs the instance (`serve`): the cluster asked this instance to
+/// reload its config (`mailroute cluster reload`, MailerQ's `{"reload": true}`).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct ReloadRequested;

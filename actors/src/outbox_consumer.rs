@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff;
 use crate::broker::{Acker, BrokerError, ConsumerControl, Delivery, QueueSpec, SharedBroker};
-use crate::messages::{ClusterHeard, Drain, Route, Settled, Unconfirmed};
+use crate::messages::{ClusterHeard, Drain, Reconfigure, Route, Settled, Unconfirmed};
 use crate::stats::{Stats, bump};
 
 /// How long the oldest unsettled delivery may hold back the acks of those behind it.
@@ -51,6 +51,9 @@ pub struct OutboxConsumer {
     /// retried every few seconds, never in a loop, and mail for the others flows meanwhile.
     failing: HashMap<String, (Instant, Instant)>,
     draining: bool,
+    /// A reload changed the prefetch: the draining consumer is replaced by a new one once
+    /// everything it delivered is settled (a graceful stop cancels this).
+    resubscribe: bool,
     /// The broker has stopped sending (or this consumer never started).
     cancelled: bool,
     drained: Vec<tokio::sync::oneshot::Sender<()>>,
@@ -100,6 +103,7 @@ impl OutboxConsumer {
             failures: 0,
             failing: HashMap::new(),
             draining: false,
+            resubscribe: false,
             cancelled: false,
             drained: Vec::new(),
             warmup,
@@ -265,6 +269,15 @@ impl OutboxConsumer {
             if let Some(handle) = self.stream.take() {
                 ctx.cancel_future(handle);
             }
+            if std::mem::take(&mut self.resubscribe) {
+                self.draining = false;
+                self.cancelled = false;
+                info!(
+                    prefetch = self.prefetch,
+                    "consuming again with the new rabbitmq-qos"
+                );
+                self.consume(ctx, Duration::ZERO);
+            }
         }
     }
 
@@ -339,6 +352,10 @@ impl OutboxConsumer {
 impl Supervised for OutboxConsumer {
     fn restarting(&mut self, _: &mut Context<Self>) {
         bump(&self.stats.restarts);
+        if std::mem::take(&mut self.resubscribe) {
+            // The restart subscribes anew, with the new prefetch.
+            self.draining = false;
+        }
         // The old consumer was dropped with the old context, so the broker requeues all that
         // was unacked; the old ackers are dead.
         self.in_flight.clear();
@@ -458,6 +475,8 @@ impl Handler<Drain> for OutboxConsumer {
     fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.drained.push(tx);
+        // A stop wins over a prefetch change in progress.
+        self.resubscribe = false;
         if !self.draining {
             self.draining = true;
             // Cancel first: a consumer that stays subscribed is handed every requeued message
@@ -468,5 +487,26 @@ impl Handler<Drain> for OutboxConsumer {
         Box::pin(async move {
             let _ = rx.await;
         })
+    }
+}
+
+/// A new `rabbitmq-qos` takes a new consumer (a prefetch applies from `basic.consume` on): the
+/// current one is cancelled and drained like on a stop, nothing routed is requeued, then a new
+/// one subscribes. Deliveries the broker sent after the cancel go back untouched.
+impl Handler<Reconfigure> for OutboxConsumer {
+    type Result = ();
+
+    fn handle(&mut self, Reconfigure(live): Reconfigure, ctx: &mut Context<Self>) {
+        if live.prefetch == self.prefetch {
+            return;
+        }
+        self.prefetch = live.prefetch;
+        if self.draining || self.control.is_none() {
+            // Stopping, or not consuming yet: the next subscribe uses the new value.
+            return;
+        }
+        self.draining = true;
+        self.resubscribe = true;
+        self.cancel_consumer(ctx);
     }
 }

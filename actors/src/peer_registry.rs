@@ -22,6 +22,7 @@ use crate::backoff;
 use crate::broker::{BrokerError, Delivery, QueueSpec, SharedBroker};
 use crate::messages::{
     AnnounceNow, ClusterHeard, Hearing, ListPeers, OwnershipChanged, PeerInfo, PeersGone,
+    Reconfigure,
 };
 use crate::routing::PeerRoute;
 use crate::stats::{Stats, bump};
@@ -51,6 +52,9 @@ pub struct PeerRegistry {
     released: Recipient<PeersGone>,
     announcer: Recipient<AnnounceNow>,
     cluster_heard: Recipient<ClusterHeard>,
+    reload_requests: tokio::sync::watch::Sender<u64>,
+    /// The expiry sweep, rescheduled when a reload changes `peer-timeout`.
+    sweep: Option<SpawnHandle>,
     stats: Arc<Stats>,
     failures: u32,
     last_claims: Option<Vec<(IpAddr, Arc<PeerRoute>)>>,
@@ -80,6 +84,9 @@ pub struct RegistryLinks {
     pub released: Recipient<PeersGone>,
     pub announcer: Recipient<AnnounceNow>,
     pub listening: Recipient<ClusterHeard>,
+    /// Bumped when the cluster asks this instance to reload its config; whoever runs the
+    /// instance with a config file (`serve`) watches it.
+    pub reload_requests: tokio::sync::watch::Sender<u64>,
 }
 
 /// Registry settings that do not change at run time.
@@ -108,6 +115,7 @@ impl PeerRegistry {
             released,
             announcer,
             listening,
+            reload_requests,
         } = links;
         PeerRegistry {
             broker,
@@ -129,8 +137,10 @@ impl PeerRegistry {
             released,
             announcer,
             cluster_heard: listening,
+            reload_requests,
             stats,
             failures: 0,
+            sweep: None,
             last_claims: None,
             conflicts: BTreeSet::new(),
             conflicts_told: Instant::now(),
@@ -283,19 +293,35 @@ impl PeerRegistry {
                     self.announcer.do_send(AnnounceNow);
                 }
             }
-            ClusterMessage::Reload { from } => {
-                info!(
-                    from = from.as_deref().unwrap_or("operator"),
-                    peers = self.peers.len(),
-                    "cluster reload: re-validating peers"
-                );
-                bump(&self.stats.reloads);
-                // Everyone announces on a reload; a peer that does not within the window is
-                // forgotten then. Forgetting all first would hold or fail mail for live peers.
-                self.start_rejoin(ctx, Rejoin::Reload);
-                self.announcer.do_send(AnnounceNow);
+            ClusterMessage::Reload { from } => self.reload(from, ctx),
+            ClusterMessage::ReloadOne { from, name } => {
+                if name == self.me {
+                    self.reload(from, ctx);
+                }
             }
         }
+    }
+
+    fn reload(&mut self, from: Option<String>, ctx: &mut Context<Self>) {
+        info!(
+            from = from.as_deref().unwrap_or("operator"),
+            peers = self.peers.len(),
+            "cluster reload: re-validating peers and re-reading the config"
+        );
+        bump(&self.stats.reloads);
+        self.reload_requests.send_modify(|n| *n += 1);
+        // Everyone announces on a reload; a peer that does not within the window is
+        // forgotten then. Forgetting all first would hold or fail mail for live peers.
+        self.start_rejoin(ctx, Rejoin::Reload);
+        self.announcer.do_send(AnnounceNow);
+    }
+
+    fn schedule_sweep(&mut self, ctx: &mut Context<Self>) {
+        if let Some(old) = self.sweep.take() {
+            ctx.cancel_future(old);
+        }
+        let sweep = (self.peer_timeout / 4).max(Duration::from_millis(50));
+        self.sweep = Some(ctx.run_interval(sweep, |act, _| act.expire()));
     }
 
     /// After a reconnect or a reload: every known peer must be heard again within the window,
@@ -386,8 +412,7 @@ impl Actor for PeerRegistry {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let sweep = (self.peer_timeout / 4).max(Duration::from_millis(50));
-        ctx.run_interval(sweep, |act, _| act.expire());
+        self.schedule_sweep(ctx);
         ctx.run_interval(self.remind_every, |act, _| act.remind_conflicts());
         // Capped at an announce interval: while deaf, this instance keeps its peers and defers
         // unowned mail, so it must be listening again soon after the broker is back.
@@ -435,6 +460,7 @@ impl Actor for PeerRegistry {
 impl Supervised for PeerRegistry {
     fn restarting(&mut self, _: &mut Context<Self>) {
         bump(&self.stats.restarts);
+        self.sweep = None;
         self.listening = false;
         self.epoch += 1;
         self.set_heard(false);
@@ -474,6 +500,23 @@ impl StreamHandler<Result<Delivery, BrokerError>> for PeerRegistry {
         warn!("cluster listener cancelled by the broker; listening again");
         self.failures += 1;
         ctx.stop();
+    }
+}
+
+impl Handler<Reconfigure> for PeerRegistry {
+    type Result = ();
+
+    fn handle(&mut self, Reconfigure(live): Reconfigure, ctx: &mut Context<Self>) {
+        self.local_ips = live.local_ips.clone();
+        self.config_hash = live.config_hash.clone();
+        self.rejoin_window = (live.announce_interval * 2).min(live.peer_timeout);
+        self.remind_every = (live.announce_interval * 30).min(Duration::from_secs(60));
+        if self.peer_timeout != live.peer_timeout {
+            self.peer_timeout = live.peer_timeout;
+            self.schedule_sweep(ctx);
+        }
+        // A peer's claim on an IP that was this instance's is valid now, and the reverse.
+        self.publish_ownership();
     }
 }
 

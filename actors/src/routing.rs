@@ -301,7 +301,7 @@ impl<'de> de::Deserialize<'de> for IpItem<'de> {
 }
 
 /// Everything the decision needs besides the message; built once per config.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RoutePolicy {
     pub default_ips: Vec<IpAddr>,
     pub max_hops: u32,

@@ -69,3 +69,41 @@ impl InstanceSettings {
         }
     }
 }
+
+/// What a reload changes while the instance runs (`mailroute cluster reload`, SIGHUP). The
+/// rest of [`InstanceSettings`] (queue names, brokers, the instance name) needs a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveSettings {
+    pub local_ips: Vec<IpAddr>,
+    pub policy: RoutePolicy,
+    pub hold_time: Duration,
+    pub announce_interval: Duration,
+    pub peer_timeout: Duration,
+    pub prefetch: u16,
+    /// Announced, and compared with the peers' (max-hops is part of it).
+    pub config_hash: String,
+}
+
+impl InstanceSettings {
+    pub fn live(&self) -> LiveSettings {
+        LiveSettings {
+            local_ips: self.local_ips.clone(),
+            policy: self.policy.clone(),
+            hold_time: self.hold_time,
+            announce_interval: self.announce_interval,
+            peer_timeout: self.peer_timeout,
+            prefetch: self.prefetch,
+            config_hash: self.config_hash.clone(),
+        }
+    }
+
+    pub fn apply(&mut self, live: &LiveSettings) {
+        self.local_ips = live.local_ips.clone();
+        self.policy = live.policy.clone();
+        self.hold_time = live.hold_time;
+        self.announce_interval = live.announce_interval;
+        self.peer_timeout = live.peer_timeout;
+        self.prefetch = live.prefetch;
+        self.config_hash = live.config_hash.clone();
+    }
+}

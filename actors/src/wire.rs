@@ -68,6 +68,12 @@ pub enum ClusterMessage {
     Reload {
         from: Option<String>,
     },
+    /// Only the named instance reloads (`mailroute cluster reload --only NAME`). A new kind, not
+    /// a field of `Reload`: an older instance drops it rather than reloading as if for all.
+    ReloadOne {
+        from: Option<String>,
+        name: String,
+    },
 }
 
 impl ClusterMessage {
@@ -78,6 +84,7 @@ impl ClusterMessage {
             ClusterMessage::Leaving { name, .. } => format!("leaving.{name}"),
             ClusterMessage::Hello { .. } => "hello".into(),
             ClusterMessage::Reload { .. } => "reload".into(),
+            ClusterMessage::ReloadOne { name, .. } => format!("reload.{name}"),
         }
     }
 }

@@ -151,7 +151,8 @@ pub async fn list(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn reload(path: &Path) -> anyhow::Result<()> {
+/// Asks every instance (or only `only`) to re-read its own config file.
+pub async fn reload(path: &Path, only: Option<String>) -> anyhow::Result<()> {
     let config = super::load_config(path)?;
     let (_, cluster) = super::connect(&config, None).await?;
     cluster
@@ -161,9 +162,24 @@ pub async fn reload(path: &Path) -> anyhow::Result<()> {
         &cluster,
         &config.cluster_exchange,
         &config.codec(),
-        ClusterMessage::Reload { from: None },
+        match &only {
+            None => ClusterMessage::Reload { from: None },
+            Some(name) => ClusterMessage::ReloadOne {
+                from: None,
+                name: name.clone(),
+            },
+        },
     )
     .await?;
-    println!("reload sent to exchange {}", config.cluster_exchange);
+    match only {
+        None => println!(
+            "reload sent to every instance on exchange {}",
+            config.cluster_exchange
+        ),
+        Some(name) => println!(
+            "reload sent to {name} on exchange {}",
+            config.cluster_exchange
+        ),
+    }
     Ok(())
 }

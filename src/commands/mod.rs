@@ -3,6 +3,7 @@
 pub mod cluster;
 pub mod demo;
 pub mod inject;
+pub mod reload;
 pub mod serve;
 
 use std::path::Path;
@@ -21,28 +22,51 @@ pub enum LogFormat {
     Json,
 }
 
-pub fn init_tracing(default_level: &str, format: LogFormat) {
-    let from_env = std::env::var("RUST_LOG").ok();
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    // lapin logs every returned message whole, body included: mailroute handles returns and
-    // says what matters, and mail bodies have no place in logs.
-    if !from_env.is_some_and(|v| v.contains("lapin")) {
+type FilterHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// The live log filter, for `log-level` on a reload.
+static LOG_FILTER: std::sync::OnceLock<FilterHandle> = std::sync::OnceLock::new();
+
+/// `directives` in `RUST_LOG` syntax, with lapin's returned-message logging kept quiet: lapin
+/// logs every returned message whole, body included, and mail bodies have no place in logs.
+fn filter(directives: &str) -> tracing_subscriber::EnvFilter {
+    let mut filter = tracing_subscriber::EnvFilter::try_new(directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if !directives.contains("lapin") {
         if let Ok(quiet) = "lapin::returned_messages=error".parse() {
             filter = filter.add_directive(quiet);
         }
     }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    filter
+}
+
+pub fn init_tracing(default_level: &str, format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| default_level.to_string());
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter(&directives));
+    let _ = LOG_FILTER.set(handle);
+    let layer = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
         // Spans (message id, peer) as fields of each line, so a shipper can index them.
-        LogFormat::Json => builder.json().with_current_span(true).init(),
+        LogFormat::Json => registry.with(layer.json().with_current_span(true)).init(),
         // Plain text when logging to a file, so logs stay greppable.
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        LogFormat::Text => registry
+            .with(layer.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())))
             .init(),
+    }
+}
+
+/// Replaces the log filter (`log-level`); the key was validated when the config was read.
+pub fn set_log_level(directives: &str) {
+    if let Some(handle) = LOG_FILTER.get() {
+        if let Err(error) = handle.reload(filter(directives)) {
+            tracing::warn!(%error, "cannot change the log level");
+        }
     }
 }
 

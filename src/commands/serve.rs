@@ -12,7 +12,10 @@ use tracing::{info, warn};
 const GRACE: Duration = Duration::from_secs(30);
 
 pub async fn run(path: &Path) -> anyhow::Result<()> {
-    let config = super::load_config(path)?;
+    let mut config = super::load_config(path)?;
+    if std::env::var_os("RUST_LOG").is_none() {
+        super::set_log_level(&config.log_level);
+    }
     if config.cluster_secret.is_none() {
         warn!("cluster-secret is not set: any client of the cluster broker can claim IPs");
     }
@@ -22,13 +25,14 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     let (local, cluster) = super::connect(&config, Some(config.startup_timeout)).await?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    // Listening replaces SIGHUP's default action, which would end the process without a word
-    // (a systemd `ExecReload=kill -HUP` would take the node down).
+    // SIGHUP re-reads the config (systemd's `ExecReload=kill -HUP $MAINPID`); listening also
+    // replaces its default action, which would end the process without a word.
     let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
-    let instance = Instance::start(config.settings(), local, cluster)
+    let mut instance = Instance::start(config.settings(), local, cluster)
         .await
         .context("cannot declare this instance's queues")?;
     info!(name = %config.cluster_name, outbox = %config.rabbitmq_outbox, "serving");
+    let mut reloads = instance.reload_requests.clone();
     loop {
         tokio::select! {
             _ = terminate.recv() => {
@@ -40,7 +44,12 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
                 break;
             }
             _ = hangup.recv() => {
-                warn!("SIGHUP: re-reading the config is not built yet; ignored, still serving");
+                info!(path = %path.display(), "SIGHUP: re-reading the config");
+                super::reload::run(path, &mut config, &mut instance);
+            }
+            Ok(()) = reloads.changed() => {
+                info!(path = %path.display(), "cluster reload: re-reading the config");
+                super::reload::run(path, &mut config, &mut instance);
             }
         }
     }
