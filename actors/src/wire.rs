@@ -322,6 +322,10 @@ mod tests {
                 from: Some("b".into()),
             },
             ClusterMessage::Reload { from: None },
+            ClusterMessage::ReloadOne {
+                from: None,
+                name: "c".into(),
+            },
         ] {
             assert_eq!(decode(&encode(&m).unwrap()), Ok(m));
         }
