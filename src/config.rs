@@ -279,14 +279,15 @@ impl Config {
         let values = Values { raw: &raw };
         let rabbitmq_address =
             values.string("rabbitmq-address", "amqp://guest:guest@localhost/")?;
-        crate::amqp::address::parse(&rabbitmq_address)
-            .map_err(|e| values.error("rabbitmq-address", e.reason))?;
+        crate::amqp::address::parse_list(&rabbitmq_address)
+            .map_err(|e| values.error("rabbitmq-address", format!("{}: {}", e.masked, e.reason)))?;
         let cluster_address = values.string("cluster-address", "")?;
         let cluster_address = if cluster_address.is_empty() {
             rabbitmq_address.clone()
         } else {
-            crate::amqp::address::parse(&cluster_address)
-                .map_err(|e| values.error("cluster-address", e.reason))?;
+            crate::amqp::address::parse_list(&cluster_address).map_err(|e| {
+                values.error("cluster-address", format!("{}: {}", e.masked, e.reason))
+            })?;
             cluster_address
         };
         let announce_interval =
@@ -554,8 +555,8 @@ pub fn detect_local_ips() -> Vec<IpAddr> {
 /// and exchange, `max-hops`, and whether messages are signed. Per-instance values (names,
 /// queues, IPs) and secrets stay out, so equal hashes mean agreement and a hash leaks nothing.
 pub fn cluster_hash(config: &Config) -> String {
-    let broker = crate::amqp::address::parse(&config.cluster_address)
-        .map(|uri| crate::amqp::address::identity(&uri))
+    let broker = crate::amqp::address::parse_list(&config.cluster_address)
+        .map(|nodes| crate::amqp::address::list_identity(&nodes))
         .unwrap_or_default();
     let mut digest = Sha256::new();
     for part in [

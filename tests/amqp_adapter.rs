@@ -196,3 +196,40 @@ async fn an_address_with_an_empty_vhost_reaches_the_default_vhost() {
     );
     root.delete_queue(&queue).await.unwrap();
 }
+
+/// MailerQ's address list: the first node refuses connections, the broker connects through
+/// the next one (whichever order this instance shuffled them in) and works.
+#[actix::test]
+async fn an_address_list_connects_through_a_node_that_answers() {
+    let vhost = TestVhost::new("nodes");
+    let refusing = format!("amqp://guest:guest@127.0.0.1:1/{}", vhost.name);
+    let list = format!("{refusing}, {}", vhost.address());
+    let broker = AmqpBroker::connect(&list)
+        .await
+        .expect("the second node answers");
+    broker
+        .declare_queue(&QueueSpec::durable("q"))
+        .await
+        .unwrap();
+    let to = Destination::queue("q");
+    broker
+        .publish(&to, &Message::new(&b"x"[..], Default::default()), true)
+        .await
+        .unwrap();
+    assert_eq!(broker.queue_len("q").await.unwrap(), 1);
+    assert_eq!(
+        broker.identity(),
+        format!("127.0.0.1:1/{0},127.0.0.1:5672/{0}", vhost.name)
+    );
+    // No node answers: one error naming each node, passwords masked.
+    let err = AmqpBroker::connect(&format!("{refusing},amqp://guest:guest@127.0.0.1:2/"))
+        .await
+        .err()
+        .expect("nobody answers")
+        .to_string();
+    assert!(
+        err.contains("127.0.0.1:1") && err.contains("127.0.0.1:2"),
+        "{err}"
+    );
+    assert!(!err.contains("guest:guest"), "{err}");
+}

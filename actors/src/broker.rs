@@ -305,6 +305,14 @@ pub trait Broker: Send + Sync + 'static {
 
 pub type SharedBroker = Arc<dyn Broker>;
 
+/// Whether two broker identities name the same broker: an identity of an address list is its
+/// nodes' identities, comma-separated, and two lists with a node in common are one cluster.
+pub fn same_broker(a: &str, b: &str) -> bool {
+    a == b
+        || a.split(',')
+            .any(|node| b.split(',').any(|other| other == node))
+}
+
 /// The broker's answer to one mandatory publish.
 ///
 /// AMQP does not say which publish a `basic.return` belongs to; clients pair it with the next

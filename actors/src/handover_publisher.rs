@@ -14,7 +14,7 @@ use tracing::{Instrument, info, warn};
 
 use crate::backoff;
 use crate::broker::{
-    BrokerError, Destination, HeaderValue, Message, QueueSpec, Returned, SharedBroker,
+    BrokerError, Destination, HeaderValue, Message, QueueSpec, Returned, SharedBroker, same_broker,
 };
 use crate::handover_relay::handover_queue;
 use crate::message_id::ensure_id;
@@ -201,9 +201,9 @@ impl Targets {
     /// Where a handover to `peer` is published: its outbox when it is on a broker this
     /// instance publishes to anyway, else its handover queue on the cluster broker.
     fn path(&self, peer: &PeerRoute) -> (SharedBroker, Destination) {
-        if peer.broker == self.local_identity {
+        if same_broker(&peer.broker, &self.local_identity) {
             (self.local.clone(), Destination::queue(&peer.outbox))
-        } else if peer.broker == self.cluster_identity {
+        } else if same_broker(&peer.broker, &self.cluster_identity) {
             (self.cluster.clone(), Destination::queue(&peer.outbox))
         } else {
             (

@@ -36,6 +36,45 @@ pub fn parse(address: &str) -> Result<AMQPUri, AddressError> {
     Ok(uri)
 }
 
+/// One node of an address list: where to connect, and how to name it in logs.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub uri: AMQPUri,
+    pub masked: String,
+}
+
+/// MailerQ's address list: comma-separated URLs, the nodes of one RabbitMQ cluster (or one
+/// address). Every entry must parse; the error names the bad one, masked.
+pub fn parse_list(addresses: &str) -> Result<Vec<Node>, AddressError> {
+    let nodes: Vec<Node> = addresses
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            Ok(Node {
+                uri: parse(a)?,
+                masked: mask_one(a),
+            })
+        })
+        .collect::<Result<_, AddressError>>()?;
+    if nodes.is_empty() {
+        return Err(AddressError {
+            masked: addresses.to_string(),
+            reason: "no address given".into(),
+        });
+    }
+    Ok(nodes)
+}
+
+/// The identity of a list: each node's `host:port/vhost`, sorted, comma-separated. Two
+/// instances share a broker when their lists have a node in common (see `same_broker`).
+pub fn list_identity(nodes: &[Node]) -> String {
+    let mut ids: Vec<String> = nodes.iter().map(|n| identity(&n.uri)).collect();
+    ids.sort();
+    ids.dedup();
+    ids.join(",")
+}
+
 /// `host:port/vhost`: equal for two instances on the same broker, whatever their credentials.
 pub fn identity(uri: &AMQPUri) -> String {
     format!(
@@ -124,5 +163,18 @@ mod tests {
     fn bad_address_error_is_masked() {
         let err = parse("amqp://guest:secret@host:notaport/").unwrap_err();
         assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn an_address_list_is_every_node_with_one_identity_whatever_the_order() {
+        let a = parse_list("amqp://u:p@n1:5672/mail, amqp://u:p@n2:5673/mail").unwrap();
+        let b = parse_list("amqp://x:y@n2:5673/mail,amqp://x:y@n1:5672/mail").unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[1].masked, "amqp://u:***@n2:5673/mail");
+        assert_eq!(list_identity(&a), "n1:5672/mail,n2:5673/mail");
+        assert_eq!(list_identity(&a), list_identity(&b));
+        let err = parse_list("amqp://u:secret@n1/, amqp://u:secret@n2:bad/").unwrap_err();
+        assert_eq!(err.masked, "amqp://u:***@n2:bad/");
+        assert!(parse_list(" , ").is_err());
     }
 }

@@ -50,7 +50,11 @@ pub use address::AddressError;
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct AmqpBroker {
-    uri: lapin::uri::AMQPUri,
+    /// The nodes of the address list, in this instance's own shuffled order, so that a
+    /// fleet given the same list does not all land on its first node.
+    nodes: Vec<address::Node>,
+    /// The node connected last: both connections go there first, the others on its loss.
+    current: std::sync::atomic::AtomicUsize,
     masked: String,
     identity: String,
     handle: tokio::runtime::Handle,
@@ -113,11 +117,14 @@ impl AmqpBroker {
     /// Checks the address; connects lazily on first use. Must be called inside the runtime
     /// that outlives the broker (the actix System in `mailroute serve`).
     pub fn new(address: &str) -> Result<Self, AddressError> {
-        let uri = address::parse(address)?;
+        let mut nodes = address::parse_list(address)?;
+        let identity = address::list_identity(&nodes);
+        rand::seq::SliceRandom::shuffle(nodes.as_mut_slice(), &mut rand::rng());
         Ok(AmqpBroker {
-            uri: uri.clone(),
+            nodes,
+            current: std::sync::atomic::AtomicUsize::new(0),
             masked: address::mask_password(address),
-            identity: address::identity(&uri),
+            identity,
             handle: tokio::runtime::Handle::current(),
             state: Mutex::new(State::default()),
             publishers: std::sync::Mutex::new(Publishers::default()),
@@ -177,7 +184,6 @@ impl AmqpBroker {
         if role == Role::Publishing {
             *self.publishers_locked() = Publishers::default();
         }
-        let runtime = async_rs::Runtime::tokio_with_handle(self.handle.clone());
         let kind = match role {
             Role::Consuming => "consume",
             Role::Publishing => "publish",
@@ -189,23 +195,8 @@ impl AmqpBroker {
             )
             .into(),
         );
-        let connect = Connection::connect_uri_with_runtime(self.uri.clone(), props, runtime);
-        let connection = match tokio::time::timeout(TIMEOUT, connect).await {
-            Ok(Ok(c)) => Arc::new(c),
-            Ok(Err(e)) => {
-                return Err(BrokerError::ConnectFailed {
-                    address: self.masked.clone(),
-                    reason: e.to_string(),
-                });
-            }
-            Err(_) => {
-                return Err(BrokerError::ConnectFailed {
-                    address: self.masked.clone(),
-                    reason: format!("no answer within {TIMEOUT:?}"),
-                });
-            }
-        };
-        info!(broker = %self.masked, connection = kind, "connected");
+        let (connection, node) = self.connect_any(props).await?;
+        info!(broker = %node, connection = kind, "connected");
         if role == Role::Publishing {
             // A new connection starts unblocked; the broker says so again if it still is.
             self.blocked.send_replace(false);
@@ -213,6 +204,47 @@ impl AmqpBroker {
         }
         *slot = Some(connection.clone());
         Ok(connection)
+    }
+
+    /// Tries every node once, starting with the one in use; the first that answers is used
+    /// from now on. All failing is one error naming each node and why.
+    async fn connect_any(
+        &self,
+        props: ConnectionProperties,
+    ) -> Result<(Arc<Connection>, String), BrokerError> {
+        use std::sync::atomic::Ordering;
+        let first = self.current.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for step in 0..self.nodes.len() {
+            let index = (first + step) % self.nodes.len();
+            let node = &self.nodes[index];
+            let runtime = async_rs::Runtime::tokio_with_handle(self.handle.clone());
+            let connect =
+                Connection::connect_uri_with_runtime(node.uri.clone(), props.clone(), runtime);
+            let reason = match tokio::time::timeout(TIMEOUT, connect).await {
+                Ok(Ok(c)) => {
+                    if index != first {
+                        warn!(broker = %node.masked, "moved to another node of the address list");
+                    }
+                    self.current.store(index, Ordering::Relaxed);
+                    return Ok((Arc::new(c), node.masked.clone()));
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {TIMEOUT:?}"),
+            };
+            if self.nodes.len() > 1 {
+                warn!(broker = %node.masked, %reason, "node does not answer; trying the next");
+            }
+            failures.push(if self.nodes.len() > 1 {
+                format!("{}: {reason}", node.masked)
+            } else {
+                reason
+            });
+        }
+        Err(BrokerError::ConnectFailed {
+            address: self.masked.clone(),
+            reason: failures.join("; "),
+        })
     }
 
     fn publishers_locked(&self) -> std::sync::MutexGuard<'_, Publishers> {

@@ -110,7 +110,7 @@ pub async fn connect(
 async fn connect_one(address: &str, wait: Option<Duration>) -> Result<AmqpBroker, BrokerError> {
     let started = tokio::time::Instant::now();
     // A wrong address fails at once: waiting cannot fix it.
-    let wait = wait.filter(|_| mailroute::amqp::address::parse(address).is_ok());
+    let wait = wait.filter(|_| mailroute::amqp::address::parse_list(address).is_ok());
     let mut attempt = 0;
     loop {
         let error = match AmqpBroker::connect(address).await {

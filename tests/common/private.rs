@@ -36,7 +36,15 @@ impl PrivateCluster {
             .collect();
         let dir = std::env::temp_dir().join(&cluster.name);
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let extra = format!("cluster-address: {}\n{extra}", cluster.instance_address());
+        // As a list whose other node refuses connections (port 1): every instance must get
+        // through to the node that answers, whichever it tries first.
+        let refusing = cluster
+            .instance_address()
+            .replace("127.0.0.1:5672", "127.0.0.1:1");
+        let extra = format!(
+            "cluster-address: {refusing}, {}\n{extra}",
+            cluster.instance_address()
+        );
         let servers: Vec<Server> = NAMES
             .iter()
             .zip(&vhosts)
