@@ -84,6 +84,8 @@ pub struct Config {
     pub log_summary_interval: Duration,
     /// `RUST_LOG` syntax (`info`, `mailroute=debug,info`); `RUST_LOG` itself wins at startup.
     pub log_level: String,
+    /// `classic` (default) or `quorum` for the queues this instance declares.
+    pub quorum_queues: bool,
     pub duplicate_memory: usize,
     pub duplicate_window: Duration,
     pub www_address: Option<String>,
@@ -124,6 +126,7 @@ impl fmt::Debug for Config {
             .field("warmup", &self.warmup)
             .field("log_summary_interval", &self.log_summary_interval)
             .field("log_level", &self.log_level)
+            .field("quorum_queues", &self.quorum_queues)
             .field("duplicate_memory", &self.duplicate_memory)
             .field("duplicate_window", &self.duplicate_window)
             .field("www_address", &self.www_address)
@@ -169,6 +172,7 @@ const KEYS: &[&str] = &[
     "warmup",
     "log-summary-interval",
     "log-level",
+    "rabbitmq-queue-type",
     "duplicate-memory",
     "duplicate-window",
     "www-address",
@@ -352,6 +356,16 @@ impl Config {
                 }
                 level
             },
+            quorum_queues: match values.string("rabbitmq-queue-type", "classic")?.as_str() {
+                "classic" => false,
+                "quorum" => true,
+                other => {
+                    return Err(values.error(
+                        "rabbitmq-queue-type",
+                        format!("expected classic or quorum, got {other:?}"),
+                    ));
+                }
+            },
             duplicate_memory: values.number("duplicate-memory", 50_000, 0, 10_000_000)? as usize,
             duplicate_window: values
                 .positive_duration("duplicate-window", Duration::from_secs(600))?,
@@ -409,6 +423,7 @@ impl Config {
         s.summary_interval = self.log_summary_interval;
         s.duplicate_memory = self.duplicate_memory;
         s.duplicate_window = self.duplicate_window;
+        s.quorum_queues = self.quorum_queues;
         s.codec = self.codec();
         s
     }

@@ -91,3 +91,30 @@ async fn a_queue_with_other_arguments_is_reported_clearly() {
     }
     assert!(!error.contains("PRECONDITION_FAILED"), "{error}");
 }
+
+/// `rabbitmq-queue-type: quorum` against an outbox that exists as a classic queue: startup
+/// stops with the queue, both types and the config key named, not a channel-closed error.
+#[actix::test]
+async fn a_queue_of_the_other_type_is_reported_clearly() {
+    let vhost = TestVhost::new("queue-type");
+    let client = vhost.broker().await;
+    client
+        .declare_queue(&QueueSpec::durable("a.outbox"))
+        .await
+        .unwrap();
+    let broker = vhost.instance_broker().await;
+    let mut s = settings(Duration::from_secs(1));
+    s.quorum_queues = true;
+    let error = match Instance::start(s, broker.clone(), broker).await {
+        Ok(_) => panic!("a queue of the other type must stop startup"),
+        Err(error) => error.to_string(),
+    };
+    for part in [
+        "queue a.outbox exists with x-queue-type = 'classic'",
+        "declares 'quorum'",
+        "rabbitmq-queue-type",
+    ] {
+        assert!(error.contains(part), "{part:?} missing in: {error}");
+    }
+    assert!(!error.contains("PRECONDITION_FAILED"), "{error}");
+}

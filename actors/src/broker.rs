@@ -195,6 +195,8 @@ pub struct QueueSpec {
     pub message_ttl: Option<std::time::Duration>,
     /// Dead letters go to this queue through the default exchange.
     pub dead_letter_queue: Option<String>,
+    /// A quorum queue (replicated, Raft); dead-lettering from one is at-least-once.
+    pub quorum: bool,
 }
 
 impl QueueSpec {
@@ -202,6 +204,14 @@ impl QueueSpec {
         QueueSpec {
             name: name.into(),
             ..QueueSpec::default()
+        }
+    }
+
+    /// Durable, of the type this instance's queues have (`rabbitmq-queue-type`).
+    pub fn durable_typed(name: impl Into<String>, quorum: bool) -> Self {
+        QueueSpec {
+            quorum,
+            ..QueueSpec::durable(name)
         }
     }
 

@@ -28,6 +28,7 @@ pub struct HandoverRelay {
     cluster: SharedBroker,
     links: Arc<Links>,
     queue: String,
+    quorum: bool,
     prefetch: u16,
     failures: u32,
     control: Option<Arc<dyn ConsumerControl>>,
@@ -57,6 +58,7 @@ impl HandoverRelay {
         instance: &str,
         outbox: &str,
         prefetch: u16,
+        quorum: bool,
         stats: Arc<Stats>,
     ) -> Self {
         HandoverRelay {
@@ -64,10 +66,11 @@ impl HandoverRelay {
             links: Arc::new(Links {
                 local,
                 outbox: Destination::queue(outbox),
-                outbox_spec: QueueSpec::durable(outbox),
+                outbox_spec: QueueSpec::durable_typed(outbox, quorum),
                 stats,
             }),
             queue: handover_queue(instance),
+            quorum,
             prefetch,
             failures: 0,
             control: None,
@@ -134,8 +137,9 @@ impl Actor for HandoverRelay {
         let delay = backoff::delay(self.failures);
         ctx.run_later(delay, |act, ctx| {
             let (cluster, queue, prefetch) = (act.cluster.clone(), act.queue.clone(), act.prefetch);
+            let spec = QueueSpec::durable_typed(&queue, act.quorum);
             let subscribe = async move {
-                cluster.declare_queue(&QueueSpec::durable(&queue)).await?;
+                cluster.declare_queue(&spec).await?;
                 cluster.subscribe(&queue, prefetch).await
             };
             ctx.wait(subscribe.into_actor(act).map(|result, act, ctx| match result {

@@ -95,7 +95,7 @@ impl Instance {
         let announcer = Supervisor::start(move |_| announcer);
         let consumer = OutboxConsumer::new(
             local.clone(),
-            settings.outbox.clone(),
+            crate::broker::QueueSpec::durable_typed(&settings.outbox, settings.quorum_queues),
             settings.prefetch,
             router.clone().recipient(),
             stats.clone(),
@@ -131,6 +131,7 @@ impl Instance {
             &settings.name,
             &settings.outbox,
             settings.prefetch,
+            settings.quorum_queues,
             stats.clone(),
         );
         let relay = Supervisor::start(move |_| relay);

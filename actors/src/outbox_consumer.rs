@@ -30,6 +30,8 @@ const FAILURE_GAP: Duration = Duration::from_secs(10);
 pub struct OutboxConsumer {
     broker: SharedBroker,
     queue: String,
+    /// Declared again on every start, as this instance declares it.
+    spec: QueueSpec,
     prefetch: u16,
     router: Recipient<Route>,
     stats: Arc<Stats>,
@@ -83,7 +85,7 @@ enum Pending {
 impl OutboxConsumer {
     pub fn new(
         broker: SharedBroker,
-        queue: impl Into<String>,
+        spec: QueueSpec,
         prefetch: u16,
         router: Recipient<Route>,
         stats: Arc<Stats>,
@@ -91,7 +93,8 @@ impl OutboxConsumer {
     ) -> Self {
         OutboxConsumer {
             broker,
-            queue: queue.into(),
+            queue: spec.name.clone(),
+            spec,
             prefetch,
             router,
             stats,
@@ -316,14 +319,12 @@ impl OutboxConsumer {
     fn consume(&mut self, ctx: &mut Context<Self>, delay: std::time::Duration) {
         ctx.run_later(delay, |act, ctx| {
             let broker = act.broker.clone();
-            let (queue, prefetch) = (act.queue.clone(), act.prefetch);
+            let (queue, spec, prefetch) = (act.queue.clone(), act.spec.clone(), act.prefetch);
             // Declared again on every start: if an operator or a broker failure removed the
             // outbox, this instance brings it back instead of sitting idle while peers' handovers
             // to it are returned.
             let consume = async move {
-                broker
-                    .declare_queue(&QueueSpec::durable(queue.as_str()))
-                    .await?;
+                broker.declare_queue(&spec).await?;
                 broker.subscribe(&queue, prefetch).await
             };
             ctx.wait(

@@ -7,12 +7,13 @@ use crate::settings::InstanceSettings;
 /// has no `x-message-ttl`: held mail carries its hold-time as a per-message `expiration`, so
 /// `hold-time` can change without the queue (and the mail in it) having to be deleted.
 pub fn own_queues(settings: &InstanceSettings) -> Vec<QueueSpec> {
-    let mut retry = QueueSpec::durable(settings.retry.as_str());
+    let spec = |name: &str| QueueSpec::durable_typed(name, settings.quorum_queues);
+    let mut retry = spec(&settings.retry);
     retry.dead_letter_queue = Some(settings.outbox.clone());
     vec![
-        QueueSpec::durable(settings.outbox.as_str()),
-        QueueSpec::durable(settings.deliver.as_str()),
-        QueueSpec::durable(settings.failure.as_str()),
+        spec(&settings.outbox),
+        spec(&settings.deliver),
+        spec(&settings.failure),
         retry,
     ]
 }

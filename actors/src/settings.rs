@@ -35,6 +35,9 @@ pub struct InstanceSettings {
     /// and for how long (`duplicate-memory`, `duplicate-window`).
     pub duplicate_memory: usize,
     pub duplicate_window: Duration,
+    /// Outbox, deliver, failure, retry and handover queues are quorum queues
+    /// (`rabbitmq-queue-type: quorum`).
+    pub quorum_queues: bool,
 }
 
 impl InstanceSettings {
@@ -66,6 +69,7 @@ impl InstanceSettings {
             summary_interval: Duration::from_secs(60),
             duplicate_memory: 50_000,
             duplicate_window: Duration::from_secs(600),
+            quorum_queues: false,
         }
     }
 }

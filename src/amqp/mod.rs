@@ -463,15 +463,24 @@ fn inequivalent(queue: &str, error: BrokerError) -> BrokerError {
         return error;
     };
     let clean = |v: &str| {
-        v.trim()
+        let v = v
+            .trim()
             .trim_end_matches(['"', ')'])
-            .replace("the value ", "")
+            .replace("the value ", "");
+        // A queue declared without a type is classic; RabbitMQ says "none".
+        if argument == "x-queue-type" && v == "none" {
+            "'classic'".to_string()
+        } else {
+            v
+        }
     };
-    let hint = if argument == "x-message-ttl" {
-        " (an earlier mailroute put hold-time on the retry queue as x-message-ttl; held mail now \
-         carries its own expiration, so the new retry queue has none)"
-    } else {
-        ""
+    let hint = match argument {
+        "x-message-ttl" => {
+            " (an earlier mailroute put hold-time on the retry queue as x-message-ttl; held mail \
+             now carries its own expiration, so the new retry queue has none)"
+        }
+        "x-queue-type" => " (rabbitmq-queue-type)",
+        _ => "",
     };
     BrokerError::Inequivalent {
         queue: queue.to_string(),
@@ -500,6 +509,24 @@ impl Broker for AmqpBroker {
         if let Some(ttl) = spec.message_ttl {
             let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
             arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ms));
+        }
+        if spec.quorum {
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString(LongString::from("quorum")),
+            );
+            if spec.dead_letter_queue.is_some() {
+                // Classic dead-lettering is fire-and-forget: held mail could be lost on its
+                // way back to the outbox. At-least-once needs reject-publish overflow.
+                arguments.insert(
+                    "x-dead-letter-strategy".into(),
+                    AMQPValue::LongString(LongString::from("at-least-once")),
+                );
+                arguments.insert(
+                    "x-overflow".into(),
+                    AMQPValue::LongString(LongString::from("reject-publish")),
+                );
+            }
         }
         if let Some(target) = &spec.dead_letter_queue {
             arguments.insert(

@@ -59,6 +59,11 @@ fn shown(c: &Config) -> Vec<(&'static str, bool, String)> {
         ("rabbitmq-deliver", false, c.rabbitmq_deliver.clone()),
         ("rabbitmq-failure", false, c.rabbitmq_failure.clone()),
         ("rabbitmq-retry", false, c.rabbitmq_retry.clone()),
+        (
+            "rabbitmq-queue-type",
+            false,
+            if c.quorum_queues { "quorum" } else { "classic" }.into(),
+        ),
         ("cluster-address", false, mask_password(&c.cluster_address)),
         ("cluster-exchange", false, c.cluster_exchange.clone()),
         (
