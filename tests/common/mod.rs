@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod private;
+pub mod rq_cluster;
 pub mod scenario;
 pub mod servers;
 
