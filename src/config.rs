@@ -64,6 +64,9 @@ pub struct Config {
     pub rabbitmq_retry: String,
     pub rabbitmq_qos: u16,
     pub cluster_address: String,
+    /// Extra CA certificates trusted for `amqps://` (`rabbitmq-ca`, `cluster-ca`).
+    pub rabbitmq_ca: Option<CaFile>,
+    pub cluster_ca: Option<CaFile>,
     pub cluster_exchange: String,
     pub cluster_secret: Option<Secret>,
     pub cluster_timeout: Duration,
@@ -109,6 +112,8 @@ impl fmt::Debug for Config {
             .field("rabbitmq_retry", &self.rabbitmq_retry)
             .field("rabbitmq_qos", &self.rabbitmq_qos)
             .field("cluster_address", &mask_password(&self.cluster_address))
+            .field("rabbitmq_ca", &self.rabbitmq_ca)
+            .field("cluster_ca", &self.cluster_ca)
             .field("cluster_exchange", &self.cluster_exchange)
             .field("cluster_secret", &self.cluster_secret)
             .field("cluster_timeout", &self.cluster_timeout)
@@ -137,6 +142,19 @@ impl fmt::Debug for Config {
     }
 }
 
+/// A CA file for TLS: where it was read from, and its PEM certificates.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaFile {
+    pub path: String,
+    pub pem: String,
+}
+
+impl fmt::Debug for CaFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.path)
+    }
+}
+
 /// A secret value: printed as `***`, so a logged config never leaks it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -155,6 +173,10 @@ const KEYS: &[&str] = &[
     "rabbitmq-retry",
     "rabbitmq-qos",
     "cluster-address",
+    "rabbitmq-ca",
+    "cluster-ca",
+    "rabbitmq-verify",
+    "cluster-verify",
     "cluster-exchange",
     "cluster-secret",
     "cluster-timeout",
@@ -294,6 +316,13 @@ impl Config {
             })?;
             cluster_address
         };
+        let rabbitmq_ca = values.ca_file("rabbitmq-ca")?;
+        let cluster_ca = match values.ca_file("cluster-ca")? {
+            None if !raw.contains_key("cluster-address") => rabbitmq_ca.clone(),
+            other => other,
+        };
+        values.verify("rabbitmq-verify")?;
+        values.verify("cluster-verify")?;
         let announce_interval =
             values.positive_duration("announce-interval", Duration::from_secs(2))?;
         let peer_timeout = values.positive_duration("peer-timeout", announce_interval * 3)?;
@@ -379,6 +408,8 @@ impl Config {
             hash: String::new(),
             rabbitmq_address,
             cluster_address,
+            rabbitmq_ca,
+            cluster_ca,
         };
         let config = Config {
             hash: cluster_hash(&config),
@@ -452,6 +483,35 @@ impl Values<'_> {
             key,
             origin: self.origin(key),
             reason,
+        }
+    }
+
+    /// A PEM file of CA certificates, read now so a wrong path stops startup naming the key.
+    fn ca_file(&self, key: &'static str) -> Result<Option<CaFile>, ConfigError> {
+        let path = self.string(key, "")?;
+        if path.is_empty() {
+            return Ok(None);
+        }
+        let pem = std::fs::read_to_string(&path)
+            .map_err(|e| self.error(key, format!("cannot read {path}: {e}")))?;
+        if !pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(self.error(key, format!("{path} holds no PEM certificate")));
+        }
+        Ok(Some(CaFile { path, pem }))
+    }
+
+    /// MailerQ's `rabbitmq-verify` / `cluster-verify`: `true` is what mailroute does; `false`
+    /// (accept any certificate) is refused rather than silently verified or not.
+    fn verify(&self, key: &'static str) -> Result<(), ConfigError> {
+        match self.string(key, "true")?.as_str() {
+            "true" | "yes" | "1" => Ok(()),
+            "false" | "no" | "0" => Err(self.error(
+                key,
+                "turning certificate verification off is not supported: give the CA that \
+                 signed the broker's certificate with rabbitmq-ca / cluster-ca instead"
+                    .into(),
+            )),
+            other => Err(self.error(key, format!("expected true or false, got {other:?}"))),
         }
     }
 
@@ -678,6 +738,22 @@ mod tests {
                 "`rabbitmq-outbox`: expected a non-empty name",
             ),
             ("\n\njust text\n", "test.conf line 3: expected `key: value`"),
+            (
+                "rabbitmq-verify: false\n",
+                "`rabbitmq-verify`: turning certificate verification off is not supported",
+            ),
+            (
+                "rabbitmq-ca: /nonexistent/ca.pem\n",
+                "`rabbitmq-ca`: cannot read /nonexistent/ca.pem",
+            ),
+            (
+                "rabbitmq-queue-type: mirrored\n",
+                "`rabbitmq-queue-type`: expected classic or quorum",
+            ),
+            (
+                "rabbitmq-address: amqp://u:secret@h1/, amqp://u:secret@h2:x/\n",
+                "`rabbitmq-address`: amqp://u:***@h2:x/",
+            ),
         ];
         for (text, want) in cases {
             let got = error_of(text);

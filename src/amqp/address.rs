@@ -12,23 +12,13 @@ pub struct AddressError {
 
 /// Parses an `amqp://` URI as MailerQ (AMQP-CPP) does: an empty vhost (`amqp://host/` or
 /// `amqp://host`) is `/`, RabbitMQ's default. The error shows the address with its password
-/// masked. `amqps://` is refused: without a TLS backend it would connect in plain text.
+/// masked. `amqps://` is TLS (port 5671 unless given), verified against the system's roots
+/// and the CA of `rabbitmq-ca` / `cluster-ca`.
 pub fn parse(address: &str) -> Result<AMQPUri, AddressError> {
     let error = |reason: String| AddressError {
         masked: mask_password(address),
         reason,
     };
-    if address
-        .trim_start()
-        .to_ascii_lowercase()
-        .starts_with("amqps:")
-    {
-        return Err(error(
-            "amqps:// (TLS) is not supported yet, and mailroute will not connect in plain text \
-             instead; use amqp:// on a trusted network or through a TLS tunnel"
-                .into(),
-        ));
-    }
     let mut uri = address.parse::<AMQPUri>().map_err(error)?;
     if uri.vhost.is_empty() {
         uri.vhost = "/".into();
@@ -153,10 +143,10 @@ mod tests {
     }
 
     #[test]
-    fn amqps_is_refused_rather_than_downgraded() {
-        let err = parse("amqps://u:secret@host/").unwrap_err().to_string();
-        assert!(err.contains("TLS) is not supported yet"), "{err}");
-        assert!(!err.contains("secret"), "{err}");
+    fn amqps_is_tls_on_its_own_port() {
+        let uri = parse("amqps://u:secret@host/").unwrap();
+        assert_eq!(uri.scheme, lapin::uri::AMQPScheme::AMQPS);
+        assert_eq!(uri.authority.port, 5671);
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub struct AmqpBroker {
     current: std::sync::atomic::AtomicUsize,
     masked: String,
     identity: String,
+    /// For `amqps://` nodes: extra trusted CA certificates (PEM), beside the system's roots.
+    tls: lapin::tcp::OwnedTLSConfig,
     handle: tokio::runtime::Handle,
     /// Held across connecting and opening channels (both await the broker).
     state: Mutex<State>,
@@ -117,6 +119,11 @@ impl AmqpBroker {
     /// Checks the address; connects lazily on first use. Must be called inside the runtime
     /// that outlives the broker (the actix System in `mailroute serve`).
     pub fn new(address: &str) -> Result<Self, AddressError> {
+        Self::with_ca(address, None)
+    }
+
+    /// [`Self::new`], trusting `ca` (PEM certificates) too for `amqps://` nodes.
+    pub fn with_ca(address: &str, ca: Option<String>) -> Result<Self, AddressError> {
         let mut nodes = address::parse_list(address)?;
         let identity = address::list_identity(&nodes);
         rand::seq::SliceRandom::shuffle(nodes.as_mut_slice(), &mut rand::rng());
@@ -125,6 +132,10 @@ impl AmqpBroker {
             current: std::sync::atomic::AtomicUsize::new(0),
             masked: address::mask_password(address),
             identity,
+            tls: lapin::tcp::OwnedTLSConfig {
+                identity: None,
+                cert_chain: ca,
+            },
             handle: tokio::runtime::Handle::current(),
             state: Mutex::new(State::default()),
             publishers: std::sync::Mutex::new(Publishers::default()),
@@ -135,7 +146,12 @@ impl AmqpBroker {
 
     /// Connects now, so a wrong address or credentials stop startup with a clear error.
     pub async fn connect(address: &str) -> Result<Self, BrokerError> {
-        let broker = Self::new(address).map_err(|e| BrokerError::ConnectFailed {
+        Self::connect_with_ca(address, None).await
+    }
+
+    /// [`Self::connect`], trusting `ca` (PEM certificates) too for `amqps://` nodes.
+    pub async fn connect_with_ca(address: &str, ca: Option<String>) -> Result<Self, BrokerError> {
+        let broker = Self::with_ca(address, ca).map_err(|e| BrokerError::ConnectFailed {
             address: e.masked.clone(),
             reason: e.reason,
         })?;
@@ -219,8 +235,12 @@ impl AmqpBroker {
             let index = (first + step) % self.nodes.len();
             let node = &self.nodes[index];
             let runtime = async_rs::Runtime::tokio_with_handle(self.handle.clone());
-            let connect =
-                Connection::connect_uri_with_runtime(node.uri.clone(), props.clone(), runtime);
+            let connect = Connection::connect_uri_with_config(
+                node.uri.clone(),
+                props.clone(),
+                self.tls.clone(),
+                runtime,
+            );
             let reason = match tokio::time::timeout(TIMEOUT, connect).await {
                 Ok(Ok(c)) => {
                     if index != first {

@@ -90,7 +90,7 @@ pub async fn connect(
     wait: Option<Duration>,
 ) -> anyhow::Result<(SharedBroker, SharedBroker)> {
     let local: SharedBroker = Arc::new(
-        connect_one(&config.rabbitmq_address, wait)
+        connect_one(&config.rabbitmq_address, config.rabbitmq_ca.as_ref(), wait)
             .await
             .context("rabbitmq-address: cannot connect")?,
     );
@@ -98,7 +98,7 @@ pub async fn connect(
         return Ok((local.clone(), local));
     }
     let cluster: SharedBroker = Arc::new(
-        connect_one(&config.cluster_address, wait)
+        connect_one(&config.cluster_address, config.cluster_ca.as_ref(), wait)
             .await
             .context("cluster-address: cannot connect")?,
     );
@@ -107,16 +107,28 @@ pub async fn connect(
 
 /// Connects, retrying with the usual backoff while the broker does not answer (a service
 /// started next to RabbitMQ must not give up before it is up). `Some(ZERO)`: for ever.
-async fn connect_one(address: &str, wait: Option<Duration>) -> Result<AmqpBroker, BrokerError> {
+async fn connect_one(
+    address: &str,
+    ca: Option<&mailroute::config::CaFile>,
+    wait: Option<Duration>,
+) -> Result<AmqpBroker, BrokerError> {
     let started = tokio::time::Instant::now();
     // A wrong address fails at once: waiting cannot fix it.
     let wait = wait.filter(|_| mailroute::amqp::address::parse_list(address).is_ok());
     let mut attempt = 0;
     loop {
-        let error = match AmqpBroker::connect(address).await {
+        let error = match AmqpBroker::connect_with_ca(address, ca.map(|c| c.pem.clone())).await {
             Ok(broker) => return Ok(broker),
             Err(error) => error,
         };
+        // A certificate the broker's does not verify against will not change by waiting.
+        if error
+            .to_string()
+            .to_ascii_lowercase()
+            .contains("certificate")
+        {
+            return Err(error);
+        }
         let Some(wait) = wait else {
             return Err(error);
         };

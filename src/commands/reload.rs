@@ -65,6 +65,8 @@ fn shown(c: &Config) -> Vec<(&'static str, bool, String)> {
             if c.quorum_queues { "quorum" } else { "classic" }.into(),
         ),
         ("cluster-address", false, mask_password(&c.cluster_address)),
+        ("rabbitmq-ca", false, format!("{:?}", c.rabbitmq_ca)),
+        ("cluster-ca", false, format!("{:?}", c.cluster_ca)),
         ("cluster-exchange", false, c.cluster_exchange.clone()),
         (
             "cluster-secret",

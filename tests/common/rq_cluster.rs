@@ -16,6 +16,42 @@ use super::scenario::{NAMES, ips};
 use super::servers::{Server, write_config};
 
 pub const PORTS: [u16; 3] = [5681, 5682, 5683];
+/// rq1's TLS listener, and the CA that signed its certificate (made by the script).
+pub const TLS_PORT: u16 = 5691;
+pub const TLS_CA: &str = "/tmp/mailroute-rabbitmq-cluster/tls/ca.pem";
+
+/// Starts the nodes unless they are up (the script takes a lock, so tests may race for it).
+pub fn ensure_started() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq-cluster");
+    let status = Command::new(script)
+        .arg("start")
+        .status()
+        .expect("scripts/rabbitmq-cluster runs");
+    assert!(status.success(), "the RabbitMQ cluster starts");
+}
+
+/// A vhost of its own on the cluster, for guest; deleted on drop.
+pub struct RqVhost(pub String);
+
+impl RqVhost {
+    pub fn new(label: &str) -> RqVhost {
+        let name = format!("test-{label}-{:08x}", rand::rng().random::<u32>());
+        ctl("rq1", &["add_vhost", &name]);
+        ctl(
+            "rq1",
+            &["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"],
+        );
+        RqVhost(name)
+    }
+}
+
+impl Drop for RqVhost {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "-n", "rq1@localhost", "delete_vhost", &self.0])
+            .output();
+    }
+}
 
 fn ctl(node: &str, args: &[&str]) {
     let out = Command::new("rabbitmqctl")
@@ -64,12 +100,7 @@ pub fn address_list(vhost: &str, first: usize) -> String {
 
 impl RqCluster {
     pub async fn start(label: &str, extra: &str) -> RqCluster {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq-cluster");
-        let status = Command::new(script)
-            .arg("start")
-            .status()
-            .expect("scripts/rabbitmq-cluster runs");
-        assert!(status.success(), "the RabbitMQ cluster starts");
+        ensure_started();
         let vhost = format!("test-{label}-{:08x}", rand::rng().random::<u32>());
         ctl("rq1", &["add_vhost", &vhost]);
         ctl(

@@ -1,0 +1,114 @@
+//! `amqps://` on a real RabbitMQ TLS listener (rq1 of `scripts/rabbitmq-cluster`, with a
+//! certificate for localhost signed by a CA the script made): two `serve` processes hand over
+//! and deliver over TLS with `rabbitmq-ca`; without it, verification fails and startup stops
+//! at once, saying why.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::rq_cluster::{RqVhost, TLS_CA, TLS_PORT, ensure_started};
+use common::scenario::ips;
+use common::servers::{Server, write_config};
+use common::{Expect, publish_all};
+use mailroute::amqp::AmqpBroker;
+use mailroute_actors::broker::SharedBroker;
+use mailroute_actors::testkit::traffic::{mailerq_json, test_message};
+use mailroute_actors::testkit::wait_for;
+
+fn address(vhost: &str) -> String {
+    format!("amqps://guest:guest@localhost:{TLS_PORT}/{vhost}")
+}
+
+#[actix::test]
+async fn instances_on_amqps_hand_over_and_deliver() {
+    ensure_started();
+    let vhost = RqVhost::new("tls");
+    let dir = std::env::temp_dir().join(&vhost.0);
+    std::fs::create_dir_all(&dir).unwrap();
+    let extra = format!("rabbitmq-ca: {TLS_CA}\n");
+    let servers: Vec<Server> = ["a", "b"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let config = write_config(&dir, &address(&vhost.0), name, &ips(i as u8), &extra);
+            Server::spawn(&dir, name, &config)
+        })
+        .collect();
+    for s in &servers {
+        let joined = wait_for("peer joined", Duration::from_secs(60), || async {
+            s.log_count("peer joined") >= 1
+        })
+        .await;
+        if let Err(e) = joined {
+            panic!("{}: {e}\n{}", s.name, s.log_text());
+        }
+    }
+    let ca = std::fs::read_to_string(TLS_CA).unwrap();
+    let client: SharedBroker = Arc::new(
+        AmqpBroker::connect_with_ca(&address(&vhost.0), Some(ca))
+            .await
+            .expect("the TLS listener answers"),
+    );
+    // Each outbox gets mail for the other's IP: every message is handed over, over TLS.
+    let mut expected = HashMap::new();
+    let mut messages = Vec::new();
+    for (from, to, owner) in [("a", 1u8, "b"), ("b", 0u8, "a")] {
+        for i in 0..200 {
+            let id = format!("tls-{from}-{i}");
+            expected.insert(id.clone(), Expect::Delivered(owner.into()));
+            let body = mailerq_json(&id, Some(&[ips(to)[0]]), 512);
+            messages.push((format!("{from}.outbox"), test_message(&id, body)));
+        }
+    }
+    publish_all(&client, &messages).await;
+    common::wait_all_settled(&client, &["a", "b"], &expected, Duration::from_secs(60)).await;
+    let acc = common::account_stopped(&client, &["a", "b"], &expected).await;
+    let logs: String = servers.iter().map(|s| s.log_text()).collect();
+    acc.assert_complete(&logs);
+    assert_eq!(acc.duplicates, 0);
+    assert_eq!(acc.delivered.get("a"), Some(&200));
+    assert_eq!(acc.delivered.get("b"), Some(&200));
+    drop(servers);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[actix::test]
+async fn an_unknown_ca_stops_startup_saying_why() {
+    ensure_started();
+    let vhost = RqVhost::new("tls-unknown-ca");
+    let dir = std::env::temp_dir().join(&vhost.0);
+    std::fs::create_dir_all(&dir).unwrap();
+    // No rabbitmq-ca: the system's roots do not know the test CA.
+    let config = write_config(
+        &dir,
+        &address(&vhost.0),
+        "a",
+        &ips(0),
+        "startup-timeout: 60s\n",
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_mailroute"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .output()
+            .expect("mailroute runs")
+    })
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("rabbitmq-address: cannot connect"), "{err}");
+    assert!(
+        err.contains("invalid peer certificate") && err.contains("UnknownIssuer"),
+        "{err}"
+    );
+    assert!(!err.contains("guest:guest"), "{err}");
+    // It did not wait out startup-timeout (60 s) retrying: a certificate does not get better
+    // by waiting, so the first failure is the answer.
+    assert!(!err.contains("retrying"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
