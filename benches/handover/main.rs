@@ -121,7 +121,7 @@ fn main() {
                 baselines::throughput(Baseline::MultipleAcks, &messages, PREFETCH, false).await
             } else {
                 let vhost = TestVhost::new("bench-profile");
-                scenarios::handover(&vhost, &messages, PREFETCH, false).await
+                scenarios::handover(&vhost, &messages, PREFETCH, false, false).await
             }
         });
         print_single(&row(name, size, n, false, vec![sample]));
@@ -198,16 +198,30 @@ async fn run(quick: bool, latency_secs: Option<u64>) {
         if broker_up {
             for drained in [false, true] {
                 rows.extend(baseline_rows(&messages, size, drained, shovel).await);
-                let (mut hand, mut full) = (Vec::new(), Vec::new());
+                let (mut hand, mut full, mut quorum) = (Vec::new(), Vec::new(), Vec::new());
                 for _ in 0..REPEATS {
                     let v = TestVhost::new("bench-handover");
-                    hand.push(scenarios::handover(&v, &messages, PREFETCH, drained).await);
+                    hand.push(scenarios::handover(&v, &messages, PREFETCH, drained, false).await);
                     if !drained {
+                        // The same handover with every queue a quorum queue: the price of the
+                        // replicated queue type, measured beside classic in the same run.
+                        let v = TestVhost::new("bench-quorum");
+                        quorum
+                            .push(scenarios::handover(&v, &messages, PREFETCH, false, true).await);
                         let v = TestVhost::new("bench-full");
                         full.push(scenarios::full_path(&v, &messages, PREFETCH).await);
                     }
                 }
                 rows.push(row("mailroute handover", size, n, drained, hand));
+                if !quorum.is_empty() {
+                    rows.push(row(
+                        "mailroute handover, quorum queues",
+                        size,
+                        n,
+                        drained,
+                        quorum,
+                    ));
+                }
                 if !full.is_empty() {
                     rows.push(row("mailroute full path (a+b)", size, n, drained, full));
                 }

@@ -54,7 +54,7 @@ async fn announce_b(broker: &SharedBroker, exchange: &str) {
 /// Instance a, listening, with a peer b that is announced (owning `B_IP`) but not running.
 pub async fn a_with_phantom_b(broker: &SharedBroker, a: InstanceSettings) -> Instance {
     broker
-        .declare_queue(&QueueSpec::durable("b.outbox"))
+        .declare_queue(&QueueSpec::durable_typed("b.outbox", a.quorum_queues))
         .await
         .unwrap();
     let exchange = a.cluster_exchange.clone();
@@ -76,15 +76,17 @@ pub async fn a_with_phantom_b(broker: &SharedBroker, a: InstanceSettings) -> Ins
 }
 
 /// a's outbox holds N messages that b owns; b is announced but not running. `drained`: a
-/// consumer takes b's outbox meanwhile, as b would.
+/// consumer takes b's outbox meanwhile, as b would. `quorum`: every queue is a quorum queue.
 pub async fn handover(
     vhost: &TestVhost,
     messages: &[Message],
     prefetch: u16,
     drained: bool,
+    quorum: bool,
 ) -> Sample {
     let broker = vhost.broker().await;
-    let a = settings("a", IpAddr::from([10, 8, 0, 1]), prefetch);
+    let mut a = settings("a", IpAddr::from([10, 8, 0, 1]), prefetch);
+    a.quorum_queues = quorum;
     mailroute_actors::own_queues::declare_queues(&a, &broker)
         .await
         .unwrap();
