@@ -17,7 +17,6 @@ use common::{Expect, publish_all};
 use mailroute::amqp::AmqpBroker;
 use mailroute_actors::broker::SharedBroker;
 use mailroute_actors::testkit::traffic::{mailerq_json, test_message};
-use mailroute_actors::testkit::wait_for;
 
 fn address(vhost: &str) -> String {
     format!("amqps://guest:guest@localhost:{TLS_PORT}/{vhost}")
@@ -38,15 +37,7 @@ async fn instances_on_amqps_hand_over_and_deliver() {
             Server::spawn(&dir, name, &config)
         })
         .collect();
-    for s in &servers {
-        let joined = wait_for("peer joined", Duration::from_secs(60), || async {
-            s.log_count("peer joined") >= 1
-        })
-        .await;
-        if let Err(e) = joined {
-            panic!("{}: {e}\n{}", s.name, s.log_text());
-        }
-    }
+    common::servers::wait_joined(&servers, 1).await;
     let ca = std::fs::read_to_string(TLS_CA).unwrap();
     let client: SharedBroker = Arc::new(
         AmqpBroker::connect_with_ca(&address(&vhost.0), Some(ca))

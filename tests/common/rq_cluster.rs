@@ -5,11 +5,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
 use mailroute::amqp::AmqpBroker;
 use mailroute_actors::broker::SharedBroker;
-use mailroute_actors::testkit::wait_for;
 use rand::Rng;
 
 use super::scenario::{NAMES, ips};
@@ -118,15 +116,7 @@ impl RqCluster {
                 Server::spawn(&dir, name, &config)
             })
             .collect();
-        for s in &servers {
-            let joined = wait_for("peers joined", Duration::from_secs(60), || async {
-                s.log_count("peer joined") >= 2
-            })
-            .await;
-            if let Err(e) = joined {
-                panic!("{}: {e}\n{}", s.name, s.log_text());
-            }
-        }
+        super::servers::wait_joined(&servers, 2).await;
         let client: SharedBroker = Arc::new(
             AmqpBroker::connect(&address_list(&vhost, 0))
                 .await
@@ -156,23 +146,12 @@ impl RqCluster {
     }
 
     pub fn logs(&self) -> String {
-        self.servers
-            .iter()
-            .map(|s| format!("--- {}\n{}", s.name, s.log_text()))
-            .collect()
+        super::servers::logs(&self.servers)
     }
 
     /// SIGTERM to every instance; each must drain and exit 0.
     pub fn stop_all(&mut self) {
-        for s in &mut self.servers {
-            if s.child.try_wait().ok().flatten().is_none() {
-                s.signal("-TERM");
-            }
-        }
-        for s in &mut self.servers {
-            let status = s.wait();
-            assert!(status.success(), "{} exited with {status}", s.name);
-        }
+        super::servers::stop_all(&mut self.servers);
     }
 }
 

@@ -63,15 +63,7 @@ impl Cluster {
                 Server::spawn(&dir, name, &config)
             })
             .collect();
-        for s in &servers {
-            let joined = wait_for("peers joined", Duration::from_secs(60), || async {
-                s.log_count("peer joined") >= 2
-            })
-            .await;
-            if let Err(e) = joined {
-                panic!("{}: {e}\n{}", s.name, s.log_text());
-            }
-        }
+        super::servers::wait_joined(&servers, 2).await;
         let client = vhost.broker().await;
         Cluster {
             vhost,
@@ -121,22 +113,11 @@ impl Cluster {
 
     /// SIGTERM to every running instance; each must drain and exit 0.
     pub fn stop_all(&mut self) {
-        for s in &mut self.servers {
-            if s.child.try_wait().ok().flatten().is_none() {
-                s.signal("-TERM");
-            }
-        }
-        for s in &mut self.servers {
-            let status = s.wait();
-            assert!(status.success(), "{} exited with {status}", s.name);
-        }
+        super::servers::stop_all(&mut self.servers);
     }
 
     pub fn logs(&self) -> String {
-        self.servers
-            .iter()
-            .map(|s| format!("--- {}\n{}", s.name, s.log_text()))
-            .collect()
+        super::servers::logs(&self.servers)
     }
 }
 

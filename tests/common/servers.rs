@@ -115,3 +115,39 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// Waits until every server has logged `peers` peers joining; shows the log of one that has not.
+pub async fn wait_joined(servers: &[Server], peers: usize) {
+    for s in servers {
+        let joined = mailroute_actors::testkit::wait_for(
+            "peers joined",
+            std::time::Duration::from_secs(60),
+            || async { s.log_count("peer joined") >= peers },
+        )
+        .await;
+        if let Err(e) = joined {
+            panic!("{}: {e}\n{}", s.name, s.log_text());
+        }
+    }
+}
+
+/// SIGTERM to every running server; each must drain and exit 0.
+pub fn stop_all(servers: &mut [Server]) {
+    for s in servers.iter_mut() {
+        if s.child.try_wait().ok().flatten().is_none() {
+            s.signal("-TERM");
+        }
+    }
+    for s in servers.iter_mut() {
+        let status = s.wait();
+        assert!(status.success(), "{} exited with {status}", s.name);
+    }
+}
+
+/// Every server's log, headed by its name.
+pub fn logs(servers: &[Server]) -> String {
+    servers
+        .iter()
+        .map(|s| format!("--- {}\n{}", s.name, s.log_text()))
+        .collect()
+}
