@@ -399,7 +399,10 @@ impl Config {
             duplicate_window: values
                 .positive_duration("duplicate-window", Duration::from_secs(600))?,
             www_address: Some(values.string("www-address", "")?).filter(|s| !s.is_empty()),
-            www_url: Some(values.string("www-url", "")?).filter(|s| !s.is_empty()),
+            www_url: match values.string("www-url", "")?.as_str() {
+                "" => default_www_url(&values.string("www-address", "")?),
+                url => Some(url.to_string()),
+            },
             unknown_keys: raw
                 .iter()
                 .filter(|(k, _)| !KEYS.contains(&k.as_str()))
@@ -589,6 +592,17 @@ impl Values<'_> {
             })
             .collect()
     }
+}
+
+/// As MailerQ does: the console's address with this host's name when it listens on every
+/// interface (`0.0.0.0:8485` → `http://<hostname>:8485/`); none without an address.
+fn default_www_url(address: &str) -> Option<String> {
+    let (host, port) = address.rsplit_once(':')?;
+    let host = match host {
+        "" | "0.0.0.0" | "[::]" | "*" => gethostname::gethostname().to_string_lossy().into_owned(),
+        host => host.to_string(),
+    };
+    Some(format!("http://{host}:{port}/"))
 }
 
 pub fn parse_duration(text: &str) -> Option<Duration> {

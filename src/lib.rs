@@ -3,3 +3,4 @@
 
 pub mod amqp;
 pub mod config;
+pub mod console;

@@ -24,6 +24,8 @@ use crate::wire::now_ms;
 
 pub struct Instance {
     pub settings: InstanceSettings,
+    /// Unix ms, as announced.
+    pub started_at: u64,
     pub stats: Arc<Stats>,
     pub table: Arc<OwnershipTable>,
     pub consumer: Addr<OutboxConsumer>,
@@ -138,6 +140,7 @@ impl Instance {
         info!(instance = %settings.name, outbox = %settings.outbox, ips = settings.local_ips.len(), "instance started");
         Ok(Instance {
             settings,
+            started_at,
             stats,
             table,
             consumer,

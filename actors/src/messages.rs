@@ -72,7 +72,7 @@ pub struct OwnershipChanged {
 /// PeerRegistry → IpOwnershipRouter: whether the cluster is heard. While it is not (the
 /// listener reconnects, or a reload re-validates the peers), mail whose IPs no known peer
 /// owns waits in the router instead of being held, failed or sent from the wrong IP.
-#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq, MessageResponse)]
 #[rtype(result = "()")]
 pub struct Hearing(pub bool);
 
@@ -106,6 +106,11 @@ pub struct Leave;
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct Drain;
+
+/// → PeerRegistry: whether it listens to the cluster and has heard it since (re)connecting.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "Hearing")]
+pub struct HearingNow;
 
 /// → PeerRegistry: the live peers as last announced.
 #[derive(Message, Debug, Clone, Copy)]

@@ -21,8 +21,8 @@ use tracing::{error, info, info_span, warn};
 use crate::backoff;
 use crate::broker::{BrokerError, Delivery, QueueSpec, SharedBroker};
 use crate::messages::{
-    AnnounceNow, ClusterHeard, Hearing, ListPeers, OwnershipChanged, PeerInfo, PeersGone,
-    Reconfigure,
+    AnnounceNow, ClusterHeard, Hearing, HearingNow, ListPeers, OwnershipChanged, PeerInfo,
+    PeersGone, Reconfigure,
 };
 use crate::routing::PeerRoute;
 use crate::stats::{Stats, bump};
@@ -517,6 +517,14 @@ impl Handler<Reconfigure> for PeerRegistry {
         }
         // A peer's claim on an IP that was this instance's is valid now, and the reverse.
         self.publish_ownership();
+    }
+}
+
+impl Handler<HearingNow> for PeerRegistry {
+    type Result = Hearing;
+
+    fn handle(&mut self, _: HearingNow, _: &mut Context<Self>) -> Hearing {
+        Hearing(self.listening && self.heard)
     }
 }
 

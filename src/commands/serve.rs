@@ -31,6 +31,16 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     let mut instance = Instance::start(config.settings(), local, cluster)
         .await
         .context("cannot declare this instance's queues")?;
+    let console = match &config.www_address {
+        Some(address) => {
+            let state = std::sync::Arc::new(mailroute::console::ConsoleState::of(&instance));
+            let handle = mailroute::console::start(address, state.clone())
+                .with_context(|| format!("www-address: cannot listen on {address}"))?;
+            info!(%address, url = config.www_url.as_deref().unwrap_or("-"), "console listening");
+            Some((handle, state))
+        }
+        None => None,
+    };
     info!(name = %config.cluster_name, outbox = %config.rabbitmq_outbox, "serving");
     let mut reloads = instance.reload_requests.clone();
     loop {
@@ -52,8 +62,17 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
                 super::reload::run(path, &mut config, &mut instance);
             }
         }
+        if let Some((_, state)) = &console {
+            *state
+                .settings
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = instance.settings.clone();
+        }
     }
     instance.shutdown(GRACE).await;
+    if let Some((handle, _)) = console {
+        handle.stop(true).await;
+    }
     let s = instance.stats.snapshot();
     info!(
         consumed = s.consumed,

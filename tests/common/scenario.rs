@@ -35,17 +35,31 @@ impl Cluster {
 
     /// `extra`: more config lines for every instance.
     pub async fn start_with(label: &str, extra: &str) -> Cluster {
-        Self::launch(label, extra, None).await
+        Self::launch(label, extra, None, |_| Vec::new()).await
+    }
+
+    /// `env(i)`: environment variables for the i-th instance (a per-instance key, say).
+    pub async fn start_with_env(
+        label: &str,
+        extra: &str,
+        env: impl Fn(usize) -> Vec<(String, String)>,
+    ) -> Cluster {
+        Self::launch(label, extra, None, env).await
     }
 
     /// The cluster exchange on a vhost and user of its own (`cluster-address`), the outboxes
     /// on another: as when the cluster broker is a separate RabbitMQ.
     pub async fn start_split(label: &str, extra: &str) -> Cluster {
         let cluster = TestVhost::new(&format!("{label}-cluster"));
-        Self::launch(label, extra, Some(cluster)).await
+        Self::launch(label, extra, Some(cluster), |_| Vec::new()).await
     }
 
-    async fn launch(label: &str, extra: &str, cluster_vhost: Option<TestVhost>) -> Cluster {
+    async fn launch(
+        label: &str,
+        extra: &str,
+        cluster_vhost: Option<TestVhost>,
+        env: impl Fn(usize) -> Vec<(String, String)>,
+    ) -> Cluster {
         let vhost = TestVhost::new(label);
         let extra = match &cluster_vhost {
             Some(c) => format!("cluster-address: {}\n{extra}", c.instance_address()),
@@ -60,7 +74,7 @@ impl Cluster {
             .map(|(i, name)| {
                 let config =
                     write_config(&dir, &vhost.instance_address(), name, &ips(i as u8), extra);
-                Server::spawn(&dir, name, &config)
+                Server::spawn_with_env(&dir, name, &config, env(i))
             })
             .collect();
         super::servers::wait_joined(&servers, 2).await;

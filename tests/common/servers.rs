@@ -11,6 +11,8 @@ pub struct Server {
     pub log: PathBuf,
     /// How many times this server was started (each start appends to the same log).
     pub starts: usize,
+    /// Environment variables it runs with (`MAILROUTE_<KEY>` overrides, say).
+    pub env: Vec<(String, String)>,
 }
 
 /// A config file for instance `name` on `address`: queues `<name>.outbox|deliver|retry|failure`,
@@ -54,18 +56,28 @@ pub fn write_config(dir: &Path, address: &str, name: &str, ips: &[IpAddr], extra
 
 impl Server {
     pub fn spawn(dir: &Path, name: &str, config: &Path) -> Server {
+        Self::spawn_with_env(dir, name, config, Vec::new())
+    }
+
+    pub fn spawn_with_env(
+        dir: &Path,
+        name: &str,
+        config: &Path,
+        env: Vec<(String, String)>,
+    ) -> Server {
         let log = dir.join(format!("{name}.log"));
-        let child = Self::start(config, &log);
+        let child = Self::start(config, &log, &env);
         Server {
             name: name.to_string(),
             config: config.to_path_buf(),
             child,
             log,
             starts: 1,
+            env,
         }
     }
 
-    fn start(config: &Path, log: &Path) -> Child {
+    fn start(config: &Path, log: &Path, env: &[(String, String)]) -> Child {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -75,6 +87,7 @@ impl Server {
             .args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -84,7 +97,7 @@ impl Server {
     /// Starts the same instance again after it exited (or was killed).
     pub fn restart(&mut self) {
         let _ = self.child.wait();
-        self.child = Self::start(&self.config, &self.log);
+        self.child = Self::start(&self.config, &self.log, &self.env);
         self.starts += 1;
     }
 

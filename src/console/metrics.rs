@@ -1,0 +1,123 @@
+//! `/metrics` in Prometheus text format (prometheus-client), built from the counters at each
+//! scrape: the counters live in `Stats` as plain atomics on the hot path, so nothing is
+//! counted twice and a scrape costs nothing between scrapes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use actix_web::{HttpResponse, web};
+use mailroute_actors::messages::ListPeers;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::ConsoleState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Peer {
+    peer: String,
+}
+
+fn counter(value: &AtomicU64) -> Counter {
+    let c = Counter::default();
+    c.inc_by(value.load(Ordering::Relaxed));
+    c
+}
+
+pub async fn scrape(state: web::Data<ConsoleState>) -> HttpResponse {
+    let s = &state.stats;
+    let mut registry = Registry::with_prefix("mailroute");
+
+    let messages = Family::<Outcome, Counter>::default();
+    for (outcome, value) in [
+        ("delivered", &s.delivered),
+        ("handed_over", &s.handed_over),
+        ("held", &s.held),
+        ("failed", &s.failed),
+        ("duplicate", &s.duplicates_dropped),
+    ] {
+        messages
+            .get_or_create(&Outcome { outcome })
+            .inc_by(value.load(Ordering::Relaxed));
+    }
+    registry.register("messages", "Outbox messages by confirmed outcome", messages);
+    registry.register(
+        "consumed",
+        "Deliveries taken from the outbox, redeliveries included",
+        counter(&s.consumed),
+    );
+    registry.register(
+        "relayed",
+        "Messages moved from this instance's handover queue into its outbox",
+        counter(&s.relayed),
+    );
+    registry.register(
+        "publish_errors",
+        "Outcomes the broker did not confirm (the original was requeued)",
+        counter(&s.publish_errors),
+    );
+    registry.register(
+        "restarts",
+        "Actor restarts (reconnects after a broker error)",
+        counter(&s.restarts),
+    );
+    let dropped = Family::<Reason, Counter>::default();
+    for (reason, value) in [
+        ("oversized", &s.dropped_oversized),
+        ("bad_magic", &s.dropped_bad_magic),
+        ("bad_version", &s.dropped_bad_version),
+        ("garbage", &s.dropped_garbage),
+        ("unsigned", &s.dropped_unsigned),
+        ("bad_signature", &s.dropped_bad_signature),
+        ("stale", &s.dropped_stale),
+    ] {
+        dropped
+            .get_or_create(&Reason { reason })
+            .inc_by(value.load(Ordering::Relaxed));
+    }
+    registry.register(
+        "dropped_cluster_frames",
+        "Cluster messages dropped, by reason",
+        dropped,
+    );
+    let conflicts = Gauge::<i64>::default();
+    conflicts.set(i64::try_from(s.ip_conflicts.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+    registry.register("ip_conflicts", "IPs two instances claim now", conflicts);
+
+    let peers = state.registry.send(ListPeers).await.unwrap_or_default();
+    let count = Gauge::<i64>::default();
+    count.set(i64::try_from(peers.len()).unwrap_or(i64::MAX));
+    registry.register("peers", "Live peers in this instance's registry", count);
+    let age = Family::<Peer, Gauge<f64, AtomicU64>>::default();
+    for p in &peers {
+        age.get_or_create(&Peer {
+            peer: p.announcement.name.clone(),
+        })
+        .set(p.last_seen.as_secs_f64());
+    }
+    registry.register(
+        "announce_age_seconds",
+        "Time since each peer's last announcement",
+        age,
+    );
+
+    let mut body = String::new();
+    match encode(&mut body, &registry) {
+        Ok(()) => HttpResponse::Ok()
+            .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .body(body),
+        Err(error) => HttpResponse::InternalServerError().body(error.to_string()),
+    }
+}

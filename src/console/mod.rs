@@ -1,0 +1,121 @@
+//! The console's machine side, served by `serve` on `www-address` (actix-web): health probes,
+//! a versioned JSON API and Prometheus metrics. The HTML page and the operator actions come
+//! next (see README, Console).
+
+mod metrics;
+
+use std::sync::{Arc, RwLock};
+
+use actix::Addr;
+use actix_web::{App, HttpResponse, HttpServer, dev::ServerHandle, web};
+use mailroute_actors::messages::{HearingNow, ListPeers};
+use mailroute_actors::peer_registry::PeerRegistry;
+use mailroute_actors::stats::Stats;
+use mailroute_actors::wire::now_ms;
+use mailroute_actors::{Instance, InstanceSettings};
+use serde_json::json;
+
+/// What the handlers read; shared by the server's workers.
+pub struct ConsoleState {
+    /// The settings as they run now (a reload replaces them).
+    pub settings: Arc<RwLock<InstanceSettings>>,
+    pub started_at: u64,
+    pub stats: Arc<Stats>,
+    pub registry: Addr<PeerRegistry>,
+}
+
+impl ConsoleState {
+    pub fn of(instance: &Instance) -> ConsoleState {
+        ConsoleState {
+            settings: Arc::new(RwLock::new(instance.settings.clone())),
+            started_at: instance.started_at,
+            stats: instance.stats.clone(),
+            registry: instance.registry.clone(),
+        }
+    }
+
+    fn settings(&self) -> InstanceSettings {
+        self.settings
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Binds `address` and serves until the handle stops it. A wrong address stops startup.
+pub fn start(address: &str, state: Arc<ConsoleState>) -> std::io::Result<ServerHandle> {
+    let data = web::Data::from(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/livez", web::get().to(livez))
+            .route("/readyz", web::get().to(readyz))
+            .route("/api/v1/instance", web::get().to(instance))
+            .route("/api/v1/stats", web::get().to(stats))
+            .route("/api/v1/cluster", web::get().to(cluster))
+            .route("/metrics", web::get().to(metrics::scrape))
+    })
+    // The console is for people and probes, not load: one worker, off the routing path.
+    .workers(1)
+    .disable_signals()
+    .bind(address)?
+    .run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    Ok(handle)
+}
+
+async fn livez() -> HttpResponse {
+    HttpResponse::Ok().body("ok\n")
+}
+
+/// 200 once this instance listens to the cluster and has heard it; 503 (with why) otherwise.
+async fn readyz(state: web::Data<ConsoleState>) -> HttpResponse {
+    match state.registry.send(HearingNow).await {
+        Ok(heard) if heard.0 => HttpResponse::Ok().body("ready\n"),
+        Ok(_) => HttpResponse::ServiceUnavailable().body("not ready: the cluster is not heard\n"),
+        Err(_) => HttpResponse::ServiceUnavailable().body("not ready: peer registry restarting\n"),
+    }
+}
+
+async fn instance(state: web::Data<ConsoleState>) -> HttpResponse {
+    let s = state.settings();
+    HttpResponse::Ok().json(json!({
+        "name": s.name,
+        "version": env!("CARGO_PKG_VERSION"),
+        "started_at_ms": state.started_at,
+        "uptime_s": now_ms().saturating_sub(state.started_at) / 1000,
+        "outbox": s.outbox,
+        "local_ips": s.local_ips,
+        "console_url": s.console_url,
+        "config_hash": s.config_hash,
+    }))
+}
+
+async fn stats(state: web::Data<ConsoleState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.stats.snapshot())
+}
+
+async fn cluster(state: web::Data<ConsoleState>) -> HttpResponse {
+    let peers = state.registry.send(ListPeers).await.unwrap_or_default();
+    let me = state.settings();
+    let peers: Vec<_> = peers
+        .iter()
+        .map(|p| {
+            let a = &p.announcement;
+            json!({
+                "name": a.name,
+                "version": a.version,
+                "started_at_ms": a.started_at,
+                "local_ips": a.local_ips,
+                "outbox": a.outbox,
+                "broker": a.broker,
+                "console_url": a.console_url,
+                "config_hash": a.config_hash,
+                "config_drift": !a.config_hash.is_empty() && a.config_hash != me.config_hash,
+                "last_seen_ms": p.last_seen.as_millis() as u64,
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({ "instance": me.name, "peers": peers }))
+}

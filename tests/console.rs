@@ -1,0 +1,148 @@
+//! The console's API, probes and metrics on `www-address`, from three `serve` processes on the
+//! real RabbitMQ: each lists the other two, the counters match the messages sent, and
+//! `/metrics` parses as Prometheus text with a real parser.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use common::scenario::{Cluster, NAMES, ips};
+use common::{Expect, publish_all};
+use mailroute_actors::testkit::traffic::{mailerq_json, test_message};
+use mailroute_actors::testkit::wait_for;
+
+/// A loopback port nobody listens on now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// One HTTP/1.0 GET: the status code and the body.
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("console answers");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout set");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("request sent");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response read");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
+}
+
+async fn get_async(port: u16, path: &str) -> (u16, String) {
+    let path = path.to_string();
+    tokio::task::spawn_blocking(move || get(port, &path))
+        .await
+        .expect("request ran")
+}
+
+async fn json(port: u16, path: &str) -> serde_json::Value {
+    let (status, body) = get_async(port, path).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+#[actix::test]
+async fn every_console_lists_the_cluster_and_counts_what_was_sent() {
+    let ports: Vec<u16> = NAMES.iter().map(|_| free_port()).collect();
+    // One config line per instance is not possible with a shared `extra`; the port comes from
+    // the environment (`MAILROUTE_WWW_ADDRESS`) instead, as an operator may set it.
+    let mut cluster = Cluster::start_with_env("console", "", |i| {
+        vec![(
+            "MAILROUTE_WWW_ADDRESS".to_string(),
+            format!("127.0.0.1:{}", ports[i]),
+        )]
+    })
+    .await;
+    for (i, port) in ports.iter().enumerate() {
+        let (status, _) = get_async(*port, "/livez").await;
+        assert_eq!(status, 200);
+        let ready = wait_for("ready", Duration::from_secs(30), || async {
+            get_async(*port, "/readyz").await.0 == 200
+        })
+        .await;
+        assert!(ready.is_ok(), "{}", cluster.logs());
+        let me = json(*port, "/api/v1/instance").await;
+        assert_eq!(me["name"], NAMES[i]);
+        assert_eq!(
+            me["console_url"],
+            format!("http://127.0.0.1:{port}/"),
+            "the default www-url"
+        );
+        let c = json(*port, "/api/v1/cluster").await;
+        let mut peers: Vec<String> = c["peers"]
+            .as_array()
+            .expect("peers")
+            .iter()
+            .map(|p| p["name"].as_str().unwrap_or("").to_string())
+            .collect();
+        peers.sort();
+        let others: Vec<String> = NAMES
+            .iter()
+            .filter(|n| **n != NAMES[i])
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(peers, others);
+    }
+
+    // 150 messages into a's outbox for b's IP: a hands over 150, b delivers 150.
+    let mut expected = HashMap::new();
+    let mut messages = Vec::new();
+    for i in 0..150 {
+        let id = format!("console-{i}");
+        expected.insert(id.clone(), Expect::Delivered("b".into()));
+        let body = mailerq_json(&id, Some(&[ips(1)[0]]), 512);
+        messages.push(("a.outbox".to_string(), test_message(&id, body)));
+    }
+    publish_all(&cluster.client, &messages).await;
+    common::wait_all_settled(&cluster.client, &NAMES, &expected, Duration::from_secs(60)).await;
+    let (a, b) = (ports[0], ports[1]);
+    let counted = wait_for("counters", Duration::from_secs(10), || async {
+        json(a, "/api/v1/stats").await["handed_over"] == 150
+            && json(b, "/api/v1/stats").await["delivered"] == 150
+    })
+    .await;
+    assert!(counted.is_ok(), "{}", json(a, "/api/v1/stats").await);
+
+    let (status, text) = get_async(b, "/metrics").await;
+    assert_eq!(status, 200);
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text");
+    let value = |name: &str, label: Option<(&str, &str)>| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match s.value {
+                // OpenMetrics names a counter's sample `<name>_total`; the parser then does not
+                // match it with its TYPE line and reads it untyped.
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    assert_eq!(
+        value("mailroute_messages_total", Some(("outcome", "delivered"))),
+        Some(150.0),
+        "{text}"
+    );
+    assert_eq!(value("mailroute_peers", None), Some(2.0), "{text}");
+    assert!(
+        value("mailroute_announce_age_seconds", Some(("peer", "a"))).is_some(),
+        "{text}"
+    );
+    let acc = cluster.account(&expected).await;
+    acc.assert_complete(&cluster.logs());
+}
