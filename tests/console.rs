@@ -143,6 +143,24 @@ async fn every_console_lists_the_cluster_and_counts_what_was_sent() {
         value("mailroute_announce_age_seconds", Some(("peer", "a"))).is_some(),
         "{text}"
     );
+    // The page: every instance, links to the others' consoles, this instance's counters.
+    let (status, page) = get_async(a, "/").await;
+    assert_eq!(status, 200);
+    for (i, name) in NAMES.iter().enumerate() {
+        let link = format!("<a href=\"http://127.0.0.1:{}/\">{name}</a>", ports[i]);
+        assert!(page.contains(&link), "{link} missing: {page}");
+    }
+    assert!(
+        page.contains("a.outbox") && page.contains("handed over"),
+        "{page}"
+    );
+    // Follow the link to b: b's own page.
+    let (status, b_page) = get_async(b, "/").await;
+    assert_eq!(status, 200);
+    assert!(
+        b_page.contains("mailroute cluster, seen from b"),
+        "{b_page}"
+    );
     let acc = cluster.account(&expected).await;
     acc.assert_complete(&cluster.logs());
 }

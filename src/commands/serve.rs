@@ -28,12 +28,15 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     // SIGHUP re-reads the config (systemd's `ExecReload=kill -HUP $MAINPID`); listening also
     // replaces its default action, which would end the process without a word.
     let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
-    let mut instance = Instance::start(config.settings(), local, cluster)
+    let mut instance = Instance::start(config.settings(), local.clone(), cluster)
         .await
         .context("cannot declare this instance's queues")?;
     let console = match &config.www_address {
         Some(address) => {
-            let state = std::sync::Arc::new(mailroute::console::ConsoleState::of(&instance));
+            let state = std::sync::Arc::new(mailroute::console::ConsoleState::of(
+                &instance,
+                local.clone(),
+            ));
             let handle = mailroute::console::start(address, state.clone())
                 .with_context(|| format!("www-address: cannot listen on {address}"))?;
             info!(%address, url = config.www_url.as_deref().unwrap_or("-"), "console listening");

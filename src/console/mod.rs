@@ -1,8 +1,9 @@
-//! The console's machine side, served by `serve` on `www-address` (actix-web): health probes,
-//! a versioned JSON API and Prometheus metrics. The HTML page and the operator actions come
-//! next (see README, Console).
+//! The console, served by `serve` on `www-address` (actix-web): the cluster page, health
+//! probes, a versioned JSON API and Prometheus metrics. The operator actions come next (see
+//! README, Console).
 
 mod metrics;
+mod page;
 
 use std::sync::{Arc, RwLock};
 
@@ -12,7 +13,7 @@ use mailroute_actors::messages::{HearingNow, ListPeers};
 use mailroute_actors::peer_registry::PeerRegistry;
 use mailroute_actors::stats::Stats;
 use mailroute_actors::wire::now_ms;
-use mailroute_actors::{Instance, InstanceSettings};
+use mailroute_actors::{Instance, InstanceSettings, SharedBroker};
 use serde_json::json;
 
 /// What the handlers read; shared by the server's workers.
@@ -22,16 +23,30 @@ pub struct ConsoleState {
     pub started_at: u64,
     pub stats: Arc<Stats>,
     pub registry: Addr<PeerRegistry>,
+    /// This instance's broker, for its queue depths.
+    pub local: SharedBroker,
 }
 
 impl ConsoleState {
-    pub fn of(instance: &Instance) -> ConsoleState {
+    pub fn of(instance: &Instance, local: SharedBroker) -> ConsoleState {
         ConsoleState {
             settings: Arc::new(RwLock::new(instance.settings.clone())),
             started_at: instance.started_at,
             stats: instance.stats.clone(),
             registry: instance.registry.clone(),
+            local,
         }
+    }
+
+    /// Ready messages in the outbox, retry and failure queues (`None`: the broker did not say).
+    async fn queue_depths(&self) -> Vec<(String, Option<u32>)> {
+        let s = self.settings();
+        let mut depths = Vec::new();
+        for queue in [s.outbox, s.retry, s.failure] {
+            let depth = self.local.queue_len(&queue).await.ok();
+            depths.push((queue, depth));
+        }
+        depths
     }
 
     fn settings(&self) -> InstanceSettings {
@@ -48,6 +63,7 @@ pub fn start(address: &str, state: Arc<ConsoleState>) -> std::io::Result<ServerH
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .route("/", web::get().to(page::render))
             .route("/livez", web::get().to(livez))
             .route("/readyz", web::get().to(readyz))
             .route("/api/v1/instance", web::get().to(instance))
