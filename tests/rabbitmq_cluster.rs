@@ -32,15 +32,8 @@ async fn node_stopped_mid_stream(label: &str, queue_type: &str) {
         actix_rt::spawn(
             async move { common::publish_stream(&client, traffic.batches, 2_000).await },
         );
-    let delivered = |client: mailroute_actors::broker::SharedBroker| async move {
-        let mut n = 0;
-        for name in ["a", "b", "c"] {
-            n += common::ready(&client, &format!("{name}.deliver")).await;
-        }
-        n
-    };
     wait_for("stream flows", Duration::from_secs(120), || async {
-        delivered(cluster.client.clone()).await >= 4_000
+        common::delivered_in(&cluster.client, &["a", "b", "c"]).await >= 4_000
     })
     .await
     .expect("mail flows");

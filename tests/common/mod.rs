@@ -383,26 +383,38 @@ pub async fn account_stopped(
 ) -> Accounting {
     let mut found = Vec::new();
     for n in names {
-        found.push((
-            Expect::Delivered(n.to_string()),
-            drain(client, &format!("{n}.deliver")).await,
-        ));
-        found.push((
-            Expect::Failed(n.to_string()),
-            drain(client, &format!("{n}.failure")).await,
-        ));
-        found.push((
-            Expect::Held(n.to_string()),
-            drain(client, &format!("{n}.retry")).await,
-        ));
-        let (held, unrouted): (Vec<Message>, Vec<Message>) = drain(client, &format!("{n}.outbox"))
-            .await
-            .into_iter()
-            .partition(|m| m.header(HELD_SINCE_HEADER).is_some());
-        found.push((Expect::Held(n.to_string()), held));
-        found.push((Expect::Unrouted(n.to_string()), unrouted));
+        found.extend(found_at(client, n).await);
     }
     account(expected, found)
+}
+
+/// Everything in instance `n`'s queues on `client`'s broker, taken out, by where it was found.
+/// The retry queue is emptied before the outbox, so nothing moves while the outbox is read.
+pub async fn found_at(client: &SharedBroker, n: &str) -> Vec<(Expect, Vec<Message>)> {
+    let mut found = Vec::new();
+    for (place, queue) in [
+        (Expect::Delivered(n.to_string()), "deliver"),
+        (Expect::Failed(n.to_string()), "failure"),
+        (Expect::Held(n.to_string()), "retry"),
+    ] {
+        found.push((place, drain(client, &format!("{n}.{queue}")).await));
+    }
+    let (held, unrouted): (Vec<Message>, Vec<Message>) = drain(client, &format!("{n}.outbox"))
+        .await
+        .into_iter()
+        .partition(|m| m.header(HELD_SINCE_HEADER).is_some());
+    found.push((Expect::Held(n.to_string()), held));
+    found.push((Expect::Unrouted(n.to_string()), unrouted));
+    found
+}
+
+/// Messages in the deliver queues of `names` on `client`'s broker: how far a stream has got.
+pub async fn delivered_in(client: &SharedBroker, names: &[&str]) -> usize {
+    let mut total = 0;
+    for n in names {
+        total += ready(client, &format!("{n}.deliver")).await;
+    }
+    total
 }
 
 /// Takes every message out of a queue, until it is empty. Messages that leave it meanwhile (a

@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use mailroute_actors::broker::{Message, SharedBroker};
 use mailroute_actors::handover_relay::handover_queue;
-use mailroute_actors::routing::HELD_SINCE_HEADER;
 use mailroute_actors::testkit::wait_for;
 
 use super::scenario::{NAMES, ips};
-use super::servers::{Server, write_config};
+use super::servers::Server;
 use super::{Accounting, Expect, Member, TestVhost, account, drain, ready};
 
 pub struct PrivateCluster {
@@ -45,17 +44,13 @@ impl PrivateCluster {
             "cluster-address: {refusing}, {}\n{extra}",
             cluster.instance_address()
         );
-        let servers: Vec<Server> = NAMES
-            .iter()
-            .zip(&vhosts)
-            .enumerate()
-            .map(|(i, (name, vhost))| {
-                let config =
-                    write_config(&dir, &vhost.instance_address(), name, &ips(i as u8), &extra);
-                Server::spawn(&dir, name, &config)
-            })
-            .collect();
-        super::servers::wait_joined(&servers, 2).await;
+        let servers = super::scenario::spawn_members(
+            &dir,
+            |i| vhosts[i].instance_address(),
+            &extra,
+            |_| Vec::new(),
+        )
+        .await;
         let mut clients = Vec::new();
         for v in &vhosts {
             clients.push(v.broker().await);
@@ -173,24 +168,10 @@ impl PrivateCluster {
     pub async fn account_stopped(&self, expected: &HashMap<String, Expect>) -> Accounting {
         let mut found = Vec::new();
         for (n, client) in NAMES.iter().zip(&self.clients) {
-            let n = n.to_string();
-            for (place, queue) in [
-                (Expect::Delivered(n.clone()), "deliver"),
-                (Expect::Failed(n.clone()), "failure"),
-                (Expect::Held(n.clone()), "retry"),
-            ] {
-                found.push((place, drain(client, &format!("{n}.{queue}")).await));
-            }
-            let (held, unrouted): (Vec<Message>, Vec<Message>) =
-                drain(client, &format!("{n}.outbox"))
-                    .await
-                    .into_iter()
-                    .partition(|m| m.header(HELD_SINCE_HEADER).is_some());
-            found.push((Expect::Held(n.clone()), held));
-            found.push((Expect::Unrouted(n.clone()), unrouted));
+            found.extend(super::found_at(client, n).await);
             found.push((
-                Expect::Unrouted(n.clone()),
-                drain(&self.cluster_client, &handover_queue(&n)).await,
+                Expect::Unrouted(n.to_string()),
+                drain(&self.cluster_client, &handover_queue(n)).await,
             ));
         }
         account(expected, found)

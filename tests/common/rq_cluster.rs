@@ -10,8 +10,7 @@ use mailroute::amqp::AmqpBroker;
 use mailroute_actors::broker::SharedBroker;
 use rand::Rng;
 
-use super::scenario::{NAMES, ips};
-use super::servers::{Server, write_config};
+use super::servers::Server;
 
 pub const PORTS: [u16; 3] = [5681, 5682, 5683];
 /// rq1's TLS listener, and the CA that signed its certificate (made by the script).
@@ -107,16 +106,13 @@ impl RqCluster {
         );
         let dir = std::env::temp_dir().join(&vhost);
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let servers: Vec<Server> = NAMES
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let config =
-                    write_config(&dir, &address_list(&vhost, i), name, &ips(i as u8), extra);
-                Server::spawn(&dir, name, &config)
-            })
-            .collect();
-        super::servers::wait_joined(&servers, 2).await;
+        let servers = super::scenario::spawn_members(
+            &dir,
+            |i| address_list(&vhost, i),
+            extra,
+            |_| Vec::new(),
+        )
+        .await;
         let client: SharedBroker = Arc::new(
             AmqpBroker::connect(&address_list(&vhost, 0))
                 .await

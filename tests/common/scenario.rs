@@ -19,6 +19,26 @@ pub fn ips(index: u8) -> Vec<IpAddr> {
     (1..=3).map(|h| IpAddr::from([10, 4, index, h])).collect()
 }
 
+/// `serve` processes a, b and c in `dir`, the i-th on `address(i)` owning `ips(i)`, with
+/// `extra` config lines and `env(i)`; returns once each has seen the other two join.
+pub async fn spawn_members(
+    dir: &std::path::Path,
+    address: impl Fn(usize) -> String,
+    extra: &str,
+    env: impl Fn(usize) -> Vec<(String, String)>,
+) -> Vec<Server> {
+    let servers: Vec<Server> = NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let config = write_config(dir, &address(i), name, &ips(i as u8), extra);
+            Server::spawn_with_env(dir, name, &config, env(i))
+        })
+        .collect();
+    super::servers::wait_joined(&servers, 2).await;
+    servers
+}
+
 pub struct Cluster {
     pub vhost: TestVhost,
     /// The cluster exchange's own vhost and user, when the cluster broker is separate.
@@ -68,16 +88,7 @@ impl Cluster {
         let extra = extra.as_str();
         let dir = std::env::temp_dir().join(&vhost.name);
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let servers: Vec<Server> = NAMES
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let config =
-                    write_config(&dir, &vhost.instance_address(), name, &ips(i as u8), extra);
-                Server::spawn_with_env(&dir, name, &config, env(i))
-            })
-            .collect();
-        super::servers::wait_joined(&servers, 2).await;
+        let servers = spawn_members(&dir, |_| vhost.instance_address(), extra, env).await;
         let client = vhost.broker().await;
         Cluster {
             vhost,
@@ -94,11 +105,7 @@ impl Cluster {
 
     /// Ready messages in all deliver queues: how far the stream has got.
     pub async fn delivered(&self) -> usize {
-        let mut total = 0;
-        for n in NAMES {
-            total += super::ready(&self.client, &format!("{n}.deliver")).await;
-        }
-        total
+        super::delivered_in(&self.client, &NAMES).await
     }
 
     pub async fn wait_delivered(&self, count: usize) {
