@@ -183,6 +183,7 @@ async fn hostile_input_is_rejected_and_counted() {
             broker: client.identity(),
             console_url: None,
             config_hash: String::new(),
+            ..Default::default()
         })
     };
     let now = now_ms();

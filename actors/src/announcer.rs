@@ -9,7 +9,7 @@ use tracing::{debug, warn};
 
 use crate::backoff;
 use crate::broker::{BrokerError, Destination, Message, Properties, SharedBroker};
-use crate::messages::{AnnounceNow, Leave, Reconfigure};
+use crate::messages::{AnnounceNow, Broadcast, Departing, Leave, Pause, Reconfigure};
 use crate::stats::{Stats, bump};
 use crate::wire::{Announcement, ClusterMessage, Codec};
 
@@ -22,6 +22,8 @@ pub struct Announcer {
     codec: Codec,
     failures: u32,
     ticker: Option<SpawnHandle>,
+    /// `Leaving` was said: no more announcements.
+    left: bool,
 }
 
 impl Announcer {
@@ -42,10 +44,14 @@ impl Announcer {
             codec,
             failures: 0,
             ticker: None,
+            left: false,
         }
     }
 
     fn announce(&mut self, ctx: &mut Context<Self>) {
+        if self.left {
+            return;
+        }
         self.announcement.sequence += 1;
         let message = ClusterMessage::Announcement(self.announcement.clone());
         let publish = publish(
@@ -160,11 +166,51 @@ impl Handler<Reconfigure> for Announcer {
 impl Handler<Leave> for Announcer {
     type Result = ResponseFuture<Result<(), BrokerError>>;
 
-    fn handle(&mut self, _: Leave, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: Leave, ctx: &mut Context<Self>) -> Self::Result {
+        // Gone is gone: an announcement after `Leaving` would bring this instance back into
+        // its peers' tables while it shuts down.
+        self.left = true;
+        if let Some(ticker) = self.ticker.take() {
+            ctx.cancel_future(ticker);
+        }
         let message = ClusterMessage::Leaving {
             name: self.announcement.name.clone(),
             started_at: self.announcement.started_at,
         };
+        Box::pin(publish(
+            self.broker.clone(),
+            self.exchange.clone(),
+            self.codec.clone(),
+            message,
+        ))
+    }
+}
+
+/// Peers show the state on their consoles; routing to this instance goes on either way.
+impl Handler<Pause> for Announcer {
+    type Result = ();
+
+    fn handle(&mut self, Pause(pause): Pause, ctx: &mut Context<Self>) {
+        if self.announcement.draining != pause {
+            self.announcement.draining = pause;
+            self.announce(ctx);
+        }
+    }
+}
+
+impl Handler<Departing> for Announcer {
+    type Result = ();
+
+    fn handle(&mut self, _: Departing, ctx: &mut Context<Self>) {
+        self.announcement.leaving = true;
+        self.announce(ctx);
+    }
+}
+
+impl Handler<Broadcast> for Announcer {
+    type Result = ResponseFuture<Result<(), BrokerError>>;
+
+    fn handle(&mut self, Broadcast(message): Broadcast, _: &mut Context<Self>) -> Self::Result {
         Box::pin(publish(
             self.broker.clone(),
             self.exchange.clone(),

@@ -11,7 +11,10 @@ use crate::broker::{BrokerError, SharedBroker};
 use crate::handover_publisher::HandoverPublisher;
 use crate::handover_relay::HandoverRelay;
 use crate::ip_ownership_router::IpOwnershipRouter;
-use crate::messages::{Drain, Leave, ListPeers, PeerInfo, Reconfigure, ReleaseDeferred};
+use crate::messages::{
+    Broadcast, Departing, Drain, Leave, ListMembers, ListPeers, Pause, PeerInfo, Reconfigure,
+    ReleaseDeferred,
+};
 use crate::outbox_consumer::OutboxConsumer;
 use crate::own_queues::declare_queues;
 use crate::peer_registry::{PeerRegistry, RegistryConfig, RegistryLinks};
@@ -19,8 +22,8 @@ use crate::recent_ids::RecentIds;
 use crate::routing::OwnershipTable;
 use crate::settings::{InstanceSettings, LiveSettings};
 use crate::stats::Stats;
-use crate::wire::Announcement;
 use crate::wire::now_ms;
+use crate::wire::{Announcement, ClusterMessage};
 
 pub struct Instance {
     pub settings: InstanceSettings,
@@ -85,6 +88,7 @@ impl Instance {
             broker: local.identity(),
             console_url: settings.console_url.clone(),
             config_hash: settings.config_hash.clone(),
+            ..Default::default()
         };
         let announcer = Announcer::new(
             cluster.clone(),
@@ -121,6 +125,7 @@ impl Instance {
             released: publisher.clone().recipient(),
             announcer: announcer.clone().recipient(),
             listening: consumer.clone().recipient(),
+            pause: vec![consumer.clone().recipient(), announcer.clone().recipient()],
             reload_requests: reload_tx,
         };
         let registry = PeerRegistry::new(cluster.clone(), config, links, stats.clone());
@@ -165,14 +170,35 @@ impl Instance {
         self.announcer.do_send(message);
     }
 
+    /// Maintenance on this instance alone: `true` stops taking outbox mail (what was taken is
+    /// settled first) while staying in the cluster; `false` takes it again. Peers are told.
+    pub fn pause(&self, pause: bool) {
+        self.consumer.do_send(Pause(pause));
+        self.announcer.do_send(Pause(pause));
+    }
+
     pub async fn peers(&self) -> Vec<PeerInfo> {
         self.registry.send(ListPeers).await.unwrap_or_default()
+    }
+
+    /// The live peers and those that left or expired lately.
+    pub async fn members(&self) -> Vec<PeerInfo> {
+        self.registry.send(ListMembers).await.unwrap_or_default()
+    }
+
+    /// Publishes an operator command (drain, resume, reload) to every instance, this one too.
+    pub async fn broadcast(&self, message: ClusterMessage) -> Result<(), BrokerError> {
+        self.announcer
+            .send(Broadcast(message))
+            .await
+            .map_err(|e| BrokerError::Other(format!("announcer gone: {e}")))?
     }
 
     /// Graceful stop: no new messages, every routed one settled (bounded by `grace`), then
     /// `Leaving` so peers stop handing over at once instead of after `peer-timeout`.
     pub async fn shutdown(&self, grace: Duration) {
         info!(instance = %self.settings.name, "draining");
+        self.announcer.do_send(Departing);
         let drain = futures::future::join(self.consumer.send(Drain), self.relay.send(Drain));
         // Mail waiting for the cluster to be heard goes back to the outbox now.
         self.router.do_send(ReleaseDeferred);

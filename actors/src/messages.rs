@@ -120,9 +120,69 @@ pub struct ListPeers;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
     pub announcement: Announcement,
-    /// How long ago the last announcement arrived.
+    /// How long ago the last announcement arrived (or, once gone, how long ago it went).
     pub last_seen: std::time::Duration,
+    pub state: PeerState,
 }
+
+/// A peer as the registry sees it. The first three are live (they own their IPs); the last
+/// two are kept a while after the peer went, so a console can say what became of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerState {
+    Alive,
+    /// Paused for maintenance: takes no outbox mail; mail for its IPs waits in its outbox.
+    Draining,
+    /// Shutting down: settling what it took, then it leaves.
+    Leaving,
+    /// Said `Leaving` and went.
+    Left,
+    /// Fell silent for `peer-timeout`.
+    Expired,
+}
+
+impl PeerState {
+    pub fn of(a: &Announcement) -> PeerState {
+        if a.leaving {
+            PeerState::Leaving
+        } else if a.draining {
+            PeerState::Draining
+        } else {
+            PeerState::Alive
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Alive => "alive",
+            PeerState::Draining => "draining",
+            PeerState::Leaving => "leaving",
+            PeerState::Left => "left",
+            PeerState::Expired => "expired",
+        }
+    }
+}
+
+/// → PeerRegistry: the live peers and those gone lately (left or expired), by name.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "Vec<PeerInfo>")]
+pub struct ListMembers;
+
+/// → OutboxConsumer and Announcer: `true` stops taking outbox mail without leaving the
+/// cluster (maintenance), `false` takes it again. The announcer tells the peers.
+#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct Pause(pub bool);
+
+/// → Announcer: announce that this instance is shutting down (before its drain).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Departing;
+
+/// → Announcer: publish an operator command to the whole cluster (this instance included).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<(), BrokerError>")]
+pub struct Broadcast(pub crate::wire::ClusterMessage);
 
 /// → every actor: the settings a reload changed; each takes what it uses.
 #[derive(Message, Debug, Clone)]

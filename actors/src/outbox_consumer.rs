@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff;
 use crate::broker::{Acker, BrokerError, ConsumerControl, Delivery, QueueSpec, SharedBroker};
-use crate::messages::{ClusterHeard, Drain, Reconfigure, Route, Settled, Unconfirmed};
+use crate::messages::{ClusterHeard, Drain, Pause, Reconfigure, Route, Settled, Unconfirmed};
 use crate::stats::{Stats, bump};
 
 /// How long the oldest unsettled delivery may hold back the acks of those behind it.
@@ -52,10 +52,15 @@ pub struct OutboxConsumer {
     /// failing before it is requeued (100 ms to 10 s): a destination that stays broken is
     /// retried every few seconds, never in a loop, and mail for the others flows meanwhile.
     failing: HashMap<String, (Instant, Instant)>,
+    /// The consumer is being cancelled and what it delivered settled: for a stop, a pause,
+    /// or a new prefetch. Unless stopping or paused, a new consumer follows once drained.
     draining: bool,
-    /// A reload changed the prefetch: the draining consumer is replaced by a new one once
-    /// everything it delivered is settled (a graceful stop cancels this).
-    resubscribe: bool,
+    /// A graceful stop: nothing subscribes again.
+    stopping: bool,
+    /// Paused for maintenance (`Pause(true)`): no consumer until `Pause(false)`.
+    paused: bool,
+    /// A subscribe is scheduled or on its way, so a resume does not start a second one.
+    subscribing: bool,
     /// The broker has stopped sending (or this consumer never started).
     cancelled: bool,
     drained: Vec<tokio::sync::oneshot::Sender<()>>,
@@ -106,7 +111,9 @@ impl OutboxConsumer {
             failures: 0,
             failing: HashMap::new(),
             draining: false,
-            resubscribe: false,
+            stopping: false,
+            paused: false,
+            subscribing: false,
             cancelled: false,
             drained: Vec::new(),
             warmup,
@@ -272,14 +279,16 @@ impl OutboxConsumer {
             if let Some(handle) = self.stream.take() {
                 ctx.cancel_future(handle);
             }
-            if std::mem::take(&mut self.resubscribe) {
+            if !self.stopping {
+                // A pause or a new prefetch: ready for the next consumer.
                 self.draining = false;
                 self.cancelled = false;
-                info!(
-                    prefetch = self.prefetch,
-                    "consuming again with the new rabbitmq-qos"
-                );
-                self.consume(ctx, Duration::ZERO);
+                if self.paused {
+                    info!(queue = %self.queue, "paused: taking no outbox mail");
+                } else {
+                    info!(queue = %self.queue, prefetch = self.prefetch, "consuming again");
+                    self.consume(ctx, Duration::ZERO);
+                }
             }
         }
     }
@@ -309,15 +318,23 @@ impl Actor for OutboxConsumer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if self.gate_open && !self.draining {
-            self.consume(ctx, backoff::delay(self.failures));
-        }
+        self.consume(ctx, backoff::delay(self.failures));
     }
 }
 
 impl OutboxConsumer {
+    /// Subscribes after `delay`, unless the gate is closed, a stop or pause wants no
+    /// consumer, or one is on its way already.
     fn consume(&mut self, ctx: &mut Context<Self>, delay: std::time::Duration) {
+        if !self.gate_open || self.draining || self.stopping || self.paused || self.subscribing {
+            return;
+        }
+        self.subscribing = true;
         ctx.run_later(delay, |act, ctx| {
+            if act.stopping || act.paused {
+                act.subscribing = false;
+                return;
+            }
             let broker = act.broker.clone();
             let (queue, spec, prefetch) = (act.queue.clone(), act.spec.clone(), act.prefetch);
             // Declared again on every start: if an operator or a broker failure removed the
@@ -332,14 +349,13 @@ impl OutboxConsumer {
                     .into_actor(act)
                     .map(|result, act, ctx| match result {
                         Ok(subscription) => {
+                            act.subscribing = false;
                             info!(queue = %act.queue, "consuming outbox");
                             act.control = Some(Arc::from(subscription.control));
                             act.stream = Some(ctx.add_stream(subscription.deliveries));
-                            if act.draining {
-                                act.cancel_consumer(ctx);
-                            }
                         }
                         Err(error) => {
+                            act.subscribing = false;
                             act.failures += 1;
                             warn!(queue = %act.queue, %error, "cannot consume outbox; restarting");
                             ctx.stop();
@@ -353,10 +369,12 @@ impl OutboxConsumer {
 impl Supervised for OutboxConsumer {
     fn restarting(&mut self, _: &mut Context<Self>) {
         bump(&self.stats.restarts);
-        if std::mem::take(&mut self.resubscribe) {
-            // The restart subscribes anew, with the new prefetch.
+        if !self.stopping {
+            // The restart subscribes anew (unless paused), with the current prefetch.
             self.draining = false;
+            self.cancelled = false;
         }
+        self.subscribing = false;
         // The old consumer was dropped with the old context, so the broker requeues all that
         // was unacked; the old ackers are dead.
         self.in_flight.clear();
@@ -432,9 +450,7 @@ impl Handler<ClusterHeard> for OutboxConsumer {
     fn handle(&mut self, _: ClusterHeard, ctx: &mut Context<Self>) {
         if !self.gate_open {
             self.gate_open = true;
-            if !self.draining {
-                self.consume(ctx, self.warmup);
-            }
+            self.consume(ctx, self.warmup);
         }
     }
 }
@@ -476,8 +492,8 @@ impl Handler<Drain> for OutboxConsumer {
     fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.drained.push(tx);
-        // A stop wins over a prefetch change in progress.
-        self.resubscribe = false;
+        // A stop wins over a pause or a prefetch change in progress.
+        self.stopping = true;
         if !self.draining {
             self.draining = true;
             // Cancel first: a consumer that stays subscribed is handed every requeued message
@@ -503,11 +519,37 @@ impl Handler<Reconfigure> for OutboxConsumer {
         }
         self.prefetch = live.prefetch;
         if self.draining || self.control.is_none() {
-            // Stopping, or not consuming yet: the next subscribe uses the new value.
+            // Draining, paused or not consuming yet: the next subscribe uses the new value.
             return;
         }
         self.draining = true;
-        self.resubscribe = true;
         self.cancel_consumer(ctx);
+    }
+}
+
+/// Maintenance: a pause cancels the consumer and settles what it delivered, like a stop,
+/// but the instance stays in the cluster and keeps its IPs (mail for them waits in the
+/// outbox). A resume subscribes again, at once or once a drain in progress is done.
+impl Handler<Pause> for OutboxConsumer {
+    type Result = ();
+
+    fn handle(&mut self, Pause(pause): Pause, ctx: &mut Context<Self>) {
+        if self.paused == pause || self.stopping {
+            return;
+        }
+        self.paused = pause;
+        if pause {
+            info!(queue = %self.queue, "pausing: no more outbox mail until resumed");
+            if !self.draining && self.control.is_some() {
+                self.draining = true;
+                self.cancel_consumer(ctx);
+            }
+        } else {
+            info!(queue = %self.queue, "resuming");
+            // While a drain is in progress, `settle_if_drained` subscribes when it is done.
+            if self.control.is_none() {
+                self.consume(ctx, Duration::ZERO);
+            }
+        }
     }
 }

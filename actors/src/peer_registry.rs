@@ -21,8 +21,8 @@ use tracing::{error, info, info_span, warn};
 use crate::backoff;
 use crate::broker::{BrokerError, Delivery, QueueSpec, SharedBroker};
 use crate::messages::{
-    AnnounceNow, ClusterHeard, Hearing, HearingNow, ListPeers, OwnershipChanged, PeerInfo,
-    PeersGone, Reconfigure,
+    AnnounceNow, ClusterHeard, Hearing, HearingNow, ListMembers, ListPeers, OwnershipChanged,
+    Pause, PeerInfo, PeerState, PeersGone, Reconfigure,
 };
 use crate::routing::PeerRoute;
 use crate::stats::{Stats, bump};
@@ -39,6 +39,8 @@ pub struct PeerRegistry {
     codec: Codec,
     config_hash: String,
     peers: HashMap<String, Peer>,
+    /// Peers that left or expired lately, for the console; forgotten after [`KEEP_GONE`].
+    departed: HashMap<String, Departed>,
     /// The listener is consuming: silence means something.
     listening: bool,
     /// The cluster has been heard since the listener (re)started or the last reload.
@@ -52,6 +54,7 @@ pub struct PeerRegistry {
     released: Recipient<PeersGone>,
     announcer: Recipient<AnnounceNow>,
     cluster_heard: Recipient<ClusterHeard>,
+    pause: Vec<Recipient<Pause>>,
     reload_requests: tokio::sync::watch::Sender<u64>,
     /// The expiry sweep, rescheduled when a reload changes `peer-timeout`.
     sweep: Option<SpawnHandle>,
@@ -71,6 +74,17 @@ struct Peer {
     last_seen: Instant,
 }
 
+struct Departed {
+    announcement: Announcement,
+    state: PeerState,
+    at: Instant,
+}
+
+/// How long a departed peer stays listed, and how many at most: enough for an operator to
+/// see what happened, bounded however many come and go.
+const KEEP_GONE: Duration = Duration::from_secs(600);
+const MAX_GONE: usize = 256;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Rejoin {
     Reconnect,
@@ -84,6 +98,8 @@ pub struct RegistryLinks {
     pub released: Recipient<PeersGone>,
     pub announcer: Recipient<AnnounceNow>,
     pub listening: Recipient<ClusterHeard>,
+    /// Told of the cluster-wide `Drain` and `Resume` commands (consumer and announcer).
+    pub pause: Vec<Recipient<Pause>>,
     /// Bumped when the cluster asks this instance to reload its config; whoever runs the
     /// instance with a config file (`serve`) watches it.
     pub reload_requests: tokio::sync::watch::Sender<u64>,
@@ -115,6 +131,7 @@ impl PeerRegistry {
             released,
             announcer,
             listening,
+            pause,
             reload_requests,
         } = links;
         PeerRegistry {
@@ -128,6 +145,7 @@ impl PeerRegistry {
             codec: config.codec,
             config_hash: config.config_hash,
             peers: HashMap::new(),
+            departed: HashMap::new(),
             listening: false,
             heard: false,
             rejoining: HashSet::new(),
@@ -137,6 +155,7 @@ impl PeerRegistry {
             released,
             announcer,
             cluster_heard: listening,
+            pause,
             reload_requests,
             stats,
             failures: 0,
@@ -242,6 +261,7 @@ impl PeerRegistry {
             }
             None => {
                 info!(peer = %a.name, ips = a.local_ips.len(), outbox = %a.outbox, broker = %a.broker, "peer joined");
+                self.departed.remove(&a.name);
                 Self::check_drift(&self.stats, &self.config_hash, &a);
                 self.peers.insert(
                     a.name.clone(),
@@ -283,7 +303,7 @@ impl PeerRegistry {
                     .is_some_and(|p| p.announcement.started_at == started_at);
                 if leaving {
                     info!(peer = %name, "peer left");
-                    let gone = self.peers.remove(&name).map(|p| p.route);
+                    let gone = self.forget(&name, PeerState::Left);
                     self.publish_ownership();
                     self.gone(gone.into_iter().collect());
                 }
@@ -299,7 +319,47 @@ impl PeerRegistry {
                     self.reload(from, ctx);
                 }
             }
+            ClusterMessage::Drain { from } => self.pause(true, from),
+            ClusterMessage::Resume { from } => self.pause(false, from),
         }
+    }
+
+    fn pause(&self, pause: bool, from: Option<String>) {
+        info!(
+            from = from.as_deref().unwrap_or("operator"),
+            "cluster {}",
+            if pause { "drain" } else { "resume" }
+        );
+        for to in &self.pause {
+            to.do_send(Pause(pause));
+        }
+    }
+
+    /// Removes a live peer, keeping it listed as `state` for a while.
+    fn forget(&mut self, name: &str, state: PeerState) -> Option<Arc<PeerRoute>> {
+        let peer = self.peers.remove(name)?;
+        let now = Instant::now();
+        self.departed
+            .retain(|_, d| now.duration_since(d.at) < KEEP_GONE);
+        if self.departed.len() >= MAX_GONE {
+            let oldest = self
+                .departed
+                .iter()
+                .min_by_key(|(_, d)| d.at)
+                .map(|(name, _)| name.clone());
+            if let Some(oldest) = oldest {
+                self.departed.remove(&oldest);
+            }
+        }
+        self.departed.insert(
+            name.to_owned(),
+            Departed {
+                announcement: peer.announcement,
+                state,
+                at: now,
+            },
+        );
+        Some(peer.route)
     }
 
     fn reload(&mut self, from: Option<String>, ctx: &mut Context<Self>) {
@@ -343,7 +403,7 @@ impl PeerRegistry {
                 let mut gone = Vec::new();
                 for name in &silent {
                     warn!(peer = %name, "peer did not re-announce after a reload or reconnect; forgotten");
-                    gone.extend(act.peers.remove(name).map(|p| p.route));
+                    gone.extend(act.forget(name, PeerState::Expired));
                 }
                 act.publish_ownership();
                 act.gone(gone);
@@ -392,7 +452,7 @@ impl PeerRegistry {
         let mut gone = Vec::new();
         for name in silent {
             warn!(peer = %name, ?timeout, "peer fell silent; forgotten");
-            gone.extend(self.peers.remove(&name).map(|p| p.route));
+            gone.extend(self.forget(&name, PeerState::Expired));
         }
         self.publish_ownership();
         self.gone(gone);
@@ -538,9 +598,30 @@ impl Handler<ListPeers> for PeerRegistry {
             .map(|p| PeerInfo {
                 announcement: p.announcement.clone(),
                 last_seen: p.last_seen.elapsed(),
+                state: PeerState::of(&p.announcement),
             })
             .collect();
         peers.sort_by(|a, b| a.announcement.name.cmp(&b.announcement.name));
         MessageResult(peers)
+    }
+}
+
+impl Handler<ListMembers> for PeerRegistry {
+    type Result = MessageResult<ListMembers>;
+
+    fn handle(&mut self, _: ListMembers, ctx: &mut Context<Self>) -> Self::Result {
+        let MessageResult(mut members) = Handler::<ListPeers>::handle(self, ListPeers, ctx);
+        members.extend(
+            self.departed
+                .values()
+                .filter(|d| d.at.elapsed() < KEEP_GONE)
+                .map(|d| PeerInfo {
+                    announcement: d.announcement.clone(),
+                    last_seen: d.at.elapsed(),
+                    state: d.state,
+                }),
+        );
+        members.sort_by(|a, b| a.announcement.name.cmp(&b.announcement.name));
+        MessageResult(members)
     }
 }

@@ -34,7 +34,7 @@ const HEADER: usize = 2 + 1 + 1 + 8;
 const TAG: usize = 32;
 
 /// One instance telling the cluster who it is and what it owns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Announcement {
     /// Stable instance name (default: hostname); the registry key.
     pub name: String,
@@ -50,6 +50,11 @@ pub struct Announcement {
     pub broker: String,
     pub console_url: Option<String>,
     pub config_hash: String,
+    /// Added in 0.2 (see [`v1`]): paused for maintenance, takes no outbox mail; it still owns
+    /// its IPs, so mail for them waits in its outbox.
+    pub draining: bool,
+    /// Added in 0.2: shutting down; a `Leaving` follows once its in-flight mail is settled.
+    pub leaving: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +79,14 @@ pub enum ClusterMessage {
         from: Option<String>,
         name: String,
     },
+    /// Every instance stops taking outbox mail, staying in the cluster (maintenance).
+    Drain {
+        from: Option<String>,
+    },
+    /// Every instance takes outbox mail again.
+    Resume {
+        from: Option<String>,
+    },
 }
 
 impl ClusterMessage {
@@ -85,6 +98,8 @@ impl ClusterMessage {
             ClusterMessage::Hello { .. } => "hello".into(),
             ClusterMessage::Reload { .. } => "reload".into(),
             ClusterMessage::ReloadOne { name, .. } => format!("reload.{name}"),
+            ClusterMessage::Drain { .. } => "drain".into(),
+            ClusterMessage::Resume { .. } => "resume".into(),
         }
     }
 }
@@ -246,9 +261,63 @@ impl Codec {
         }
         let payload = &frame[HEADER..body_end];
         // What follows the fields this version knows is a later version's additions.
-        let (message, _used) = bincode::serde::decode_from_slice(payload, config())
-            .map_err(|e| DecodeError::Garbage(e.to_string()))?;
-        Ok(message)
+        match bincode::serde::decode_from_slice(payload, config()) {
+            Ok((message, _used)) => Ok(message),
+            // An announcement from 0.1 ends before the fields added since.
+            Err(error) => {
+                match bincode::serde::decode_from_slice::<v1::ClusterMessage, _>(payload, config())
+                {
+                    // 0.1 is the first version: nothing of its follows the fields it knows.
+                    Ok((v1::ClusterMessage::Announcement(a), used)) if used == payload.len() => {
+                        Ok(ClusterMessage::Announcement(a.into()))
+                    }
+                    _ => Err(DecodeError::Garbage(error.to_string())),
+                }
+            }
+        }
+    }
+}
+
+/// What 0.1 sent. bincode cannot default a field missing at the end, so a frame that the
+/// current layout cannot read is tried as 0.1's: a rolling upgrade keeps every instance heard.
+mod v1 {
+    use super::*;
+
+    #[derive(Deserialize)]
+    pub struct Announcement {
+        name: String,
+        version: String,
+        started_at: u64,
+        sequence: u64,
+        local_ips: Vec<IpAddr>,
+        outbox: String,
+        broker: String,
+        console_url: Option<String>,
+        config_hash: String,
+    }
+
+    /// Only the announcement changed; the other kinds decode as the current ones.
+    #[derive(Deserialize)]
+    pub enum ClusterMessage {
+        Announcement(Announcement),
+    }
+
+    impl From<Announcement> for super::Announcement {
+        fn from(a: Announcement) -> Self {
+            super::Announcement {
+                name: a.name,
+                version: a.version,
+                started_at: a.started_at,
+                sequence: a.sequence,
+                local_ips: a.local_ips,
+                outbox: a.outbox,
+                broker: a.broker,
+                console_url: a.console_url,
+                config_hash: a.config_hash,
+                draining: false,
+                leaving: false,
+            }
+        }
     }
 }
 
@@ -307,6 +376,8 @@ mod tests {
             broker: "127.0.0.1:5672/".into(),
             console_url: Some("http://a:8485/".into()),
             config_hash: "abcd".into(),
+            draining: true,
+            leaving: false,
         })
     }
 
@@ -326,6 +397,10 @@ mod tests {
                 from: None,
                 name: "c".into(),
             },
+            ClusterMessage::Drain {
+                from: Some("b".into()),
+            },
+            ClusterMessage::Resume { from: None },
         ] {
             assert_eq!(decode(&encode(&m).unwrap()), Ok(m));
         }
@@ -348,14 +423,20 @@ mod tests {
         assert!(matches!(decode(b"{nope"), Err(DecodeError::Garbage(_))));
     }
 
+    /// Every prefix but one: cut before its two 0.2 flags, an announcement is exactly what
+    /// 0.1 sent, and reads as that. (AMQP frames carry their length and signed frames their
+    /// tag, so a cut frame does not arrive in practice.)
     #[test]
     fn every_truncation_is_rejected() {
         let frame = encode(&announcement()).unwrap();
         for len in 0..frame.len() {
-            assert!(
-                decode(&frame[..len]).is_err(),
-                "prefix of {len} bytes decoded"
-            );
+            match decode(&frame[..len]) {
+                Err(_) => {}
+                Ok(ClusterMessage::Announcement(a)) if len == frame.len() - 2 => {
+                    assert!(!a.draining && !a.leaving);
+                }
+                Ok(other) => panic!("prefix of {len} bytes decoded: {other:?}"),
+            }
         }
     }
 
@@ -395,6 +476,8 @@ mod tests {
             broker: String,
             console_url: Option<String>,
             config_hash: String,
+            draining: bool,
+            leaving: bool,
             // Added by the next version.
             zone: Option<String>,
             weights: Vec<u32>,
@@ -432,6 +515,8 @@ mod tests {
             broker: "127.0.0.1:5672/".into(),
             console_url: Some("http://a:8485/".into()),
             config_hash: "abcd".into(),
+            draining: true,
+            leaving: false,
             zone: Some("eu-west".into()),
             weights: vec![1, 2, 3],
         });
@@ -457,6 +542,63 @@ mod tests {
                     started_at: 1
                 })
             );
+        }
+    }
+
+    /// 0.1 announced without `draining`/`leaving`; during a rolling upgrade its instances
+    /// must stay heard (as not draining, not leaving), signed or not.
+    #[test]
+    fn an_announcement_from_0_1_is_read() {
+        #[derive(Serialize)]
+        struct OldAnnouncement {
+            name: String,
+            version: String,
+            started_at: u64,
+            sequence: u64,
+            local_ips: Vec<IpAddr>,
+            outbox: String,
+            broker: String,
+            console_url: Option<String>,
+            config_hash: String,
+        }
+        #[derive(Serialize)]
+        enum Old {
+            Announcement(OldAnnouncement),
+        }
+        let old = Old::Announcement(OldAnnouncement {
+            name: "a".into(),
+            version: "0.1.0".into(),
+            started_at: 1,
+            sequence: 7,
+            local_ips: vec!["10.0.0.1".parse().unwrap()],
+            outbox: "outbox.a".into(),
+            broker: "127.0.0.1:5672/".into(),
+            console_url: None,
+            config_hash: "abcd".into(),
+        });
+        let now = 1_700_000_000_000u64;
+        for codec in [
+            Codec::default(),
+            Codec::new(Some("k"), Duration::from_secs(30)),
+        ] {
+            let mut frame = MAGIC.to_vec();
+            frame.push(VERSION);
+            frame.push(if codec.is_signed() { SIGNED } else { 0 });
+            frame.extend_from_slice(&now.to_be_bytes());
+            bincode::serde::encode_into_std_write(&old, &mut frame, config()).unwrap();
+            if let Some(key) = &codec.key {
+                let mut mac = key.clone();
+                mac.update(&frame);
+                frame.extend_from_slice(&mac.finalize().into_bytes());
+            }
+            let Ok(ClusterMessage::Announcement(a)) = codec.decode(&frame, now) else {
+                panic!("0.1 announcement not read");
+            };
+            assert_eq!(
+                (a.name.as_str(), a.sequence, a.draining, a.leaving),
+                ("a", 7, false, false)
+            );
+            assert_eq!(a.local_ips, vec!["10.0.0.1".parse::<IpAddr>().unwrap()]);
         }
     }
 

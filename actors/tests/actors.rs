@@ -404,6 +404,7 @@ async fn with_a_secret_only_signed_fresh_messages_count() {
         broker: broker.identity(),
         console_url: None,
         config_hash: String::new(),
+        ..Default::default()
     });
     let now = mailroute_actors::wire::now_ms();
     let frames = [

@@ -48,6 +48,7 @@ fn message() -> impl Strategy<Value = ClusterMessage> {
                     broker: "127.0.0.1:5672//".into(),
                     console_url,
                     config_hash: "00".into(),
+                    ..Default::default()
                 })
             },
         );

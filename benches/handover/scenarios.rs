@@ -38,6 +38,7 @@ async fn announce_b(broker: &SharedBroker, exchange: &str) {
         broker: broker.identity(),
         console_url: None,
         config_hash: String::new(),
+        ..Default::default()
     };
     let m = ClusterMessage::Announcement(a);
     let body = wire::encode(&m).unwrap();

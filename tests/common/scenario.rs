@@ -183,6 +183,7 @@ pub fn phantom_peer_on(
                 broker: broker.identity(),
                 console_url: None,
                 config_hash: String::new(),
+                ..Default::default()
             });
             if let Ok(body) = wire::encode(&message) {
                 let _ = broker

@@ -90,6 +90,7 @@ pub async fn announce_ghost(
         broker: broker.identity(),
         console_url: None,
         config_hash: String::new(),
+        ..Default::default()
     };
     publish_cluster(broker, &ClusterMessage::Announcement(a.clone())).await;
     a
