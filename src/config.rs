@@ -93,6 +93,8 @@ pub struct Config {
     pub duplicate_window: Duration,
     pub www_address: Option<String>,
     pub www_url: Option<String>,
+    /// Bearer token the console's operator actions require; unset: actions off.
+    pub www_token: Option<Secret>,
     /// Keys that were set but mean nothing to mailroute (e.g. MailerQ's own).
     pub unknown_keys: Vec<(String, Origin)>,
     /// Short hash of the settings every instance of a cluster must share, announced so that
@@ -136,6 +138,7 @@ impl fmt::Debug for Config {
             .field("duplicate_window", &self.duplicate_window)
             .field("www_address", &self.www_address)
             .field("www_url", &self.www_url)
+            .field("www_token", &self.www_token)
             .field("unknown_keys", &self.unknown_keys)
             .field("hash", &self.hash)
             .finish()
@@ -158,6 +161,13 @@ impl fmt::Debug for CaFile {
 /// A secret value: printed as `***`, so a logged config never leaks it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl Secret {
+    /// The value itself, for checking a presented token; never for printing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -199,6 +209,7 @@ const KEYS: &[&str] = &[
     "duplicate-window",
     "www-address",
     "www-url",
+    "www-token",
 ];
 
 type Raw = BTreeMap<String, (String, Origin)>;
@@ -403,6 +414,7 @@ impl Config {
                 "" => default_www_url(&values.string("www-address", "")?),
                 url => Some(url.to_string()),
             },
+            www_token: values.token("www-token")?,
             unknown_keys: raw
                 .iter()
                 .filter(|(k, _)| !KEYS.contains(&k.as_str()))
@@ -516,6 +528,22 @@ impl Values<'_> {
             )),
             other => Err(self.error(key, format!("expected true or false, got {other:?}"))),
         }
+    }
+
+    /// A bearer token: long enough not to be guessed, printable, no spaces. The error never
+    /// repeats the value.
+    fn token(&self, key: &'static str) -> Result<Option<Secret>, ConfigError> {
+        let value = self.string(key, "")?;
+        if value.is_empty() {
+            return Ok(None);
+        }
+        if value.chars().count() < 16 {
+            return Err(self.error(key, "too short: use at least 16 characters".into()));
+        }
+        if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(self.error(key, "must not contain spaces or control characters".into()));
+        }
+        Ok(Some(Secret(value)))
     }
 
     fn string(&self, key: &'static str, default: &str) -> Result<String, ConfigError> {
@@ -795,6 +823,22 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(!load("").unwrap().codec().is_signed());
+    }
+
+    #[test]
+    fn the_console_token_must_be_long_and_never_prints() {
+        let c = load("www-token: correct-horse-battery-staple\n").unwrap();
+        assert_eq!(
+            c.www_token.as_ref().map(Secret::expose),
+            Some("correct-horse-battery-staple")
+        );
+        assert!(!format!("{c:?}").contains("correct-horse"));
+        for bad in ["www-token: short-one\n", "www-token: sixteen chars here\n"] {
+            let e = load(bad).unwrap_err().to_string();
+            assert!(e.contains("www-token"), "{e}");
+            assert!(!e.contains("short-one") && !e.contains("chars here"), "{e}");
+        }
+        assert_eq!(load("").unwrap().www_token, None);
     }
 
     #[test]

@@ -24,11 +24,22 @@ fn free_port() -> u16 {
 
 /// One HTTP/1.0 GET: the status code and the body.
 fn get(port: u16, path: &str) -> (u16, String) {
+    request(port, "GET", path, None, "")
+}
+
+/// One HTTP/1.0 request, with a bearer token if given: the status code and the body.
+fn request(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("console answers");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout set");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("request sent");
+    let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: localhost\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("request sent");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("response read");
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
@@ -43,6 +54,17 @@ fn get(port: u16, path: &str) -> (u16, String) {
 async fn get_async(port: u16, path: &str) -> (u16, String) {
     let path = path.to_string();
     tokio::task::spawn_blocking(move || get(port, &path))
+        .await
+        .expect("request ran")
+}
+
+async fn post(port: u16, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let (path, token, body) = (
+        path.to_string(),
+        token.map(str::to_string),
+        body.to_string(),
+    );
+    tokio::task::spawn_blocking(move || request(port, "POST", &path, token.as_deref(), &body))
         .await
         .expect("request ran")
 }
@@ -154,6 +176,11 @@ async fn every_console_lists_the_cluster_and_counts_what_was_sent() {
         page.contains("a.outbox") && page.contains("handed over"),
         "{page}"
     );
+    // No www-token: the actions are off, and say so.
+    assert!(page.contains("Operator actions are off"), "{page}");
+    let (status, body) = post(a, "/api/v1/drain", Some("anything-anything-1"), "").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("set www-token"), "{body}");
     // Follow the link to b: b's own page.
     let (status, b_page) = get_async(b, "/").await;
     assert_eq!(status, 200);
@@ -163,4 +190,142 @@ async fn every_console_lists_the_cluster_and_counts_what_was_sent() {
     );
     let acc = cluster.account(&expected).await;
     acc.assert_complete(&cluster.logs());
+}
+
+const TOKEN: &str = "console-test-token-7f3a9c2e51";
+
+/// Waits until every console says every instance (itself included) is in `state`.
+async fn wait_states(ports: &[u16], state: &str) {
+    for port in ports {
+        let agreed = wait_for(state, Duration::from_secs(30), || async {
+            let c = json(*port, "/api/v1/cluster").await;
+            c["state"] == state
+                && c["peers"]
+                    .as_array()
+                    .is_some_and(|p| p.len() == 2 && p.iter().all(|p| p["state"] == state))
+        })
+        .await;
+        assert!(agreed.is_ok(), "{}", json(*port, "/api/v1/cluster").await);
+    }
+}
+
+/// Drain on b for the whole cluster: all three stop taking mail (their outboxes keep all that
+/// arrives), resume on c takes it all, each message delivered once at its IP's owner. Every
+/// action without the token or with a wrong one gets 401 and changes nothing; the token shows
+/// in no page, API answer, log line or cluster message.
+#[actix::test]
+async fn drain_and_resume_the_whole_cluster_from_one_console() {
+    let ports: Vec<u16> = NAMES.iter().map(|_| free_port()).collect();
+    let mut cluster = Cluster::start_with_env("console-drain", "", |i| {
+        vec![
+            (
+                "MAILROUTE_WWW_ADDRESS".to_string(),
+                format!("127.0.0.1:{}", ports[i]),
+            ),
+            ("MAILROUTE_WWW_TOKEN".to_string(), TOKEN.to_string()),
+        ]
+    })
+    .await;
+    // A tap on the cluster exchange: every cluster message, to look for the token in.
+    let tap = format!("{}.tap", cluster.vhost.name);
+    let spec = mailroute_actors::broker::QueueSpec::private(&tap);
+    cluster.client.declare_queue(&spec).await.expect("tap");
+    cluster
+        .client
+        .bind_queue(&tap, "cluster", "#")
+        .await
+        .expect("tap bound");
+    let (a, b, c) = (ports[0], ports[1], ports[2]);
+
+    for path in ["/api/v1/drain", "/api/v1/resume", "/api/v1/reload"] {
+        for token in [None, Some("console-test-token-7f3a9c2e52"), Some("")] {
+            let (status, body) = post(b, path, token, r#"{"cluster": true}"#).await;
+            assert_eq!(status, 401, "{path} with {token:?}: {body}");
+        }
+    }
+    assert_eq!(json(b, "/api/v1/instance").await["state"], "alive");
+    let (status, body) = post(b, "/api/v1/drain", Some(TOKEN), "{\"cluster\": 1}").await;
+    assert_eq!(status, 400, "a body that is not {{cluster: bool}}: {body}");
+
+    let (status, body) = post(b, "/api/v1/drain", Some(TOKEN), r#"{"cluster": true}"#).await;
+    assert_eq!(status, 202, "{body}");
+    wait_states(&ports, "draining").await;
+    for port in &ports {
+        assert_eq!(
+            get_async(*port, "/readyz").await.0,
+            503,
+            "drained is not ready"
+        );
+    }
+
+    // 300 messages into each outbox, for all three owners: nobody takes any.
+    let mut expected = HashMap::new();
+    let mut messages = Vec::new();
+    for (n, name) in NAMES.iter().enumerate() {
+        for i in 0..300 {
+            let id = format!("drain-{name}-{i}");
+            let owner = (n + i) % 3;
+            expected.insert(id.clone(), Expect::Delivered(NAMES[owner].into()));
+            let body = mailerq_json(&id, Some(&[ips(owner as u8)[0]]), 512);
+            messages.push((format!("{name}.outbox"), test_message(&id, body)));
+        }
+    }
+    publish_all(&cluster.client, &messages).await;
+    for name in NAMES {
+        assert_eq!(
+            common::ready(&cluster.client, &format!("{name}.outbox")).await,
+            300,
+            "{name}'s outbox was consumed while drained"
+        );
+    }
+    for port in &ports {
+        assert_eq!(json(*port, "/api/v1/stats").await["consumed"], 0);
+    }
+
+    let (status, body) = post(c, "/api/v1/resume", Some(TOKEN), r#"{"cluster": true}"#).await;
+    assert_eq!(status, 202, "{body}");
+    wait_states(&ports, "alive").await;
+    common::wait_all_settled(&cluster.client, &NAMES, &expected, Duration::from_secs(60)).await;
+
+    // A local reload from a's console: a re-reads its file, as on SIGHUP.
+    let (status, body) = post(a, "/api/v1/reload", Some(TOKEN), "").await;
+    assert_eq!(status, 202, "{body}");
+    let reloaded = wait_for("a reloaded", Duration::from_secs(10), || async {
+        cluster
+            .logs()
+            .contains("console reload: re-reading the config")
+    })
+    .await;
+    assert!(reloaded.is_ok(), "{}", cluster.logs());
+
+    let mut seen = String::new();
+    for port in &ports {
+        for path in [
+            "/",
+            "/api/v1/instance",
+            "/api/v1/cluster",
+            "/api/v1/stats",
+            "/metrics",
+        ] {
+            seen.push_str(&get_async(*port, path).await.1);
+        }
+    }
+    let heard = common::drain(&cluster.client, &tap).await;
+    assert!(heard.len() > 6, "the tap heard the cluster");
+    let acc = cluster.account(&expected).await;
+    acc.assert_complete(&cluster.logs());
+    let logs = cluster.logs();
+    assert!(
+        logs.contains("console action refused"),
+        "refusals are logged"
+    );
+    assert!(!seen.contains(TOKEN), "the token in a page or API answer");
+    assert!(!logs.contains(TOKEN), "the token in a log");
+    let token = TOKEN.as_bytes();
+    assert!(
+        !heard
+            .iter()
+            .any(|m| m.body.windows(token.len()).any(|w| w == token)),
+        "the token in a cluster message"
+    );
 }

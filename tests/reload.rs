@@ -159,7 +159,7 @@ async fn sighup_applies_live_keys_reports_the_rest_and_only_reloads_one() {
     wait_log(
         &cluster,
         "b",
-        "consuming again with the new rabbitmq-qos",
+        "consuming again queue=b.outbox prefetch=50",
         1,
     )
     .await;

@@ -233,8 +233,12 @@ impl Targets {
         let Outcome::HandedOver { peer } = &plan.outcome else {
             return self.publish(plan).await;
         };
+        let started = std::time::Instant::now();
         match self.attempt(&plan).await {
-            Ok(()) => Ok(plan.outcome),
+            Ok(()) => {
+                self.stats.handover_seconds.observe(started.elapsed());
+                Ok(plan.outcome)
+            }
             Err(BrokerError::Returned { reply_text, .. }) => {
                 bump(&self.stats.handover_returned);
                 warn!(%peer, to = %plan.to, "handover returned; applying the unroutable policy");

@@ -25,6 +25,31 @@ use crate::stats::Stats;
 use crate::wire::now_ms;
 use crate::wire::{Announcement, ClusterMessage};
 
+/// Operator actions on one instance, cheap to clone.
+#[derive(Clone)]
+pub struct Controls {
+    pause: Vec<Recipient<Pause>>,
+    broadcast: Recipient<Broadcast>,
+}
+
+impl Controls {
+    /// Maintenance on this instance alone: `true` stops taking outbox mail (what was taken is
+    /// settled first) while staying in the cluster; `false` takes it again. Peers are told.
+    pub fn pause(&self, pause: bool) {
+        for to in &self.pause {
+            to.do_send(Pause(pause));
+        }
+    }
+
+    /// Publishes an operator command (drain, resume, reload) to every instance, this one too.
+    pub async fn broadcast(&self, message: ClusterMessage) -> Result<(), BrokerError> {
+        self.broadcast
+            .send(Broadcast(message))
+            .await
+            .map_err(|e| BrokerError::Other(format!("announcer gone: {e}")))?
+    }
+}
+
 pub struct Instance {
     pub settings: InstanceSettings,
     /// Unix ms, as announced.
@@ -170,11 +195,20 @@ impl Instance {
         self.announcer.do_send(message);
     }
 
-    /// Maintenance on this instance alone: `true` stops taking outbox mail (what was taken is
-    /// settled first) while staying in the cluster; `false` takes it again. Peers are told.
+    /// What an operator may do to a running instance (a console holds a copy).
+    pub fn controls(&self) -> Controls {
+        Controls {
+            pause: vec![
+                self.consumer.clone().recipient(),
+                self.announcer.clone().recipient(),
+            ],
+            broadcast: self.announcer.clone().recipient(),
+        }
+    }
+
+    /// See [`Controls::pause`].
     pub fn pause(&self, pause: bool) {
-        self.consumer.do_send(Pause(pause));
-        self.announcer.do_send(Pause(pause));
+        self.controls().pause(pause);
     }
 
     pub async fn peers(&self) -> Vec<PeerInfo> {
@@ -186,12 +220,9 @@ impl Instance {
         self.registry.send(ListMembers).await.unwrap_or_default()
     }
 
-    /// Publishes an operator command (drain, resume, reload) to every instance, this one too.
+    /// See [`Controls::broadcast`].
     pub async fn broadcast(&self, message: ClusterMessage) -> Result<(), BrokerError> {
-        self.announcer
-            .send(Broadcast(message))
-            .await
-            .map_err(|e| BrokerError::Other(format!("announcer gone: {e}")))?
+        self.controls().broadcast(message).await
     }
 
     /// Graceful stop: no new messages, every routed one settled (bounded by `grace`), then

@@ -25,5 +25,5 @@ pub mod testkit;
 pub mod wire;
 
 pub use broker::{Broker, BrokerError, Message, SharedBroker};
-pub use instance::Instance;
+pub use instance::{Controls, Instance};
 pub use settings::InstanceSettings;

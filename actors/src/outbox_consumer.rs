@@ -538,6 +538,9 @@ impl Handler<Pause> for OutboxConsumer {
             return;
         }
         self.paused = pause;
+        self.stats
+            .paused
+            .store(u64::from(pause), std::sync::atomic::Ordering::Relaxed);
         if pause {
             info!(queue = %self.queue, "pausing: no more outbox mail until resumed");
             if !self.draining && self.control.is_some() {

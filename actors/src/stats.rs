@@ -2,6 +2,7 @@
 //! Plain atomics: they are bumped on the hot path and must never wait.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -44,10 +45,55 @@ pub struct Stats {
     pub dropped_stale: AtomicU64,
     pub reloads: AtomicU64,
     pub restarts: AtomicU64,
+    /// 1 while paused for maintenance (no outbox consumer), else 0.
+    pub paused: AtomicU64,
+    /// From publishing a handover copy to the broker's confirm of it.
+    pub handover_seconds: Histogram,
+}
+
+/// Upper bounds of [`Histogram`]'s buckets, in seconds; one more bucket takes the rest.
+pub const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A latency histogram of plain atomics (fixed buckets), cheap enough for every handover.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(BUCKETS.len());
+        bump(&self.counts[bucket]);
+        self.sum_micros.fetch_add(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Sum in seconds, count, and per bucket its upper bound and count (not cumulative; the
+    /// last bound is infinity).
+    pub fn read(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let buckets: Vec<(f64, u64)> = BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(self.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        (sum, count, buckets)
+    }
 }
 
 /// A copy of the counters at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StatsSnapshot {
     pub consumed: u64,
     pub delivered: u64,
@@ -70,6 +116,7 @@ pub struct StatsSnapshot {
     pub dropped: u64,
     pub reloads: u64,
     pub restarts: u64,
+    pub paused: bool,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -120,6 +167,34 @@ impl Stats {
                 + get(&self.dropped_stale),
             reloads: get(&self.reloads),
             restarts: get(&self.restarts),
+            paused: get(&self.paused) == 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_histogram_puts_each_time_in_its_bucket() {
+        let h = Histogram::default();
+        for ms in [0, 1, 3, 3, 30, 5_000] {
+            h.observe(Duration::from_millis(ms));
+        }
+        let (sum, count, buckets) = h.read();
+        assert_eq!(count, 6);
+        assert!((sum - 5.037).abs() < 1e-9, "{sum}");
+        let at = |bound: f64| buckets.iter().find(|(b, _)| *b == bound).unwrap().1;
+        assert_eq!(
+            (
+                at(0.0005),
+                at(0.001),
+                at(0.005),
+                at(0.05),
+                at(f64::INFINITY)
+            ),
+            (1, 1, 2, 1, 1)
+        );
     }
 }

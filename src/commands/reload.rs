@@ -50,6 +50,7 @@ fn shown(c: &Config) -> Vec<(&'static str, bool, String)> {
         ("log-level", true, c.log_level.clone()),
         // Read by `cluster list` / `inject` each time they run.
         ("cluster-timeout", true, format!("{:?}", c.cluster_timeout)),
+        ("www-token", true, masked(&c.www_token)),
         (
             "rabbitmq-address",
             false,
@@ -68,15 +69,7 @@ fn shown(c: &Config) -> Vec<(&'static str, bool, String)> {
         ("rabbitmq-ca", false, format!("{:?}", c.rabbitmq_ca)),
         ("cluster-ca", false, format!("{:?}", c.cluster_ca)),
         ("cluster-exchange", false, c.cluster_exchange.clone()),
-        (
-            "cluster-secret",
-            false,
-            if c.cluster_secret.is_some() {
-                "***".into()
-            } else {
-                "(unset)".into()
-            },
-        ),
+        ("cluster-secret", false, masked(&c.cluster_secret)),
         (
             "cluster-freshness",
             false,
@@ -101,6 +94,13 @@ fn shown(c: &Config) -> Vec<(&'static str, bool, String)> {
     ]
 }
 
+fn masked(secret: &Option<mailroute::config::Secret>) -> String {
+    match secret {
+        Some(_) => "***".into(),
+        None => "(unset)".into(),
+    }
+}
+
 /// The keys that differ, live ones first. A changed secret shows as `*** → ***`.
 pub fn diff(running: &Config, file: &Config) -> Vec<Change> {
     let mut changes: Vec<Change> = shown(running)
@@ -114,15 +114,23 @@ pub fn diff(running: &Config, file: &Config) -> Vec<Change> {
             live,
         })
         .collect();
-    if running.cluster_secret != file.cluster_secret
-        && !changes.iter().any(|c| c.key == "cluster-secret")
-    {
-        changes.push(Change {
-            key: "cluster-secret",
-            old: "***".into(),
-            new: "***".into(),
-            live: false,
-        });
+    for (key, live, old, new) in [
+        (
+            "cluster-secret",
+            false,
+            &running.cluster_secret,
+            &file.cluster_secret,
+        ),
+        ("www-token", true, &running.www_token, &file.www_token),
+    ] {
+        if old != new && !changes.iter().any(|c| c.key == key) {
+            changes.push(Change {
+                key,
+                old: "***".into(),
+                new: "***".into(),
+                live,
+            });
+        }
     }
     changes
 }
@@ -141,6 +149,7 @@ pub fn merge(running: &Config, file: &Config) -> Config {
     next.rabbitmq_qos = file.rabbitmq_qos;
     next.log_level = file.log_level.clone();
     next.cluster_timeout = file.cluster_timeout;
+    next.www_token = file.www_token.clone();
     next.hash = cluster_hash(&next);
     next
 }
@@ -215,6 +224,20 @@ mod tests {
         assert_eq!(next.cluster_secret, running.cluster_secret);
         // max-hops is a cluster setting: the announced hash follows it.
         assert_ne!(next.hash, running.hash);
+    }
+
+    #[test]
+    fn a_new_console_token_applies_live_and_shows_masked() {
+        let running = config("www-token: first-token-0123456789\n");
+        let file = config("www-token: second-token-0123456789\n");
+        let changes = diff(&running, &file);
+        assert_eq!(changes.len(), 1);
+        assert_eq!((changes[0].key, changes[0].live), ("www-token", true));
+        assert_eq!(
+            (changes[0].old.as_str(), changes[0].new.as_str()),
+            ("***", "***")
+        );
+        assert_eq!(merge(&running, &file).www_token, file.www_token);
     }
 
     #[test]

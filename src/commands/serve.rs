@@ -36,6 +36,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
             let state = std::sync::Arc::new(mailroute::console::ConsoleState::of(
                 &instance,
                 local.clone(),
+                config.www_token.clone(),
             ));
             let handle = mailroute::console::start(address, state.clone())
                 .with_context(|| format!("www-address: cannot listen on {address}"))?;
@@ -46,6 +47,10 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     };
     info!(name = %config.cluster_name, outbox = %config.rabbitmq_outbox, "serving");
     let mut reloads = instance.reload_requests.clone();
+    // The console's local reload; without a console, nobody notifies it.
+    let console_reload = console
+        .as_ref()
+        .map_or_else(Default::default, |(_, state)| state.reload.clone());
     loop {
         tokio::select! {
             _ = terminate.recv() => {
@@ -64,12 +69,13 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
                 info!(path = %path.display(), "cluster reload: re-reading the config");
                 super::reload::run(path, &mut config, &mut instance);
             }
+            () = console_reload.notified() => {
+                info!(path = %path.display(), "console reload: re-reading the config");
+                super::reload::run(path, &mut config, &mut instance);
+            }
         }
         if let Some((_, state)) = &console {
-            *state
-                .settings
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = instance.settings.clone();
+            state.update(&instance.settings, config.www_token.clone());
         }
     }
     instance.shutdown(GRACE).await;

@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix_web::{HttpResponse, web};
 use mailroute_actors::messages::ListPeers;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -28,6 +29,21 @@ struct Reason {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Peer {
     peer: String,
+}
+
+/// A histogram read from the engine's atomics at scrape time.
+#[derive(Debug)]
+struct Latency((f64, u64, Vec<(f64, u64)>));
+
+impl EncodeMetric for Latency {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let (sum, count, buckets) = &self.0;
+        encoder.encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
 }
 
 fn counter(value: &AtomicU64) -> Counter {
@@ -92,6 +108,14 @@ pub async fn scrape(state: web::Data<ConsoleState>) -> HttpResponse {
         "Cluster messages dropped, by reason",
         dropped,
     );
+    registry.register(
+        "handover_seconds",
+        "From publishing a handover copy to the broker's confirm of it",
+        Latency(s.handover_seconds.read()),
+    );
+    let paused = Gauge::<i64>::default();
+    paused.set(i64::from(s.paused.load(Ordering::Relaxed) == 1));
+    registry.register("paused", "1 while drained for maintenance", paused);
     let conflicts = Gauge::<i64>::default();
     conflicts.set(i64::try_from(s.ip_conflicts.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
     registry.register("ip_conflicts", "IPs two instances claim now", conflicts);

@@ -1,19 +1,23 @@
 //! The console, served by `serve` on `www-address` (actix-web): the cluster page, health
-//! probes, a versioned JSON API and Prometheus metrics. The operator actions come next (see
-//! README, Console).
+//! probes, a versioned JSON API, Prometheus metrics, and the operator actions (drain, resume,
+//! reload) behind `www-token`.
 
+mod actions;
 mod metrics;
 mod page;
+mod peers;
 
 use std::sync::{Arc, RwLock};
 
 use actix::Addr;
 use actix_web::{App, HttpResponse, HttpServer, dev::ServerHandle, web};
-use mailroute_actors::messages::{HearingNow, ListPeers};
+use mailroute_actors::messages::{HearingNow, ListMembers};
 use mailroute_actors::peer_registry::PeerRegistry;
 use mailroute_actors::stats::Stats;
 use mailroute_actors::wire::now_ms;
-use mailroute_actors::{Instance, InstanceSettings, SharedBroker};
+use mailroute_actors::{Controls, Instance, InstanceSettings, SharedBroker};
+
+use crate::config::Secret;
 use serde_json::json;
 
 /// What the handlers read; shared by the server's workers.
@@ -25,17 +29,47 @@ pub struct ConsoleState {
     pub registry: Addr<PeerRegistry>,
     /// This instance's broker, for its queue depths.
     pub local: SharedBroker,
+    /// `www-token` as it runs now (a reload may change it); `None`: actions are off.
+    pub token: RwLock<Option<Secret>>,
+    pub controls: Controls,
+    /// A local reload (`POST /api/v1/reload` without `cluster`): whoever runs the instance
+    /// re-reads its config file, as on SIGHUP.
+    pub reload: Arc<tokio::sync::Notify>,
 }
 
 impl ConsoleState {
-    pub fn of(instance: &Instance, local: SharedBroker) -> ConsoleState {
+    pub fn of(instance: &Instance, local: SharedBroker, token: Option<Secret>) -> ConsoleState {
         ConsoleState {
             settings: Arc::new(RwLock::new(instance.settings.clone())),
             started_at: instance.started_at,
             stats: instance.stats.clone(),
             registry: instance.registry.clone(),
             local,
+            token: RwLock::new(token),
+            controls: instance.controls(),
+            reload: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// After a reload: the settings and token that run now.
+    pub fn update(&self, settings: &InstanceSettings, token: Option<Secret>) {
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = settings.clone();
+        *self
+            .token
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = token;
+    }
+
+    fn paused(&self) -> bool {
+        self.stats.paused.load(std::sync::atomic::Ordering::Relaxed) == 1
+    }
+
+    /// This instance's state as its peers see it.
+    fn state(&self) -> &'static str {
+        if self.paused() { "draining" } else { "alive" }
     }
 
     /// Ready messages in the outbox, retry and failure queues (`None`: the broker did not say).
@@ -70,6 +104,9 @@ pub fn start(address: &str, state: Arc<ConsoleState>) -> std::io::Result<ServerH
             .route("/api/v1/stats", web::get().to(stats))
             .route("/api/v1/cluster", web::get().to(cluster))
             .route("/metrics", web::get().to(metrics::scrape))
+            .route("/api/v1/drain", web::post().to(actions::drain))
+            .route("/api/v1/resume", web::post().to(actions::resume))
+            .route("/api/v1/reload", web::post().to(actions::reload))
     })
     // The console is for people and probes, not load: one worker, off the routing path.
     .workers(1)
@@ -85,8 +122,12 @@ async fn livez() -> HttpResponse {
     HttpResponse::Ok().body("ok\n")
 }
 
-/// 200 once this instance listens to the cluster and has heard it; 503 (with why) otherwise.
+/// 200 once this instance listens to the cluster and has heard it, and is not paused; 503
+/// (with why) otherwise.
 async fn readyz(state: web::Data<ConsoleState>) -> HttpResponse {
+    if state.paused() {
+        return HttpResponse::ServiceUnavailable().body("not ready: drained for maintenance\n");
+    }
     match state.registry.send(HearingNow).await {
         Ok(heard) if heard.0 => HttpResponse::Ok().body("ready\n"),
         Ok(_) => HttpResponse::ServiceUnavailable().body("not ready: the cluster is not heard\n"),
@@ -101,6 +142,7 @@ async fn instance(state: web::Data<ConsoleState>) -> HttpResponse {
         "version": env!("CARGO_PKG_VERSION"),
         "started_at_ms": state.started_at,
         "uptime_s": now_ms().saturating_sub(state.started_at) / 1000,
+        "state": state.state(),
         "outbox": s.outbox,
         "local_ips": s.local_ips,
         "console_url": s.console_url,
@@ -112,8 +154,9 @@ async fn stats(state: web::Data<ConsoleState>) -> HttpResponse {
     HttpResponse::Ok().json(state.stats.snapshot())
 }
 
+/// The peers as this instance's registry sees them, those that left or expired lately too.
 async fn cluster(state: web::Data<ConsoleState>) -> HttpResponse {
-    let peers = state.registry.send(ListPeers).await.unwrap_or_default();
+    let peers = state.registry.send(ListMembers).await.unwrap_or_default();
     let me = state.settings();
     let peers: Vec<_> = peers
         .iter()
@@ -121,6 +164,7 @@ async fn cluster(state: web::Data<ConsoleState>) -> HttpResponse {
             let a = &p.announcement;
             json!({
                 "name": a.name,
+                "state": p.state,
                 "version": a.version,
                 "started_at_ms": a.started_at,
                 "local_ips": a.local_ips,
@@ -133,5 +177,5 @@ async fn cluster(state: web::Data<ConsoleState>) -> HttpResponse {
             })
         })
         .collect();
-    HttpResponse::Ok().json(json!({ "instance": me.name, "peers": peers }))
+    HttpResponse::Ok().json(json!({ "instance": me.name, "state": state.state(), "peers": peers }))
 }
