@@ -98,7 +98,12 @@ async fn wait_text(client: &Client, css: &str, want: &str) {
 }
 
 async fn state_of(client: &Client, name: &str, want: &str) {
-    wait_text(client, &format!("tr[data-instance=\"{name}\"] td.state"), want).await;
+    wait_text(
+        client,
+        &format!("tr[data-instance=\"{name}\"] td.state"),
+        want,
+    )
+    .await;
 }
 
 #[actix::test]
@@ -139,7 +144,10 @@ async fn a_browser_follows_the_links_and_drains_the_cluster_from_the_page() {
             .await
             .expect("a link to the peer");
         let href = link.attr("href").await.expect("href");
-        assert_eq!(href.as_deref(), Some(format!("http://127.0.0.1:{}/", ports[i]).as_str()));
+        assert_eq!(
+            href.as_deref(),
+            Some(format!("http://127.0.0.1:{}/", ports[i]).as_str())
+        );
         state_of(&client, name, "alive").await;
     }
     // Peers' counters come from their own consoles: b delivered the 120.
@@ -156,8 +164,14 @@ async fn a_browser_follows_the_links_and_drains_the_cluster_from_the_page() {
     wait_text(&client, "h1", "mailroute cluster, seen from a").await;
 
     // A wrong token first: refused, nothing changes.
-    let token = client.find(Locator::Id("token")).await.expect("token field");
-    token.send_keys("not-the-token-at-all").await.expect("typed");
+    let token = client
+        .find(Locator::Id("token"))
+        .await
+        .expect("token field");
+    token
+        .send_keys("not-the-token-at-all")
+        .await
+        .expect("typed");
     client
         .find(Locator::Css("button[data-action=\"drain\"]"))
         .await
@@ -166,7 +180,9 @@ async fn a_browser_follows_the_links_and_drains_the_cluster_from_the_page() {
         .await
         .expect("clicked");
     let refused = wait_for("refused", LIMIT, || async {
-        text(&client, "#result").await.is_some_and(|t| t.starts_with("refused"))
+        text(&client, "#result")
+            .await
+            .is_some_and(|t| t.starts_with("refused"))
     })
     .await;
     assert!(refused.is_ok(), "{:?}", text(&client, "#result").await);
