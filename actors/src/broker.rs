@@ -306,6 +306,14 @@ pub trait Broker: Send + Sync + 'static {
     }
     /// Messages ready in the queue (not counting unacked ones).
     async fn queue_len(&self, queue: &str) -> Result<u32, BrokerError>;
+    /// Whether a queue of this name exists here, an exclusive one of another connection too.
+    async fn queue_exists(&self, queue: &str) -> Result<bool, BrokerError> {
+        match self.queue_len(queue).await {
+            Ok(_) => Ok(true),
+            Err(BrokerError::NoSuchQueue(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
     async fn delete_queue(&self, queue: &str) -> Result<(), BrokerError>;
     async fn delete_exchange(&self, exchange: &str) -> Result<(), BrokerError>;
     /// This instance will not publish to `to` for a while (its peer left): whatever the broker

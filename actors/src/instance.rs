@@ -127,6 +127,7 @@ impl Instance {
         let consumer = OutboxConsumer::new(
             local.clone(),
             crate::broker::QueueSpec::durable_typed(&settings.outbox, settings.quorum_queues),
+            crate::own_queues::presence_queue(&settings.name),
             settings.prefetch,
             router.clone().recipient(),
             stats.clone(),
@@ -134,6 +135,7 @@ impl Instance {
         );
         let consumer = Supervisor::start(move |_| consumer);
         let config = RegistryConfig {
+            local: local.clone(),
             exchange: settings.cluster_exchange.clone(),
             me: settings.name.clone(),
             my_started_at: started_at,

@@ -32,6 +32,9 @@ pub struct OutboxConsumer {
     queue: String,
     /// Declared again on every start, as this instance declares it.
     spec: QueueSpec,
+    /// This instance's presence queue, declared again with the outbox: it goes with the
+    /// connection, so after a reconnect it must be declared anew.
+    presence: QueueSpec,
     prefetch: u16,
     router: Recipient<Route>,
     stats: Arc<Stats>,
@@ -91,6 +94,7 @@ impl OutboxConsumer {
     pub fn new(
         broker: SharedBroker,
         spec: QueueSpec,
+        presence: QueueSpec,
         prefetch: u16,
         router: Recipient<Route>,
         stats: Arc<Stats>,
@@ -100,6 +104,7 @@ impl OutboxConsumer {
             broker,
             queue: spec.name.clone(),
             spec,
+            presence,
             prefetch,
             router,
             stats,
@@ -337,11 +342,13 @@ impl OutboxConsumer {
             }
             let broker = act.broker.clone();
             let (queue, spec, prefetch) = (act.queue.clone(), act.spec.clone(), act.prefetch);
+            let presence = act.presence.clone();
             // Declared again on every start: if an operator or a broker failure removed the
             // outbox, this instance brings it back instead of sitting idle while peers' handovers
             // to it are returned.
             let consume = async move {
                 broker.declare_queue(&spec).await?;
+                broker.declare_queue(&presence).await?;
                 broker.subscribe(&queue, prefetch).await
             };
             ctx.wait(

@@ -18,6 +18,15 @@ pub fn own_queues(settings: &InstanceSettings) -> Vec<QueueSpec> {
     ]
 }
 
+/// This instance's presence on its local broker: an exclusive queue, so it exists exactly
+/// while this instance is connected there. A peer that finds it through its own connection
+/// knows this instance's outbox is on the same broker (vhost included), however either of
+/// them spells the address (`localhost` or `127.0.0.1`, one node of a RabbitMQ cluster or
+/// another): see `PeerRegistry`'s broker probe.
+pub fn presence_queue(name: &str) -> QueueSpec {
+    QueueSpec::private(format!("mailroute.instance.{name}"))
+}
+
 /// Declares the queues this instance owns. Fails fast, so a broker that refuses them (wrong
 /// vhost, permissions, a queue declared elsewhere with other arguments) stops startup.
 pub async fn declare_queues(
@@ -27,5 +36,5 @@ pub async fn declare_queues(
     for spec in own_queues(settings) {
         local.declare_queue(&spec).await?;
     }
-    Ok(())
+    local.declare_queue(&presence_queue(&settings.name)).await
 }

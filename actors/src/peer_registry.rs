@@ -16,20 +16,23 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use rand::Rng;
-use tracing::{error, info, info_span, warn};
+use tracing::{debug, error, info, info_span, warn};
 
 use crate::backoff;
-use crate::broker::{BrokerError, Delivery, QueueSpec, SharedBroker};
+use crate::broker::{BrokerError, Delivery, QueueSpec, SharedBroker, same_broker};
 use crate::messages::{
     AnnounceNow, ClusterHeard, Hearing, HearingNow, ListMembers, ListPeers, OwnershipChanged,
     Pause, PeerInfo, PeerState, PeersGone, Reconfigure,
 };
+use crate::own_queues::presence_queue;
 use crate::routing::PeerRoute;
 use crate::stats::{Stats, bump};
 use crate::wire::{Announcement, ClusterMessage, Codec};
 
 pub struct PeerRegistry {
     broker: SharedBroker,
+    /// This instance's own broker: where a peer's presence queue is looked for first.
+    local: SharedBroker,
     exchange: String,
     me: String,
     my_started_at: u64,
@@ -70,6 +73,9 @@ pub struct PeerRegistry {
 struct Peer {
     announcement: Announcement,
     route: Arc<PeerRoute>,
+    /// The broker this instance reaches the peer's outbox through, when its presence queue
+    /// was found on one (its announced address is spelled otherwise); `None`: as announced.
+    found_on: Option<String>,
     first_seen: Instant,
     last_seen: Instant,
 }
@@ -107,6 +113,7 @@ pub struct RegistryLinks {
 
 /// Registry settings that do not change at run time.
 pub struct RegistryConfig {
+    pub local: SharedBroker,
     pub exchange: String,
     pub me: String,
     pub my_started_at: u64,
@@ -136,6 +143,7 @@ impl PeerRegistry {
         } = links;
         PeerRegistry {
             broker,
+            local: config.local,
             exchange: config.exchange,
             me: config.me,
             my_started_at: config.my_started_at,
@@ -221,11 +229,25 @@ impl PeerRegistry {
             return;
         }
         let now = Instant::now();
+        let found_on = self
+            .peers
+            .get(&a.name)
+            .filter(|p| {
+                p.announcement.started_at == a.started_at && p.announcement.broker == a.broker
+            })
+            .and_then(|p| p.found_on.clone());
         let route = Arc::new(PeerRoute {
             name: a.name.clone(),
             outbox: a.outbox.clone(),
-            broker: a.broker.clone(),
+            broker: found_on.clone().unwrap_or_else(|| a.broker.clone()),
         });
+        let probe = found_on.is_none()
+            && self.peers.get(&a.name).is_none_or(|p| {
+                p.announcement.started_at != a.started_at || p.announcement.broker != a.broker
+            });
+        if probe {
+            self.probe(&a, ctx);
+        }
         match self.peers.get_mut(&a.name) {
             Some(peer)
                 if peer.announcement.started_at == a.started_at
@@ -246,6 +268,7 @@ impl PeerRegistry {
                     info!(peer = %a.name, "peer restarted");
                 }
                 peer.last_seen = now;
+                peer.found_on = found_on;
                 let mut moved = None;
                 if changed {
                     let old = std::mem::replace(&mut peer.route, route);
@@ -268,6 +291,7 @@ impl PeerRegistry {
                     Peer {
                         announcement: a,
                         route,
+                        found_on: None,
                         first_seen: now,
                         last_seen: now,
                     },
@@ -277,6 +301,52 @@ impl PeerRegistry {
                 self.announcer.do_send(AnnounceNow);
             }
         }
+    }
+
+    /// Looks for the peer's presence queue through this instance's own connections (local
+    /// broker first, then the cluster broker) when its announced broker matches neither as
+    /// spelled. Found: its outbox is on that broker, and mail goes there directly instead of
+    /// through its handover queue. Not found (or the probe fails): as announced, which is
+    /// correct anyway (the relay path), only one hop longer.
+    fn probe(&self, a: &Announcement, ctx: &mut Context<Self>) {
+        let (local, cluster) = (self.local.clone(), self.broker.clone());
+        if same_broker(&a.broker, &local.identity()) || same_broker(&a.broker, &cluster.identity())
+        {
+            return;
+        }
+        let (name, started_at) = (a.name.clone(), a.started_at);
+        let marker = presence_queue(&name).name;
+        let look = async move {
+            for broker in [local, cluster] {
+                if broker.queue_exists(&marker).await.unwrap_or(false) {
+                    return Some(broker.identity());
+                }
+            }
+            None
+        };
+        ctx.spawn(look.into_actor(self).map(move |found, act, _| {
+            let Some(identity) = found else {
+                debug!(peer = %name, "peer's presence queue not found here: handovers go through its handover queue");
+                return;
+            };
+            let Some(peer) = act
+                .peers
+                .get_mut(&name)
+                .filter(|p| p.announcement.started_at == started_at)
+            else {
+                return;
+            };
+            info!(peer = %name, announced = %peer.announcement.broker, broker = %identity,
+                "peer's outbox is on a broker this instance uses: handing over directly");
+            peer.found_on = Some(identity.clone());
+            let route = Arc::new(PeerRoute {
+                broker: identity,
+                ..(*peer.route).clone()
+            });
+            let old = std::mem::replace(&mut peer.route, route);
+            act.publish_ownership();
+            act.gone(vec![old]);
+        }));
     }
 
     /// Every instance must share the cluster settings (broker, exchange, max-hops, signing):

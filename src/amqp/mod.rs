@@ -704,6 +704,19 @@ impl Broker for AmqpBroker {
         })
     }
 
+    /// RabbitMQ answers a passive declare of another connection's exclusive queue with
+    /// RESOURCE_LOCKED: the queue is there.
+    async fn queue_exists(&self, queue: &str) -> Result<bool, BrokerError> {
+        match self.queue_len(queue).await {
+            Ok(_) => Ok(true),
+            Err(BrokerError::NoSuchQueue(_)) => Ok(false),
+            Err(BrokerError::ChannelClosed(reason)) if reason.contains("RESOURCE_LOCKED") => {
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn delete_queue(&self, queue: &str) -> Result<(), BrokerError> {
         let name = queue.to_string();
         self.with_admin(|ch| async move {
