@@ -67,6 +67,10 @@ pub struct Config {
     /// Extra CA certificates trusted for `amqps://` (`rabbitmq-ca`, `cluster-ca`).
     pub rabbitmq_ca: Option<CaFile>,
     pub cluster_ca: Option<CaFile>,
+    /// A client certificate and key for brokers that ask for one (`rabbitmq-cert`,
+    /// `rabbitmq-key`; `cluster-cert`, `cluster-key`).
+    pub rabbitmq_client: Option<ClientCert>,
+    pub cluster_client: Option<ClientCert>,
     pub cluster_exchange: String,
     pub cluster_secret: Option<Secret>,
     pub cluster_timeout: Duration,
@@ -116,6 +120,8 @@ impl fmt::Debug for Config {
             .field("cluster_address", &mask_password(&self.cluster_address))
             .field("rabbitmq_ca", &self.rabbitmq_ca)
             .field("cluster_ca", &self.cluster_ca)
+            .field("rabbitmq_client", &self.rabbitmq_client)
+            .field("cluster_client", &self.cluster_client)
             .field("cluster_exchange", &self.cluster_exchange)
             .field("cluster_secret", &self.cluster_secret)
             .field("cluster_timeout", &self.cluster_timeout)
@@ -158,6 +164,27 @@ impl fmt::Debug for CaFile {
     }
 }
 
+/// A client certificate (PEM chain) and its private key (PEM), read at load. Printed as the
+/// two paths: the key never shows.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    pub cert: CaFile,
+    pub key_path: String,
+    key_pem: Secret,
+}
+
+impl ClientCert {
+    pub fn key_pem(&self) -> &str {
+        self.key_pem.expose()
+    }
+}
+
+impl fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} + {}", self.cert.path, self.key_path)
+    }
+}
+
 /// A secret value: printed as `***`, so a logged config never leaks it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -185,6 +212,10 @@ const KEYS: &[&str] = &[
     "cluster-address",
     "rabbitmq-ca",
     "cluster-ca",
+    "rabbitmq-cert",
+    "rabbitmq-key",
+    "cluster-cert",
+    "cluster-key",
     "rabbitmq-verify",
     "cluster-verify",
     "cluster-exchange",
@@ -332,6 +363,11 @@ impl Config {
             None if !raw.contains_key("cluster-address") => rabbitmq_ca.clone(),
             other => other,
         };
+        let rabbitmq_client = values.client_cert("rabbitmq-cert", "rabbitmq-key")?;
+        let cluster_client = match values.client_cert("cluster-cert", "cluster-key")? {
+            None if !raw.contains_key("cluster-address") => rabbitmq_client.clone(),
+            other => other,
+        };
         values.verify("rabbitmq-verify")?;
         values.verify("cluster-verify")?;
         let announce_interval =
@@ -425,6 +461,8 @@ impl Config {
             cluster_address,
             rabbitmq_ca,
             cluster_ca,
+            rabbitmq_client,
+            cluster_client,
         };
         let config = Config {
             hash: cluster_hash(&config),
@@ -513,6 +551,36 @@ impl Values<'_> {
             return Err(self.error(key, format!("{path} holds no PEM certificate")));
         }
         Ok(Some(CaFile { path, pem }))
+    }
+
+    /// A client certificate and its key: both or neither, read now so that a wrong path
+    /// stops startup naming the key.
+    fn client_cert(
+        &self,
+        cert_key: &'static str,
+        key_key: &'static str,
+    ) -> Result<Option<ClientCert>, ConfigError> {
+        let cert = self.ca_file(cert_key)?;
+        let key_path = self.string(key_key, "")?;
+        match (cert, key_path.is_empty()) {
+            (None, true) => Ok(None),
+            (Some(_), true) => {
+                Err(self.error(key_key, format!("{cert_key} needs its private key")))
+            }
+            (None, false) => Err(self.error(cert_key, format!("{key_key} needs its certificate"))),
+            (Some(cert), false) => {
+                let pem = std::fs::read_to_string(&key_path)
+                    .map_err(|e| self.error(key_key, format!("cannot read {key_path}: {e}")))?;
+                if !pem.contains("PRIVATE KEY-----") {
+                    return Err(self.error(key_key, format!("{key_path} holds no PEM private key")));
+                }
+                Ok(Some(ClientCert {
+                    cert,
+                    key_path,
+                    key_pem: Secret(pem),
+                }))
+            }
+        }
     }
 
     /// MailerQ's `rabbitmq-verify` / `cluster-verify`: `true` is what mailroute does; `false`
@@ -823,6 +891,49 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(!load("").unwrap().codec().is_signed());
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key_and_the_key_never_prints() {
+        let dir = std::env::temp_dir().join(format!("mailroute-cert-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = dir.join("c.pem");
+        let key = dir.join("c.key");
+        std::fs::write(
+            &cert,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &key,
+            "-----BEGIN PRIVATE KEY-----\nsecretkeybytes\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        let c = load(&format!("rabbitmq-cert: {cert}\nrabbitmq-key: {key}\n")).unwrap();
+        let client = c.rabbitmq_client.clone().unwrap();
+        assert!(client.key_pem().contains("secretkeybytes"));
+        assert_eq!(
+            c.cluster_client, c.rabbitmq_client,
+            "the cluster broker is the same one"
+        );
+        assert!(!format!("{c:?}").contains("secretkeybytes"));
+        let e = load(&format!("rabbitmq-cert: {cert}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rabbitmq-key"), "{e}");
+        let e = load(&format!("cluster-key: {key}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cluster-cert"), "{e}");
+        let e = load(&format!("rabbitmq-cert: {cert}\nrabbitmq-key: {cert}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rabbitmq-key") && e.contains("no PEM private key"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

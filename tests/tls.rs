@@ -10,7 +10,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::rq_cluster::{RqVhost, TLS_CA, TLS_PORT, ensure_started};
+use common::rq_cluster::{
+    RqVhost, TLS_CA, TLS_CLIENT_CERT, TLS_CLIENT_KEY, TLS_PORT, TLS_VERIFY_PEER_PORT,
+    ensure_started,
+};
 use common::scenario::ips;
 use common::servers::{Server, write_config};
 use common::{Expect, publish_all};
@@ -24,11 +27,59 @@ fn address(vhost: &str) -> String {
 
 #[actix::test]
 async fn instances_on_amqps_hand_over_and_deliver() {
+    hand_over_on_tls("tls", TLS_PORT, "").await;
+}
+
+/// rq2 asks every client for a certificate of the CA: with `rabbitmq-cert`/`rabbitmq-key`
+/// the instances connect, hand over and deliver.
+#[actix::test]
+async fn instances_with_a_client_certificate_hand_over_and_deliver() {
+    let extra = format!("rabbitmq-cert: {TLS_CLIENT_CERT}\nrabbitmq-key: {TLS_CLIENT_KEY}\n");
+    hand_over_on_tls("tls-client", TLS_VERIFY_PEER_PORT, &extra).await;
+}
+
+/// Without a client certificate, rq2 refuses the connection and startup stops at once.
+#[actix::test]
+async fn without_a_client_certificate_startup_stops_saying_why() {
     ensure_started();
-    let vhost = RqVhost::new("tls");
+    let vhost = RqVhost::new("tls-no-client-cert");
     let dir = std::env::temp_dir().join(&vhost.0);
     std::fs::create_dir_all(&dir).unwrap();
-    let extra = format!("rabbitmq-ca: {TLS_CA}\n");
+    let address = format!(
+        "amqps://guest:guest@localhost:{TLS_VERIFY_PEER_PORT}/{}",
+        vhost.0
+    );
+    let config = write_config(
+        &dir,
+        &address,
+        "a",
+        &ips(0),
+        &format!("rabbitmq-ca: {TLS_CA}\nstartup-timeout: 60s\n"),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_mailroute"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .output()
+            .expect("mailroute runs")
+    })
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("rabbitmq-address: cannot connect"), "{err}");
+    assert!(err.contains("CertificateRequired"), "{err}");
+    assert!(!err.contains("retrying"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn hand_over_on_tls(label: &str, port: u16, extra: &str) {
+    ensure_started();
+    let vhost = RqVhost::new(label);
+    let dir = std::env::temp_dir().join(&vhost.0);
+    std::fs::create_dir_all(&dir).unwrap();
+    let address = |vhost: &str| format!("amqps://guest:guest@localhost:{port}/{vhost}");
+    let extra = format!("rabbitmq-ca: {TLS_CA}\n{extra}");
     let servers: Vec<Server> = ["a", "b"]
         .iter()
         .enumerate()
@@ -38,9 +89,15 @@ async fn instances_on_amqps_hand_over_and_deliver() {
         })
         .collect();
     common::servers::wait_joined(&servers, 1).await;
-    let ca = std::fs::read_to_string(TLS_CA).unwrap();
+    let tls = mailroute::amqp::Tls {
+        ca: Some(std::fs::read_to_string(TLS_CA).unwrap()),
+        client: Some(mailroute::amqp::ClientIdentity {
+            cert_pem: std::fs::read_to_string(TLS_CLIENT_CERT).unwrap(),
+            key_pem: std::fs::read_to_string(TLS_CLIENT_KEY).unwrap(),
+        }),
+    };
     let client: SharedBroker = Arc::new(
-        AmqpBroker::connect_with_ca(&address(&vhost.0), Some(ca))
+        AmqpBroker::connect_with_tls(&address(&vhost.0), tls)
             .await
             .expect("the TLS listener answers"),
     );

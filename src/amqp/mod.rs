@@ -49,6 +49,22 @@ pub use address::AddressError;
 /// How long a connect, declare or confirm may take before it counts as a broker failure.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// TLS settings for `amqps://` nodes, beyond the system's roots.
+#[derive(Clone, Default)]
+pub struct Tls {
+    /// Extra trusted CA certificates (PEM).
+    pub ca: Option<String>,
+    /// A client certificate for brokers that ask for one (`ssl_options.verify = verify_peer`).
+    pub client: Option<ClientIdentity>,
+}
+
+/// A certificate chain and its private key, both PEM.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
 pub struct AmqpBroker {
     /// The nodes of the address list, in this instance's own shuffled order, so that a
     /// fleet given the same list does not all land on its first node.
@@ -124,6 +140,11 @@ impl AmqpBroker {
 
     /// [`Self::new`], trusting `ca` (PEM certificates) too for `amqps://` nodes.
     pub fn with_ca(address: &str, ca: Option<String>) -> Result<Self, AddressError> {
+        Self::with_tls(address, Tls { ca, client: None })
+    }
+
+    /// [`Self::new`] with TLS settings for `amqps://` nodes.
+    pub fn with_tls(address: &str, tls: Tls) -> Result<Self, AddressError> {
         let mut nodes = address::parse_list(address)?;
         let identity = address::list_identity(&nodes);
         rand::seq::SliceRandom::shuffle(nodes.as_mut_slice(), &mut rand::rng());
@@ -133,8 +154,11 @@ impl AmqpBroker {
             masked: address::mask_password(address),
             identity,
             tls: lapin::tcp::OwnedTLSConfig {
-                identity: None,
-                cert_chain: ca,
+                identity: tls.client.map(|c| lapin::tcp::OwnedIdentity::PKCS8 {
+                    pem: c.cert_pem.into_bytes(),
+                    key: c.key_pem.into_bytes(),
+                }),
+                cert_chain: tls.ca,
             },
             handle: tokio::runtime::Handle::current(),
             state: Mutex::new(State::default()),
@@ -151,7 +175,12 @@ impl AmqpBroker {
 
     /// [`Self::connect`], trusting `ca` (PEM certificates) too for `amqps://` nodes.
     pub async fn connect_with_ca(address: &str, ca: Option<String>) -> Result<Self, BrokerError> {
-        let broker = Self::with_ca(address, ca).map_err(|e| BrokerError::ConnectFailed {
+        Self::connect_with_tls(address, Tls { ca, client: None }).await
+    }
+
+    /// [`Self::connect`] with TLS settings for `amqps://` nodes.
+    pub async fn connect_with_tls(address: &str, tls: Tls) -> Result<Self, BrokerError> {
+        let broker = Self::with_tls(address, tls).map_err(|e| BrokerError::ConnectFailed {
             address: e.masked.clone(),
             reason: e.reason,
         })?;

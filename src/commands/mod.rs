@@ -90,26 +90,47 @@ pub async fn connect(
     wait: Option<Duration>,
 ) -> anyhow::Result<(SharedBroker, SharedBroker)> {
     let local: SharedBroker = Arc::new(
-        connect_one(&config.rabbitmq_address, config.rabbitmq_ca.as_ref(), wait)
-            .await
-            .context("rabbitmq-address: cannot connect")?,
+        connect_one(
+            &config.rabbitmq_address,
+            tls(config.rabbitmq_ca.as_ref(), config.rabbitmq_client.as_ref()),
+            wait,
+        )
+        .await
+        .context("rabbitmq-address: cannot connect")?,
     );
     if config.cluster_address == config.rabbitmq_address {
         return Ok((local.clone(), local));
     }
     let cluster: SharedBroker = Arc::new(
-        connect_one(&config.cluster_address, config.cluster_ca.as_ref(), wait)
-            .await
-            .context("cluster-address: cannot connect")?,
+        connect_one(
+            &config.cluster_address,
+            tls(config.cluster_ca.as_ref(), config.cluster_client.as_ref()),
+            wait,
+        )
+        .await
+        .context("cluster-address: cannot connect")?,
     );
     Ok((local, cluster))
 }
 
 /// Connects, retrying with the usual backoff while the broker does not answer (a service
 /// started next to RabbitMQ must not give up before it is up). `Some(ZERO)`: for ever.
+fn tls(
+    ca: Option<&mailroute::config::CaFile>,
+    client: Option<&mailroute::config::ClientCert>,
+) -> mailroute::amqp::Tls {
+    mailroute::amqp::Tls {
+        ca: ca.map(|c| c.pem.clone()),
+        client: client.map(|c| mailroute::amqp::ClientIdentity {
+            cert_pem: c.cert.pem.clone(),
+            key_pem: c.key_pem().to_string(),
+        }),
+    }
+}
+
 async fn connect_one(
     address: &str,
-    ca: Option<&mailroute::config::CaFile>,
+    tls: mailroute::amqp::Tls,
     wait: Option<Duration>,
 ) -> Result<AmqpBroker, BrokerError> {
     let started = tokio::time::Instant::now();
@@ -117,7 +138,7 @@ async fn connect_one(
     let wait = wait.filter(|_| mailroute::amqp::address::parse_list(address).is_ok());
     let mut attempt = 0;
     loop {
-        let error = match AmqpBroker::connect_with_ca(address, ca.map(|c| c.pem.clone())).await {
+        let error = match AmqpBroker::connect_with_tls(address, tls.clone()).await {
             Ok(broker) => return Ok(broker),
             Err(error) => error,
         };

@@ -68,6 +68,8 @@ fn shown(c: &Config) -> Vec<(&'static str, bool, String)> {
         ("cluster-address", false, mask_password(&c.cluster_address)),
         ("rabbitmq-ca", false, format!("{:?}", c.rabbitmq_ca)),
         ("cluster-ca", false, format!("{:?}", c.cluster_ca)),
+        ("rabbitmq-cert", false, format!("{:?}", c.rabbitmq_client)),
+        ("cluster-cert", false, format!("{:?}", c.cluster_client)),
         ("cluster-exchange", false, c.cluster_exchange.clone()),
         ("cluster-secret", false, masked(&c.cluster_secret)),
         (

@@ -16,6 +16,10 @@ pub const PORTS: [u16; 3] = [5681, 5682, 5683];
 /// rq1's TLS listener, and the CA that signed its certificate (made by the script).
 pub const TLS_PORT: u16 = 5691;
 pub const TLS_CA: &str = "/tmp/mailroute-rabbitmq-cluster/tls/ca.pem";
+/// rq2's TLS listener, which asks clients for a certificate signed by that CA, and one.
+pub const TLS_VERIFY_PEER_PORT: u16 = 5692;
+pub const TLS_CLIENT_CERT: &str = "/tmp/mailroute-rabbitmq-cluster/tls/client.pem";
+pub const TLS_CLIENT_KEY: &str = "/tmp/mailroute-rabbitmq-cluster/tls/client.key";
 
 /// Starts the nodes unless they are up (the script takes a lock, so tests may race for it).
 pub fn ensure_started() {
