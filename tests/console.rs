@@ -161,6 +161,23 @@ async fn every_console_lists_the_cluster_and_counts_what_was_sent() {
         "{text}"
     );
     assert_eq!(value("mailroute_peers", None), Some(2.0), "{text}");
+    // a handed the 150 over: its handover histogram counted each, in its +Inf bucket too.
+    let (_, a_metrics) = get_async(a, "/metrics").await;
+    let a_scrape = prometheus_parse::Scrape::parse(a_metrics.lines().map(|l| Ok(l.to_string())))
+        .expect("Prometheus text");
+    let counted: Vec<f64> = a_scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "mailroute_handover_seconds")
+        .filter_map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(buckets) => buckets
+                .iter()
+                .find(|b| b.less_than.is_infinite())
+                .map(|b| b.count),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(counted, [150.0], "{a_metrics}");
     assert!(
         value("mailroute_announce_age_seconds", Some(("peer", "a"))).is_some(),
         "{text}"
