@@ -97,6 +97,18 @@ async fn wait_text(client: &Client, css: &str, want: &str) {
     }
 }
 
+/// Clicks the element at `at` (`what` names it in a failure).
+async fn click(client: &Client, at: Locator<'_>, what: &str) {
+    let element = client
+        .find(at)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    element
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+}
+
 async fn state_of(client: &Client, name: &str, want: &str) {
     wait_text(
         client,
@@ -152,13 +164,12 @@ async fn a_browser_follows_the_links_and_drains_the_cluster_from_the_page() {
     }
     // Peers' counters come from their own consoles: b delivered the 120.
     wait_text(&client, "tr[data-instance=\"b\"] td:nth-child(7)", "120").await;
-    client
-        .find(Locator::Css("tr[data-instance=\"c\"] a"))
-        .await
-        .expect("c's link")
-        .click()
-        .await
-        .expect("followed");
+    click(
+        &client,
+        Locator::Css("tr[data-instance=\"c\"] a"),
+        "c's link",
+    )
+    .await;
     wait_text(&client, "h1", "mailroute cluster, seen from c").await;
     client.goto(&a_url).await.expect("back to a");
     wait_text(&client, "h1", "mailroute cluster, seen from a").await;
@@ -172,13 +183,12 @@ async fn a_browser_follows_the_links_and_drains_the_cluster_from_the_page() {
         .send_keys("not-the-token-at-all")
         .await
         .expect("typed");
-    client
-        .find(Locator::Css("button[data-action=\"drain\"]"))
-        .await
-        .expect("drain button")
-        .click()
-        .await
-        .expect("clicked");
+    click(
+        &client,
+        Locator::Css("button[data-action=\"drain\"]"),
+        "drain button",
+    )
+    .await;
     let refused = wait_for("refused", LIMIT, || async {
         text(&client, "#result")
             .await
@@ -190,20 +200,13 @@ async fn a_browser_follows_the_links_and_drains_the_cluster_from_the_page() {
 
     token.clear().await.expect("cleared");
     token.send_keys(TOKEN).await.expect("typed");
-    client
-        .find(Locator::Id("cluster"))
-        .await
-        .expect("cluster box")
-        .click()
-        .await
-        .expect("ticked");
-    client
-        .find(Locator::Css("button[data-action=\"drain\"]"))
-        .await
-        .expect("drain button")
-        .click()
-        .await
-        .expect("clicked");
+    click(&client, Locator::Id("cluster"), "cluster box").await;
+    click(
+        &client,
+        Locator::Css("button[data-action=\"drain\"]"),
+        "drain button",
+    )
+    .await;
     for name in NAMES {
         state_of(&client, name, "draining").await;
     }
@@ -212,20 +215,13 @@ async fn a_browser_follows_the_links_and_drains_the_cluster_from_the_page() {
     std::fs::write(target.join("console.png"), &shot).expect("screenshot saved");
 
     // The page reloaded: the token comes back from the session, the box does not.
-    client
-        .find(Locator::Id("cluster"))
-        .await
-        .expect("cluster box")
-        .click()
-        .await
-        .expect("ticked");
-    client
-        .find(Locator::Css("button[data-action=\"resume\"]"))
-        .await
-        .expect("resume button")
-        .click()
-        .await
-        .expect("clicked");
+    click(&client, Locator::Id("cluster"), "cluster box").await;
+    click(
+        &client,
+        Locator::Css("button[data-action=\"resume\"]"),
+        "resume button",
+    )
+    .await;
     for name in NAMES {
         state_of(&client, name, "alive").await;
     }

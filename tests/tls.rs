@@ -56,17 +56,7 @@ async fn without_a_client_certificate_startup_stops_saying_why() {
         &ips(0),
         &format!("rabbitmq-ca: {TLS_CA}\nstartup-timeout: 60s\n"),
     );
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_mailroute"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .output()
-            .expect("mailroute runs")
-    })
-    .await
-    .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let err = startup_error(config).await;
     assert!(err.contains("rabbitmq-address: cannot connect"), "{err}");
     assert!(err.contains("CertificateRequired"), "{err}");
     assert!(!err.contains("retrying"), "{err}");
@@ -138,17 +128,7 @@ async fn an_unknown_ca_stops_startup_saying_why() {
         &ips(0),
         "startup-timeout: 60s\n",
     );
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_mailroute"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .output()
-            .expect("mailroute runs")
-    })
-    .await
-    .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let err = startup_error(config).await;
     assert!(err.contains("rabbitmq-address: cannot connect"), "{err}");
     assert!(
         err.contains("invalid peer certificate") && err.contains("UnknownIssuer"),
@@ -159,4 +139,20 @@ async fn an_unknown_ca_stops_startup_saying_why() {
     // by waiting, so the first failure is the answer.
     assert!(!err.contains("retrying"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `serve` with `config`, which must fail at startup: what it said on stderr.
+async fn startup_error(config: std::path::PathBuf) -> String {
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_mailroute"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .output()
+            .expect("mailroute runs")
+    })
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    err
 }

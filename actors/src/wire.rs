@@ -284,20 +284,22 @@ mod v1 {
     use super::*;
 
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Serialize))]
     pub struct Announcement {
-        name: String,
-        version: String,
-        started_at: u64,
-        sequence: u64,
-        local_ips: Vec<IpAddr>,
-        outbox: String,
-        broker: String,
-        console_url: Option<String>,
-        config_hash: String,
+        pub(super) name: String,
+        pub(super) version: String,
+        pub(super) started_at: u64,
+        pub(super) sequence: u64,
+        pub(super) local_ips: Vec<IpAddr>,
+        pub(super) outbox: String,
+        pub(super) broker: String,
+        pub(super) console_url: Option<String>,
+        pub(super) config_hash: String,
     }
 
     /// Only the announcement changed; the other kinds decode as the current ones.
     #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Serialize))]
     pub enum ClusterMessage {
         Announcement(Announcement),
     }
@@ -364,6 +366,21 @@ fn operator_json(frame: &[u8]) -> Option<Result<ClusterMessage, DecodeError>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A frame as a sender of `message`'s layout writes it, signed if `codec` signs.
+    fn frame_of(message: &impl Serialize, codec: &Codec, sent_ms: u64) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.push(VERSION);
+        out.push(if codec.is_signed() { SIGNED } else { 0 });
+        out.extend_from_slice(&sent_ms.to_be_bytes());
+        bincode::serde::encode_into_std_write(message, &mut out, config()).unwrap();
+        if let Some(key) = &codec.key {
+            let mut mac = key.clone();
+            mac.update(&out);
+            out.extend_from_slice(&mac.finalize().into_bytes());
+        }
+        out
+    }
 
     fn announcement() -> ClusterMessage {
         ClusterMessage::Announcement(Announcement {
@@ -491,20 +508,7 @@ mod tests {
                 reason: String,
             },
         }
-        let frame = |message: &Next, codec: &Codec| {
-            let mut out = Vec::new();
-            out.extend_from_slice(&MAGIC);
-            out.push(VERSION);
-            out.push(if codec.is_signed() { SIGNED } else { 0 });
-            out.extend_from_slice(&1_700_000_000_000u64.to_be_bytes());
-            bincode::serde::encode_into_std_write(message, &mut out, config()).unwrap();
-            if let Some(key) = &codec.key {
-                let mut mac = key.clone();
-                mac.update(&out);
-                out.extend_from_slice(&mac.finalize().into_bytes());
-            }
-            out
-        };
+        let frame = |message: &Next, codec: &Codec| frame_of(message, codec, 1_700_000_000_000);
         let next = Next::Announcement(NextAnnouncement {
             name: "a".into(),
             version: "0.3.0".into(),
@@ -549,23 +553,7 @@ mod tests {
     /// must stay heard (as not draining, not leaving), signed or not.
     #[test]
     fn an_announcement_from_0_1_is_read() {
-        #[derive(Serialize)]
-        struct OldAnnouncement {
-            name: String,
-            version: String,
-            started_at: u64,
-            sequence: u64,
-            local_ips: Vec<IpAddr>,
-            outbox: String,
-            broker: String,
-            console_url: Option<String>,
-            config_hash: String,
-        }
-        #[derive(Serialize)]
-        enum Old {
-            Announcement(OldAnnouncement),
-        }
-        let old = Old::Announcement(OldAnnouncement {
+        let old = v1::ClusterMessage::Announcement(v1::Announcement {
             name: "a".into(),
             version: "0.1.0".into(),
             started_at: 1,
@@ -581,16 +569,7 @@ mod tests {
             Codec::default(),
             Codec::new(Some("k"), Duration::from_secs(30)),
         ] {
-            let mut frame = MAGIC.to_vec();
-            frame.push(VERSION);
-            frame.push(if codec.is_signed() { SIGNED } else { 0 });
-            frame.extend_from_slice(&now.to_be_bytes());
-            bincode::serde::encode_into_std_write(&old, &mut frame, config()).unwrap();
-            if let Some(key) = &codec.key {
-                let mut mac = key.clone();
-                mac.update(&frame);
-                frame.extend_from_slice(&mac.finalize().into_bytes());
-            }
+            let frame = frame_of(&old, &codec, now);
             let Ok(ClusterMessage::Announcement(a)) = codec.decode(&frame, now) else {
                 panic!("0.1 announcement not read");
             };
