@@ -76,6 +76,10 @@ impl Instance {
         cluster: SharedBroker,
     ) -> Result<Instance, BrokerError> {
         declare_queues(&settings, &local).await?;
+        // Before the first announcement, so a peer that looks for it finds it.
+        local
+            .declare_queue(&crate::own_queues::presence_queue(&settings.name))
+            .await?;
         let stats = Arc::new(Stats::default());
         let started_at = now_ms();
 

@@ -36,6 +36,8 @@ struct State {
     generation: u64,
     /// routing key → how many of the next publishes to it fail.
     failing_publishes: HashMap<String, u32>,
+    /// Messages put into a queue, all queues together (a topic publish counts once a queue).
+    enqueued: u64,
 }
 
 struct Queue {
@@ -69,6 +71,12 @@ impl MemoryBroker {
             name: name.into(),
             state: Arc::new(Mutex::new(State::default())),
         }
+    }
+
+    /// Messages put into queues so far, all queues together: a topic publish that reaches
+    /// N queues counts N, as RabbitMQ's deliveries do.
+    pub fn enqueued(&self) -> u64 {
+        self.lock().enqueued
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -148,6 +156,10 @@ impl MemoryBroker {
         };
         let ttl = message_ttl(&q.spec, &message);
         let expires_at = ttl.map(|ttl| Instant::now() + ttl);
+        state.enqueued += 1;
+        let Some(q) = state.queues.get_mut(queue) else {
+            return false;
+        };
         q.ready.push_back(Stored {
             message,
             redelivered: false,

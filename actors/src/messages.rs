@@ -163,6 +163,11 @@ impl PeerState {
     }
 }
 
+/// → PeerRegistry: the names of the live peers (cheap: for membership checks at scale).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "Vec<String>")]
+pub struct PeerNames;
+
 /// → PeerRegistry: the live peers and those gone lately (left or expired), by name.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "Vec<PeerInfo>")]

@@ -36,5 +36,5 @@ pub async fn declare_queues(
     for spec in own_queues(settings) {
         local.declare_queue(&spec).await?;
     }
-    local.declare_queue(&presence_queue(&settings.name)).await
+    Ok(())
 }

@@ -22,7 +22,7 @@ use crate::backoff;
 use crate::broker::{BrokerError, Delivery, QueueSpec, SharedBroker, same_broker};
 use crate::messages::{
     AnnounceNow, ClusterHeard, Hearing, HearingNow, ListMembers, ListPeers, OwnershipChanged,
-    Pause, PeerInfo, PeerState, PeersGone, Reconfigure,
+    Pause, PeerInfo, PeerNames, PeerState, PeersGone, Reconfigure,
 };
 use crate::own_queues::presence_queue;
 use crate::routing::PeerRoute;
@@ -673,6 +673,14 @@ impl Handler<ListPeers> for PeerRegistry {
             .collect();
         peers.sort_by(|a, b| a.announcement.name.cmp(&b.announcement.name));
         MessageResult(peers)
+    }
+}
+
+impl Handler<PeerNames> for PeerRegistry {
+    type Result = MessageResult<PeerNames>;
+
+    fn handle(&mut self, _: PeerNames, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.peers.keys().cloned().collect())
     }
 }
 

@@ -3,6 +3,7 @@
 //! condition instead of sleeping, and counting every copy of every message where it ended up.
 
 pub mod accounting;
+pub mod fleet;
 pub mod traffic;
 mod wait;
 

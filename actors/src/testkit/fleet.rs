@@ -1,0 +1,129 @@
+//! A fleet of instances on one memory broker, for the scale bench and the membership tests:
+//! start N together, then one leaves, one dies silently, one joins; each time, how long until
+//! every registry agrees on who is there.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::Arbiter;
+
+use crate::Instance;
+use crate::broker::{BrokerError, SharedBroker};
+use crate::memory::MemoryBroker;
+use crate::messages::PeerNames;
+use crate::settings::InstanceSettings;
+
+pub struct Member {
+    pub instance: Instance,
+    /// The arbiter of a member that may be killed; `None`: the caller's.
+    arbiter: Option<Arbiter>,
+}
+
+/// Instances on one memory broker; `settings(i)` makes the i-th one's (name and IPs included).
+pub struct Fleet {
+    pub broker: MemoryBroker,
+    pub members: Vec<Member>,
+    settings: Box<dyn Fn(usize) -> InstanceSettings>,
+    started: usize,
+}
+
+impl Fleet {
+    pub fn new(
+        broker: MemoryBroker,
+        settings: impl Fn(usize) -> InstanceSettings + 'static,
+    ) -> Self {
+        Fleet {
+            broker,
+            members: Vec::new(),
+            settings: Box::new(settings),
+            started: 0,
+        }
+    }
+
+    /// Starts one more member; with `killable`, on an arbiter (a thread) of its own, so that
+    /// [`Fleet::kill`] can stop it without a word. Returns its name.
+    pub async fn add(&mut self, killable: bool) -> Result<String, BrokerError> {
+        let settings = (self.settings)(self.started);
+        self.started += 1;
+        let name = settings.name.clone();
+        let shared: SharedBroker = Arc::new(self.broker.clone());
+        let member = if killable {
+            let arbiter = Arbiter::new();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            arbiter.spawn(async move {
+                let _ = tx.send(Instance::start(settings, shared.clone(), shared).await);
+            });
+            let instance = rx
+                .await
+                .map_err(|_| BrokerError::Other("the member's arbiter died".into()))??;
+            Member {
+                instance,
+                arbiter: Some(arbiter),
+            }
+        } else {
+            Member {
+                instance: Instance::start(settings, shared.clone(), shared).await?,
+                arbiter: None,
+            }
+        };
+        self.members.push(member);
+        Ok(name)
+    }
+
+    pub fn names(&self) -> BTreeSet<String> {
+        self.members
+            .iter()
+            .map(|m| m.instance.settings.name.clone())
+            .collect()
+    }
+
+    /// Whether every member lists exactly every other one as a live peer.
+    pub async fn agreed(&self) -> bool {
+        let names = self.names();
+        for member in &self.members {
+            let me = &member.instance.settings.name;
+            let Ok(peers) = member.instance.registry.send(PeerNames).await else {
+                return false;
+            };
+            if peers.len() + 1 != names.len() || peers.iter().any(|p| p == me || !names.contains(p))
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// How long from `since` until every member agrees (polled), or `None` within `limit`.
+    pub async fn time_to_agree(&self, since: Instant, limit: Duration) -> Option<Duration> {
+        let agreed = crate::testkit::wait_for("membership agreed", limit, || self.agreed()).await;
+        agreed.ok().map(|()| since.elapsed())
+    }
+
+    fn take(&mut self, name: &str) -> Option<Member> {
+        let at = self
+            .members
+            .iter()
+            .position(|m| m.instance.settings.name == name)?;
+        Some(self.members.remove(at))
+    }
+
+    /// A graceful stop: drained, `Leaving` said.
+    pub async fn leave(&mut self, name: &str) {
+        if let Some(member) = self.take(name) {
+            member.instance.shutdown(Duration::from_secs(5)).await;
+            // Its actors keep running until the end (a process would exit): silent after Leave.
+        }
+    }
+
+    /// A silent death: the member's arbiter stops, its actors with it, nothing said.
+    pub fn kill(&mut self, name: &str) {
+        if let Some(Member {
+            arbiter: Some(arbiter),
+            ..
+        }) = self.take(name)
+        {
+            arbiter.stop();
+        }
+    }
+}

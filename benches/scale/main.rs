@@ -1,0 +1,205 @@
+//! Scale: N instances of the real actors on the in-memory broker in one process, no outbox
+//! traffic, with the timings users run (`announce-interval` 2 s, `peer-timeout` 6 s). Measured:
+//! the time until every registry agrees on the membership after all start together, after one
+//! leaves (graceful), after one dies silently and after one joins; cluster messages delivered
+//! per second at steady state; CPU and RSS per instance.
+//!
+//! `cargo bench --bench scale` (N = 10, 100, 1000; `-- 10 50` for others). Prints a table and
+//! writes `target/bench/scale.json`. A phase that does not agree within its limit is reported
+//! as such (`null`), as is a run stopped because the process grew past 8 GiB.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use mailroute_actors::InstanceSettings;
+use mailroute_actors::memory::MemoryBroker;
+use mailroute_actors::testkit::fleet::Fleet;
+
+/// The allocator `mailroute serve` ships with (see `src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const INTERVAL: Duration = Duration::from_secs(2);
+const PEER_TIMEOUT: Duration = Duration::from_secs(6);
+/// How long each phase may take to agree before it counts as not converging.
+const LIMIT: Duration = Duration::from_secs(60);
+const STEADY_WINDOW: Duration = Duration::from_secs(10);
+const RSS_CAP_KIB: u64 = 8 * 1024 * 1024;
+
+#[derive(Debug, serde::Serialize)]
+struct ScaleRow {
+    name: String,
+    n: usize,
+    announce_interval_s: f64,
+    peer_timeout_s: f64,
+    /// All N started together: until every registry lists the other N-1.
+    start_s: Option<f64>,
+    /// Cluster messages delivered into listener queues per second, all instances together.
+    steady_msgs_per_s: Option<f64>,
+    /// Process CPU over the steady window, per instance, in percent of one core.
+    cpu_pct_per_instance: Option<f64>,
+    rss_kib_per_instance: Option<f64>,
+    leave_s: Option<f64>,
+    silent_death_s: Option<f64>,
+    join_s: Option<f64>,
+    note: String,
+}
+
+fn settings(i: usize) -> InstanceSettings {
+    let ip = IpAddr::from([10, 200 + (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+    let mut s = InstanceSettings::new(format!("i{i:04}"), vec![ip]);
+    s.announce_interval = INTERVAL;
+    s.peer_timeout = PEER_TIMEOUT;
+    s
+}
+
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+fn rss_kib() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4
+}
+
+/// Until the fleet agrees, `LIMIT` passes, or the process outgrows the cap.
+async fn agree(fleet: &Fleet, since: Instant, note: &mut String, phase: &str) -> Option<f64> {
+    let deadline = since + LIMIT;
+    loop {
+        if fleet.agreed().await {
+            return Some(since.elapsed().as_secs_f64());
+        }
+        if rss_kib() > RSS_CAP_KIB {
+            note.push_str(&format!("{phase}: stopped at 8 GiB RSS; "));
+            return None;
+        }
+        if Instant::now() >= deadline {
+            note.push_str(&format!("{phase}: no agreement within {LIMIT:?}; "));
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn scale(n: usize) -> ScaleRow {
+    let broker = MemoryBroker::new(format!("scale-{n}"));
+    let mut fleet = Fleet::new(broker.clone(), settings);
+    let mut row = ScaleRow {
+        name: format!("scale N={n}"),
+        n,
+        announce_interval_s: INTERVAL.as_secs_f64(),
+        peer_timeout_s: PEER_TIMEOUT.as_secs_f64(),
+        start_s: None,
+        steady_msgs_per_s: None,
+        cpu_pct_per_instance: None,
+        rss_kib_per_instance: None,
+        leave_s: None,
+        silent_death_s: None,
+        join_s: None,
+        note: String::new(),
+    };
+    let rss_before = rss_kib();
+    let started = Instant::now();
+    for i in 0..n {
+        // The second one runs on a thread of its own, so that it can die silently.
+        fleet.add(i == 1).await.expect("memory broker");
+    }
+    row.start_s = agree(&fleet, started, &mut row.note, "start").await;
+    if row.start_s.is_none() {
+        return row;
+    }
+    let (messages, cpu, window) = (broker.enqueued(), process_cpu(), Instant::now());
+    // A measurement window: the traffic of a quiet cluster over five announce intervals.
+    tokio::time::sleep(STEADY_WINDOW).await;
+    let elapsed = window.elapsed().as_secs_f64();
+    row.steady_msgs_per_s = Some((broker.enqueued() - messages) as f64 / elapsed);
+    row.cpu_pct_per_instance =
+        Some((process_cpu() - cpu).as_secs_f64() / elapsed / n as f64 * 100.0);
+    row.rss_kib_per_instance = Some(rss_kib().saturating_sub(rss_before) as f64 / n as f64);
+
+    let leaving = fleet.members[0].instance.settings.name.clone();
+    let t = Instant::now();
+    fleet.leave(&leaving).await;
+    row.leave_s = agree(&fleet, t, &mut row.note, "leave").await;
+    let dying = fleet.members[0].instance.settings.name.clone();
+    let t = Instant::now();
+    fleet.kill(&dying);
+    row.silent_death_s = agree(&fleet, t, &mut row.note, "silent death").await;
+    let t = Instant::now();
+    fleet.add(false).await.expect("memory broker");
+    row.join_s = agree(&fleet, t, &mut row.note, "join").await;
+    row
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
+}
+
+/// Each N runs in a process of its own (this bench again, with `--one N`), so that no
+/// instance of one size runs on into the next one's figures.
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--one")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        let row = actix_rt::System::new().block_on(scale(n));
+        println!("{}", serde_json::to_string(&row).unwrap_or_default());
+        return;
+    }
+    let sizes: Vec<usize> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let sizes = if sizes.is_empty() {
+        vec![10, 100, 1000]
+    } else {
+        sizes
+    };
+    println!(
+        "{:<16} {:>8} {:>12} {:>11} {:>10} {:>8} {:>8} {:>8}  note",
+        "scenario", "start s", "msgs/s", "cpu %/inst", "KiB/inst", "leave s", "death s", "join s"
+    );
+    let mut rows: Vec<serde_json::Value> = Vec::new();
+    for n in sizes {
+        let out = std::process::Command::new(&args[0])
+            .args(["--one", &n.to_string()])
+            .output();
+        let row: Option<serde_json::Value> = out.ok().and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            text.lines()
+                .rev()
+                .find_map(|l| serde_json::from_str(l).ok())
+        });
+        let Some(row) = row else {
+            println!("scale N={n}: the run ended without a result (killed?)");
+            continue;
+        };
+        let f = |key: &str, digits: usize| opt(row[key].as_f64(), digits);
+        println!(
+            "{:<16} {:>8} {:>12} {:>11} {:>10} {:>8} {:>8} {:>8}  {}",
+            row["name"].as_str().unwrap_or("?"),
+            f("start_s", 2),
+            f("steady_msgs_per_s", 0),
+            f("cpu_pct_per_instance", 3),
+            f("rss_kib_per_instance", 0),
+            f("leave_s", 2),
+            f("silent_death_s", 2),
+            f("join_s", 2),
+            row["note"].as_str().unwrap_or("")
+        );
+        rows.push(row);
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    let _ = std::fs::create_dir_all(&dir);
+    let json = serde_json::to_string_pretty(&rows).unwrap_or_default();
+    let _ = std::fs::write(dir.join("scale.json"), json);
+}
