@@ -24,7 +24,20 @@ pub struct Announcer {
     ticker: Option<SpawnHandle>,
     /// `Leaving` was said: no more announcements.
     left: bool,
+    /// When the last announcement went out, and whether one is scheduled to answer requests
+    /// that came too soon after it.
+    last: Option<std::time::Instant>,
+    requested: bool,
 }
+
+/// Requests to announce (a hello, a new peer) are answered at once, but at most one
+/// announcement per this share of the interval goes out for them: when N instances start
+/// together, each hears N hellos and would otherwise announce N times, N² announcements that
+/// each reach N queues.
+const REQUEST_SHARE: u32 = 8;
+/// With a long interval (MailerQ announces every couple of minutes), a hello is still
+/// answered within this.
+const MAX_REQUEST_GAP: Duration = Duration::from_millis(250);
 
 impl Announcer {
     pub fn new(
@@ -45,6 +58,8 @@ impl Announcer {
             failures: 0,
             ticker: None,
             left: false,
+            last: None,
+            requested: false,
         }
     }
 
@@ -52,6 +67,7 @@ impl Announcer {
         if self.left {
             return;
         }
+        self.last = Some(std::time::Instant::now());
         self.announcement.sequence += 1;
         let message = ClusterMessage::Announcement(self.announcement.clone());
         let publish = publish(
@@ -134,6 +150,8 @@ impl Supervised for Announcer {
     fn restarting(&mut self, _: &mut Context<Self>) {
         bump(&self.stats.restarts);
         self.ticker = None;
+        // A scheduled answer died with the old context.
+        self.requested = false;
     }
 }
 
@@ -141,8 +159,24 @@ impl Handler<AnnounceNow> for Announcer {
     type Result = ();
 
     fn handle(&mut self, _: AnnounceNow, ctx: &mut Context<Self>) {
-        debug!("announcing on request");
-        self.announce(ctx);
+        if self.requested {
+            return;
+        }
+        let gap = (self.interval / REQUEST_SHARE).min(MAX_REQUEST_GAP);
+        let wait = self
+            .last
+            .map_or(Duration::ZERO, |last| gap.saturating_sub(last.elapsed()));
+        if wait.is_zero() {
+            debug!("announcing on request");
+            self.announce(ctx);
+            return;
+        }
+        self.requested = true;
+        ctx.run_later(wait, |act, ctx| {
+            act.requested = false;
+            debug!("announcing on requests");
+            act.announce(ctx);
+        });
     }
 }
 
