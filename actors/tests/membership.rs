@@ -5,6 +5,7 @@
 mod support;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailroute_actors::InstanceSettings;
@@ -24,23 +25,25 @@ fn settings(i: usize, interval: Duration, peer_timeout: Duration) -> InstanceSet
 }
 
 /// N started together, agreed.
-async fn fleet(label: &str, interval: Duration, peer_timeout: Duration) -> Fleet {
-    let mut fleet = Fleet::new(MemoryBroker::new(label), move |i| {
-        settings(i, interval, peer_timeout)
-    });
+async fn fleet(label: &str, interval: Duration, peer_timeout: Duration) -> (MemoryBroker, Fleet) {
+    let broker = MemoryBroker::new(label);
+    let mut fleet = Fleet::new(move |i| settings(i, interval, peer_timeout));
     for i in 0..N {
-        fleet.add(i == 1).await.expect("memory broker");
+        fleet
+            .add(Arc::new(broker.clone()), i == 1)
+            .await
+            .expect("memory broker");
     }
     let started = Instant::now();
     assert!(fleet.time_to_agree(started, LIMIT).await.is_some(), "start");
-    fleet
+    (broker, fleet)
 }
 
 #[actix::test]
 async fn fifty_agree_after_a_leave_a_silent_death_and_a_join() {
     // The defaults scaled down twenty times (2 s → 100 ms), with room for a loaded CI machine:
     // a peer expires after ten missed announcements.
-    let mut fleet = fleet(
+    let (broker, mut fleet) = fleet(
         "membership",
         Duration::from_millis(100),
         Duration::from_secs(1),
@@ -60,7 +63,10 @@ async fn fifty_agree_after_a_leave_a_silent_death_and_a_join() {
         fleet.time_to_agree(Instant::now(), LIMIT).await.is_some(),
         "silent death"
     );
-    let joined = fleet.add(false).await.expect("memory broker");
+    let joined = fleet
+        .add(Arc::new(broker.clone()), false)
+        .await
+        .expect("memory broker");
     assert!(
         fleet.time_to_agree(Instant::now(), LIMIT).await.is_some(),
         "join"
@@ -73,10 +79,9 @@ async fn fifty_agree_after_a_leave_a_silent_death_and_a_join() {
 }
 
 /// MailerQ's operator JSON on the cluster exchange, as MailerQ's own tools publish it.
-async fn operator(fleet: &Fleet, json: &str) {
+async fn operator(broker: &MemoryBroker, json: &str) {
     let message = Message::new(json.as_bytes().to_vec(), Properties::default());
-    fleet
-        .broker
+    broker
         .publish(
             &Destination::exchange("cluster", "mailerq"),
             &message,
@@ -89,7 +94,7 @@ async fn operator(fleet: &Fleet, json: &str) {
 #[actix::test]
 async fn mailerq_hello_and_reload_reach_all_fifty() {
     // Announcing only once a minute: what is sent within the test is the answer to hello.
-    let fleet = fleet(
+    let (broker, fleet) = fleet(
         "operator",
         Duration::from_secs(60),
         Duration::from_secs(180),
@@ -100,8 +105,8 @@ async fn mailerq_hello_and_reload_reach_all_fifty() {
         .iter()
         .map(|m| m.instance.stats.snapshot().announcements_sent)
         .collect();
-    operator(&fleet, r#"{"hello": true}"#).await;
-    operator(&fleet, r#"{"reload": true}"#).await;
+    operator(&broker, r#"{"hello": true}"#).await;
+    operator(&broker, r#"{"reload": true}"#).await;
     let reached = wait_for("every instance reloaded", LIMIT, || async {
         fleet
             .members

@@ -4,14 +4,24 @@
 //! leaves (graceful), after one dies silently and after one joins; cluster messages delivered
 //! per second at steady state; CPU and RSS per instance.
 //!
-//! `cargo bench --bench scale` (N = 10, 100, 1000; `-- 10 50` for others). Prints a table and
-//! writes `target/bench/scale.json`. A phase that does not agree within its limit is reported
+//! `cargo bench --bench scale` (N = 10, 100, 1000; `-- 10 50` for others; `-- --rabbitmq 100`
+//! for N instances on the local RabbitMQ, one connection each, in a vhost of their own).
+//! Prints a table and writes `target/bench/scale.json` (`scale-rabbitmq.json`). Cluster
+//! traffic is counted where it arrives: announcements received, all instances together. A phase that does not agree within its limit is reported
 //! as such (`null`), as is a run stopped because the process grew past 8 GiB.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+#[path = "../../tests/common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+
+use std::sync::Arc;
+
+use mailroute::amqp::AmqpBroker;
 use mailroute_actors::InstanceSettings;
+use mailroute_actors::broker::SharedBroker;
 use mailroute_actors::memory::MemoryBroker;
 use mailroute_actors::testkit::fleet::Fleet;
 
@@ -39,6 +49,9 @@ struct ScaleRow {
     /// Process CPU over the steady window, per instance, in percent of one core.
     cpu_pct_per_instance: Option<f64>,
     rss_kib_per_instance: Option<f64>,
+    /// RabbitMQ runs: the broker node's CPU over the steady window, per instance, in percent
+    /// of one core.
+    broker_cpu_pct_per_instance: Option<f64>,
     leave_s: Option<f64>,
     silent_death_s: Option<f64>,
     join_s: Option<f64>,
@@ -90,11 +103,59 @@ async fn agree(fleet: &Fleet, since: Instant, note: &mut String, phase: &str) ->
     }
 }
 
-async fn scale(n: usize) -> ScaleRow {
-    let broker = MemoryBroker::new(format!("scale-{n}"));
-    let mut fleet = Fleet::new(broker.clone(), settings);
+/// Where the fleet runs: one memory broker, or a connection of its own per instance to a vhost
+/// of the local RabbitMQ.
+enum Brokers {
+    Memory(MemoryBroker),
+    RabbitMq(common::TestVhost),
+}
+
+impl Brokers {
+    async fn next(&self) -> SharedBroker {
+        match self {
+            Brokers::Memory(m) => Arc::new(m.clone()),
+            Brokers::RabbitMq(vhost) => Arc::new(
+                AmqpBroker::connect(&vhost.instance_address())
+                    .await
+                    .expect("RabbitMQ answers"),
+            ),
+        }
+    }
+}
+
+/// CPU time of the default RabbitMQ node (not the test cluster's rq nodes).
+fn broker_cpu() -> Option<Duration> {
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        // The rq nodes of scripts/rabbitmq-cluster are started with their RABBITMQ_NODENAME.
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let rq = String::from_utf8_lossy(&environ).contains("RABBITMQ_NODENAME=rq");
+        if comm.trim() == "beam.smp" && !rq {
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let after = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            return Some(Duration::from_millis((utime + stime) * 1000 / ticks.max(1)));
+        }
+    }
+    None
+}
+
+async fn scale(n: usize, rabbitmq: bool) -> ScaleRow {
+    let brokers = if rabbitmq {
+        Brokers::RabbitMq(common::TestVhost::new(&format!("scale-{n}")))
+    } else {
+        Brokers::Memory(MemoryBroker::new(format!("scale-{n}")))
+    };
+    let mut fleet = Fleet::new(settings);
     let mut row = ScaleRow {
-        name: format!("scale N={n}"),
+        name: if rabbitmq {
+            format!("scale N={n} (RabbitMQ)")
+        } else {
+            format!("scale N={n}")
+        },
         n,
         announce_interval_s: INTERVAL.as_secs_f64(),
         peer_timeout_s: PEER_TIMEOUT.as_secs_f64(),
@@ -102,6 +163,7 @@ async fn scale(n: usize) -> ScaleRow {
         steady_msgs_per_s: None,
         cpu_pct_per_instance: None,
         rss_kib_per_instance: None,
+        broker_cpu_pct_per_instance: None,
         leave_s: None,
         silent_death_s: None,
         join_s: None,
@@ -111,17 +173,32 @@ async fn scale(n: usize) -> ScaleRow {
     let started = Instant::now();
     for i in 0..n {
         // The second one runs on a thread of its own, so that it can die silently.
-        fleet.add(i == 1).await.expect("memory broker");
+        fleet
+            .add(brokers.next().await, i == 1)
+            .await
+            .expect("broker");
     }
     row.start_s = agree(&fleet, started, &mut row.note, "start").await;
     if row.start_s.is_none() {
         return row;
     }
-    let (messages, cpu, window) = (broker.enqueued(), process_cpu(), Instant::now());
+    // One interval first: the answers to the start's hellos are not steady traffic.
+    tokio::time::sleep(INTERVAL).await;
+    let (messages, cpu, node, window) = (
+        fleet.announcements_received(),
+        process_cpu(),
+        broker_cpu(),
+        Instant::now(),
+    );
     // A measurement window: the traffic of a quiet cluster over five announce intervals.
     tokio::time::sleep(STEADY_WINDOW).await;
     let elapsed = window.elapsed().as_secs_f64();
-    row.steady_msgs_per_s = Some((broker.enqueued() - messages) as f64 / elapsed);
+    row.steady_msgs_per_s = Some((fleet.announcements_received() - messages) as f64 / elapsed);
+    if rabbitmq {
+        row.broker_cpu_pct_per_instance = node
+            .zip(broker_cpu())
+            .map(|(before, after)| (after - before).as_secs_f64() / elapsed / n as f64 * 100.0);
+    }
     row.cpu_pct_per_instance =
         Some((process_cpu() - cpu).as_secs_f64() / elapsed / n as f64 * 100.0);
     row.rss_kib_per_instance = Some(rss_kib().saturating_sub(rss_before) as f64 / n as f64);
@@ -135,7 +212,10 @@ async fn scale(n: usize) -> ScaleRow {
     fleet.kill(&dying);
     row.silent_death_s = agree(&fleet, t, &mut row.note, "silent death").await;
     let t = Instant::now();
-    fleet.add(false).await.expect("memory broker");
+    fleet
+        .add(brokers.next().await, false)
+        .await
+        .expect("broker");
     row.join_s = agree(&fleet, t, &mut row.note, "join").await;
     row
 }
@@ -154,7 +234,8 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|n| n.parse::<usize>().ok())
     {
-        let row = actix_rt::System::new().block_on(scale(n));
+        let rabbitmq = args.iter().any(|a| a == "--rabbitmq");
+        let row = actix_rt::System::new().block_on(scale(n, rabbitmq));
         println!("{}", serde_json::to_string(&row).unwrap_or_default());
         return;
     }
@@ -165,14 +246,25 @@ fn main() {
         sizes
     };
     println!(
-        "{:<16} {:>8} {:>12} {:>11} {:>10} {:>8} {:>8} {:>8}  note",
-        "scenario", "start s", "msgs/s", "cpu %/inst", "KiB/inst", "leave s", "death s", "join s"
+        "{:<28} {:>8} {:>10} {:>11} {:>10} {:>12} {:>8} {:>8} {:>8}  note",
+        "scenario",
+        "start s",
+        "msgs/s",
+        "cpu %/inst",
+        "KiB/inst",
+        "broker %/inst",
+        "leave s",
+        "death s",
+        "join s"
     );
     let mut rows: Vec<serde_json::Value> = Vec::new();
     for n in sizes {
-        let out = std::process::Command::new(&args[0])
-            .args(["--one", &n.to_string()])
-            .output();
+        let mut child = std::process::Command::new(&args[0]);
+        child.args(["--one", &n.to_string()]);
+        if args.iter().any(|a| a == "--rabbitmq") {
+            child.arg("--rabbitmq");
+        }
+        let out = child.output();
         let row: Option<serde_json::Value> = out.ok().and_then(|o| {
             let text = String::from_utf8_lossy(&o.stdout).into_owned();
             text.lines()
@@ -185,12 +277,13 @@ fn main() {
         };
         let f = |key: &str, digits: usize| opt(row[key].as_f64(), digits);
         println!(
-            "{:<16} {:>8} {:>12} {:>11} {:>10} {:>8} {:>8} {:>8}  {}",
+            "{:<28} {:>8} {:>10} {:>11} {:>10} {:>12} {:>8} {:>8} {:>8}  {}",
             row["name"].as_str().unwrap_or("?"),
             f("start_s", 2),
             f("steady_msgs_per_s", 0),
             f("cpu_pct_per_instance", 3),
             f("rss_kib_per_instance", 0),
+            f("broker_cpu_pct_per_instance", 3),
             f("leave_s", 2),
             f("silent_death_s", 2),
             f("join_s", 2),
@@ -201,5 +294,10 @@ fn main() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     let _ = std::fs::create_dir_all(&dir);
     let json = serde_json::to_string_pretty(&rows).unwrap_or_default();
-    let _ = std::fs::write(dir.join("scale.json"), json);
+    let file = if args.iter().any(|a| a == "--rabbitmq") {
+        "scale-rabbitmq.json"
+    } else {
+        "scale.json"
+    };
+    let _ = std::fs::write(dir.join(file), json);
 }

@@ -1,16 +1,14 @@
-//! A fleet of instances on one memory broker, for the scale bench and the membership tests:
+//! A fleet of instances, for the scale bench and the membership tests:
 //! start N together, then one leaves, one dies silently, one joins; each time, how long until
 //! every registry agrees on who is there.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::Arbiter;
 
 use crate::Instance;
 use crate::broker::{BrokerError, SharedBroker};
-use crate::memory::MemoryBroker;
 use crate::messages::PeerNames;
 use crate::settings::InstanceSettings;
 
@@ -20,34 +18,34 @@ pub struct Member {
     arbiter: Option<Arbiter>,
 }
 
-/// Instances on one memory broker; `settings(i)` makes the i-th one's (name and IPs included).
+/// Instances on one broker (each with a connection of its own on RabbitMQ); `settings(i)`
+/// makes the i-th one's (name and IPs included).
 pub struct Fleet {
-    pub broker: MemoryBroker,
     pub members: Vec<Member>,
     settings: Box<dyn Fn(usize) -> InstanceSettings>,
     started: usize,
 }
 
 impl Fleet {
-    pub fn new(
-        broker: MemoryBroker,
-        settings: impl Fn(usize) -> InstanceSettings + 'static,
-    ) -> Self {
+    pub fn new(settings: impl Fn(usize) -> InstanceSettings + 'static) -> Self {
         Fleet {
-            broker,
             members: Vec::new(),
             settings: Box::new(settings),
             started: 0,
         }
     }
 
-    /// Starts one more member; with `killable`, on an arbiter (a thread) of its own, so that
-    /// [`Fleet::kill`] can stop it without a word. Returns its name.
-    pub async fn add(&mut self, killable: bool) -> Result<String, BrokerError> {
+    /// Starts one more member on `shared` (its local and cluster broker); with `killable`, on
+    /// an arbiter (a thread) of its own, so that [`Fleet::kill`] can stop it without a word.
+    /// Returns its name.
+    pub async fn add(
+        &mut self,
+        shared: SharedBroker,
+        killable: bool,
+    ) -> Result<String, BrokerError> {
         let settings = (self.settings)(self.started);
         self.started += 1;
         let name = settings.name.clone();
-        let shared: SharedBroker = Arc::new(self.broker.clone());
         let member = if killable {
             let arbiter = Arbiter::new();
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -69,6 +67,14 @@ impl Fleet {
         };
         self.members.push(member);
         Ok(name)
+    }
+
+    /// Announcements received, all members together: the cluster traffic that reached them.
+    pub fn announcements_received(&self) -> u64 {
+        self.members
+            .iter()
+            .map(|m| m.instance.stats.snapshot().announcements_received)
+            .sum()
     }
 
     pub fn names(&self) -> BTreeSet<String> {
