@@ -14,7 +14,6 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 #[path = "../../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::sync::Arc;
