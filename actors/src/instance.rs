@@ -76,10 +76,13 @@ impl Instance {
         cluster: SharedBroker,
     ) -> Result<Instance, BrokerError> {
         declare_queues(&settings, &local).await?;
-        // Before the first announcement, so a peer that looks for it finds it.
-        local
-            .declare_queue(&crate::own_queues::presence_queue(&settings.name))
-            .await?;
+        // Before the first announcement, so a peer that looks for it finds it. Not fatal: held
+        // by another connection (this name running twice on the broker, or an earlier run in
+        // this process), peers hand over through the handover queue instead.
+        let presence = crate::own_queues::presence_queue(&settings.name);
+        if let Err(error) = local.declare_queue(&presence).await {
+            warn!(queue = %presence.name, %error, "cannot hold this instance's presence queue; is another instance of this name connected?");
+        }
         let stats = Arc::new(Stats::default());
         let started_at = now_ms();
 

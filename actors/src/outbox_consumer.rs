@@ -348,7 +348,11 @@ impl OutboxConsumer {
             // to it are returned.
             let consume = async move {
                 broker.declare_queue(&spec).await?;
-                broker.declare_queue(&presence).await?;
+                // Only an optimisation for peers (see `own_queues::presence_queue`): a failure
+                // must not keep this instance from consuming.
+                if let Err(error) = broker.declare_queue(&presence).await {
+                    debug!(queue = %presence.name, %error, "presence queue not held");
+                }
                 broker.subscribe(&queue, prefetch).await
             };
             ctx.wait(
