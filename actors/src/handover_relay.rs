@@ -15,7 +15,7 @@ use crate::backoff;
 use crate::broker::{
     BrokerError, ConsumerControl, Delivery, Destination, QueueSpec, Returned, SharedBroker,
 };
-use crate::messages::Drain;
+use crate::messages::{Drain, Reconfigure};
 use crate::stats::{Stats, bump};
 
 /// The durable queue on the cluster broker that peers hand mail for `instance` to, when its
@@ -226,6 +226,17 @@ impl Handler<Relayed> for HandoverRelay {
 
 /// Stops taking handovers and resolves once those taken are in the outbox and acked, so a
 /// graceful stop leaves no copy in both places.
+/// A new `rabbitmq-qos` applies from the relay's next subscription (after a reconnect): the
+/// relay moves what peers could not hand over directly, rarely enough that replacing its
+/// consumer at once, as the outbox consumer does, is not worth a drain.
+impl Handler<Reconfigure> for HandoverRelay {
+    type Result = ();
+
+    fn handle(&mut self, Reconfigure(live): Reconfigure, _: &mut Context<Self>) {
+        self.prefetch = live.prefetch;
+    }
+}
+
 impl Handler<Drain> for HandoverRelay {
     type Result = ResponseFuture<()>;
 

@@ -201,6 +201,7 @@ impl Instance {
         self.router.do_send(message.clone());
         self.publisher.do_send(message.clone());
         self.consumer.do_send(message.clone());
+        self.relay.do_send(message.clone());
         self.announcer.do_send(message);
     }
 
