@@ -6,21 +6,13 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use common::scenario::{Cluster, NAMES, ips};
 use common::{Expect, publish_all};
 use mailroute_actors::testkit::traffic::{mailerq_json, test_message};
 use mailroute_actors::testkit::wait_for;
-
-/// A loopback port nobody listens on now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// One HTTP/1.0 GET: the status code and the body.
 fn get(port: u16, path: &str) -> (u16, String) {
@@ -77,16 +69,8 @@ async fn json(port: u16, path: &str) -> serde_json::Value {
 
 #[actix::test]
 async fn every_console_lists_the_cluster_and_counts_what_was_sent() {
-    let ports: Vec<u16> = NAMES.iter().map(|_| free_port()).collect();
-    // One config line per instance is not possible with a shared `extra`; the port comes from
-    // the environment (`MAILROUTE_WWW_ADDRESS`) instead, as an operator may set it.
-    let mut cluster = Cluster::start_with_env("console", "", |i| {
-        vec![(
-            "MAILROUTE_WWW_ADDRESS".to_string(),
-            format!("127.0.0.1:{}", ports[i]),
-        )]
-    })
-    .await;
+    let ports: Vec<u16> = NAMES.iter().map(|_| common::free_port()).collect();
+    let mut cluster = Cluster::start_with_consoles("console", &ports, None).await;
     for (i, port) in ports.iter().enumerate() {
         let (status, _) = get_async(*port, "/livez").await;
         assert_eq!(status, 200);
@@ -232,17 +216,8 @@ async fn wait_states(ports: &[u16], state: &str) {
 /// in no page, API answer, log line or cluster message.
 #[actix::test]
 async fn drain_and_resume_the_whole_cluster_from_one_console() {
-    let ports: Vec<u16> = NAMES.iter().map(|_| free_port()).collect();
-    let mut cluster = Cluster::start_with_env("console-drain", "", |i| {
-        vec![
-            (
-                "MAILROUTE_WWW_ADDRESS".to_string(),
-                format!("127.0.0.1:{}", ports[i]),
-            ),
-            ("MAILROUTE_WWW_TOKEN".to_string(), TOKEN.to_string()),
-        ]
-    })
-    .await;
+    let ports: Vec<u16> = NAMES.iter().map(|_| common::free_port()).collect();
+    let mut cluster = Cluster::start_with_consoles("console-drain", &ports, Some(TOKEN)).await;
     // A tap on the cluster exchange: every cluster message, to look for the token in.
     let tap = format!("{}.tap", cluster.vhost.name);
     let spec = mailroute_actors::broker::QueueSpec::private(&tap);

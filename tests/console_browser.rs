@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -22,13 +21,6 @@ const TOKEN: &str = "browser-test-token-5d1e8b7a";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// ChromeDriver on its own port, killed with the test.
 struct Driver(Child);
@@ -46,7 +38,7 @@ async fn browser() -> (Driver, Client) {
         "this test needs Chromium and ChromeDriver: apt-get install chromium chromium-driver \
          (./scripts/test installs them)"
     );
-    let port = free_port();
+    let port = common::free_port();
     let driver = Command::new(CHROMEDRIVER)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
@@ -120,17 +112,8 @@ async fn state_of(client: &Client, name: &str, want: &str) {
 
 #[actix::test]
 async fn a_browser_follows_the_links_and_drains_the_cluster_from_the_page() {
-    let ports: Vec<u16> = NAMES.iter().map(|_| free_port()).collect();
-    let mut cluster = Cluster::start_with_env("console-browser", "", |i| {
-        vec![
-            (
-                "MAILROUTE_WWW_ADDRESS".to_string(),
-                format!("127.0.0.1:{}", ports[i]),
-            ),
-            ("MAILROUTE_WWW_TOKEN".to_string(), TOKEN.to_string()),
-        ]
-    })
-    .await;
+    let ports: Vec<u16> = NAMES.iter().map(|_| common::free_port()).collect();
+    let mut cluster = Cluster::start_with_consoles("console-browser", &ports, Some(TOKEN)).await;
     // Some mail first, so the page has counters to show: 120 from a to b, 60 kept by c.
     let mut expected = HashMap::new();
     let mut messages = Vec::new();

@@ -15,31 +15,6 @@ pub struct Sample {
     pub broker_cpu: Option<Duration>,
 }
 
-fn process_cpu() -> Duration {
-    // SAFETY: getrusage only writes into the struct we pass.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
-/// CPU time of the RabbitMQ node (beam.smp), if it runs on this machine.
-fn broker_cpu() -> Option<Duration> {
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if comm.trim() == "beam.smp" {
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            let after = stat.rsplit_once(')')?.1;
-            let fields: Vec<&str> = after.split_whitespace().collect();
-            let utime: u64 = fields.get(11)?.parse().ok()?;
-            let stime: u64 = fields.get(12)?.parse().ok()?;
-            return Some(Duration::from_millis((utime + stime) * 1000 / ticks.max(1)));
-        }
-    }
-    None
-}
-
 pub struct Meter {
     cpu: Duration,
     broker: Option<Duration>,
@@ -49,8 +24,8 @@ pub struct Meter {
 impl Meter {
     pub fn start() -> Self {
         Meter {
-            cpu: process_cpu(),
-            broker: broker_cpu(),
+            cpu: common::process_cpu(),
+            broker: common::rabbitmq_cpu(),
             started: Instant::now(),
         }
     }
@@ -58,8 +33,8 @@ impl Meter {
     pub fn stop(self) -> Sample {
         Sample {
             elapsed: self.started.elapsed(),
-            cpu: process_cpu().saturating_sub(self.cpu),
-            broker_cpu: broker_cpu()
+            cpu: common::process_cpu().saturating_sub(self.cpu),
+            broker_cpu: common::rabbitmq_cpu()
                 .zip(self.broker)
                 .map(|(b, a)| b.saturating_sub(a)),
         }

@@ -65,22 +65,8 @@ fn settings(i: usize) -> InstanceSettings {
     s
 }
 
-fn process_cpu() -> Duration {
-    // SAFETY: getrusage only writes into the struct we pass.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
 fn rss_kib() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4
+    (common::rss_mib(&std::process::id().to_string()) * 1024.0) as u64
 }
 
 /// Until the fleet agrees, `LIMIT` passes, or the process outgrows the cap.
@@ -120,26 +106,6 @@ impl Brokers {
             ),
         }
     }
-}
-
-/// CPU time of the default RabbitMQ node (not the test cluster's rq nodes).
-fn broker_cpu() -> Option<Duration> {
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        // The rq nodes of scripts/rabbitmq-cluster are started with their RABBITMQ_NODENAME.
-        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
-        let rq = String::from_utf8_lossy(&environ).contains("RABBITMQ_NODENAME=rq");
-        if comm.trim() == "beam.smp" && !rq {
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            let after = stat.rsplit_once(')')?.1;
-            let fields: Vec<&str> = after.split_whitespace().collect();
-            let utime: u64 = fields.get(11)?.parse().ok()?;
-            let stime: u64 = fields.get(12)?.parse().ok()?;
-            return Some(Duration::from_millis((utime + stime) * 1000 / ticks.max(1)));
-        }
-    }
-    None
 }
 
 async fn scale(n: usize, rabbitmq: bool) -> ScaleRow {
@@ -185,8 +151,8 @@ async fn scale(n: usize, rabbitmq: bool) -> ScaleRow {
     tokio::time::sleep(INTERVAL).await;
     let (messages, cpu, node, window) = (
         fleet.announcements_received(),
-        process_cpu(),
-        broker_cpu(),
+        common::process_cpu(),
+        common::rabbitmq_cpu(),
         Instant::now(),
     );
     // A measurement window: the traffic of a quiet cluster over five announce intervals.
@@ -195,11 +161,11 @@ async fn scale(n: usize, rabbitmq: bool) -> ScaleRow {
     row.steady_msgs_per_s = Some((fleet.announcements_received() - messages) as f64 / elapsed);
     if rabbitmq {
         row.broker_cpu_pct_per_instance = node
-            .zip(broker_cpu())
+            .zip(common::rabbitmq_cpu())
             .map(|(before, after)| (after - before).as_secs_f64() / elapsed / n as f64 * 100.0);
     }
     row.cpu_pct_per_instance =
-        Some((process_cpu() - cpu).as_secs_f64() / elapsed / n as f64 * 100.0);
+        Some((common::process_cpu() - cpu).as_secs_f64() / elapsed / n as f64 * 100.0);
     row.rss_kib_per_instance = Some(rss_kib().saturating_sub(rss_before) as f64 / n as f64);
 
     let leaving = fleet.members[0].instance.settings.name.clone();

@@ -301,6 +301,43 @@ pub async fn wait_settled(
 }
 
 /// Resident memory of a process (`pid`, or "self"), MiB; 0 if unreadable.
+/// A loopback port nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// CPU time (user + system) of this process so far.
+pub fn process_cpu() -> Duration {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// CPU time of the default RabbitMQ node (beam.smp) if it runs on this machine; not the rq
+/// nodes of `scripts/rabbitmq-cluster`, which are started with their own RABBITMQ_NODENAME.
+pub fn rabbitmq_cpu() -> Option<Duration> {
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let rq = String::from_utf8_lossy(&environ).contains("RABBITMQ_NODENAME=rq");
+        if comm.trim() == "beam.smp" && !rq {
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let after = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            return Some(Duration::from_millis((utime + stime) * 1000 / ticks.max(1)));
+        }
+    }
+    None
+}
+
 pub fn rss_mib(pid: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()

@@ -67,6 +67,20 @@ impl Cluster {
         Self::launch(label, extra, None, env).await
     }
 
+    /// With consoles: the i-th on `127.0.0.1:ports[i]`, all with `token` as `www-token` if given
+    /// (through the environment, as an operator may set them).
+    pub async fn start_with_consoles(label: &str, ports: &[u16], token: Option<&str>) -> Cluster {
+        Self::start_with_env(label, "", |i| {
+            let mut env = vec![(
+                "MAILROUTE_WWW_ADDRESS".to_string(),
+                format!("127.0.0.1:{}", ports[i]),
+            )];
+            env.extend(token.map(|t| ("MAILROUTE_WWW_TOKEN".to_string(), t.to_string())));
+            env
+        })
+        .await
+    }
+
     /// The cluster exchange on a vhost and user of its own (`cluster-address`), the outboxes
     /// on another: as when the cluster broker is a separate RabbitMQ.
     pub async fn start_split(label: &str, extra: &str) -> Cluster {
