@@ -229,25 +229,20 @@ impl PeerRegistry {
             return;
         }
         let now = Instant::now();
-        let found_on = self
-            .peers
-            .get(&a.name)
-            .filter(|p| {
-                p.announcement.started_at == a.started_at && p.announcement.broker == a.broker
-            })
-            .and_then(|p| p.found_on.clone());
+        // The same run at the same announced broker: what a probe found for it still holds.
+        // Anything else (new, restarted, moved) is looked for again.
+        let same_run = self.peers.get(&a.name).filter(|p| {
+            p.announcement.started_at == a.started_at && p.announcement.broker == a.broker
+        });
+        let found_on = same_run.and_then(|p| p.found_on.clone());
+        if same_run.is_none() {
+            self.probe(&a, ctx);
+        }
         let route = Arc::new(PeerRoute {
             name: a.name.clone(),
             outbox: a.outbox.clone(),
             broker: found_on.clone().unwrap_or_else(|| a.broker.clone()),
         });
-        let probe = found_on.is_none()
-            && self.peers.get(&a.name).is_none_or(|p| {
-                p.announcement.started_at != a.started_at || p.announcement.broker != a.broker
-            });
-        if probe {
-            self.probe(&a, ctx);
-        }
         match self.peers.get_mut(&a.name) {
             Some(peer)
                 if peer.announcement.started_at == a.started_at
