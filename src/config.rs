@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use mailroute_actors::InstanceSettings;
 use mailroute_actors::routing::{RoutePolicy, Unroutable};
+use mailroute_actors::settings::ClusterProtocol;
 use sha2::{Digest, Sha256};
 
 /// Where a value came from, for error messages.
@@ -93,6 +94,8 @@ pub struct Config {
     pub log_level: String,
     /// `classic` (default) or `quorum` for the queues this instance declares.
     pub quorum_queues: bool,
+    /// `mesh` (default) or `digest`: how the instances keep track of each other.
+    pub protocol: ClusterProtocol,
     pub duplicate_memory: usize,
     pub duplicate_window: Duration,
     pub www_address: Option<String>,
@@ -140,6 +143,7 @@ impl fmt::Debug for Config {
             .field("log_summary_interval", &self.log_summary_interval)
             .field("log_level", &self.log_level)
             .field("quorum_queues", &self.quorum_queues)
+            .field("protocol", &self.protocol)
             .field("duplicate_memory", &self.duplicate_memory)
             .field("duplicate_window", &self.duplicate_window)
             .field("www_address", &self.www_address)
@@ -236,6 +240,7 @@ const KEYS: &[&str] = &[
     "log-summary-interval",
     "log-level",
     "rabbitmq-queue-type",
+    "cluster-protocol",
     "duplicate-memory",
     "duplicate-window",
     "www-address",
@@ -442,6 +447,16 @@ impl Config {
                     ));
                 }
             },
+            protocol: match values.string("cluster-protocol", "mesh")?.as_str() {
+                "mesh" => ClusterProtocol::Mesh,
+                "digest" => ClusterProtocol::Digest,
+                other => {
+                    return Err(values.error(
+                        "cluster-protocol",
+                        format!("expected mesh or digest, got {other:?}"),
+                    ));
+                }
+            },
             duplicate_memory: values.number("duplicate-memory", 50_000, 0, 10_000_000)? as usize,
             duplicate_window: values
                 .positive_duration("duplicate-window", Duration::from_secs(600))?,
@@ -508,6 +523,7 @@ impl Config {
         s.duplicate_memory = self.duplicate_memory;
         s.duplicate_window = self.duplicate_window;
         s.quorum_queues = self.quorum_queues;
+        s.protocol = self.protocol;
         s.codec = self.codec();
         s
     }
@@ -744,12 +760,18 @@ pub fn cluster_hash(config: &Config) -> String {
         .map(|nodes| crate::amqp::address::list_identity(&nodes))
         .unwrap_or_default();
     let mut digest = Sha256::new();
-    for part in [
+    let mut parts = vec![
         broker,
         config.cluster_exchange.clone(),
         config.max_hops.to_string(),
         config.cluster_secret.is_some().to_string(),
-    ] {
+    ];
+    // Only when not the default, so a mesh cluster's hash is what 0.1 announces: a rolling
+    // upgrade warns of nothing. An instance in another mode than its peers is warned of.
+    if config.protocol == ClusterProtocol::Digest {
+        parts.push("digest".into());
+    }
+    for part in parts {
         digest.update(part.as_bytes());
         digest.update(b"\0");
     }
@@ -859,6 +881,10 @@ mod tests {
             (
                 "rabbitmq-queue-type: mirrored\n",
                 "`rabbitmq-queue-type`: expected classic or quorum",
+            ),
+            (
+                "cluster-protocol: gossip\n",
+                "`cluster-protocol`: expected mesh or digest",
             ),
             (
                 "rabbitmq-address: amqp://u:secret@h1/, amqp://u:secret@h2:x/\n",
@@ -1023,6 +1049,10 @@ mod tests {
         assert_ne!(a.hash, signed.hash);
         let other_broker = load("cluster-address: amqp://x:pw@k/other\nmax-hops: 2\n").unwrap();
         assert_ne!(a.hash, other_broker.hash);
+        let mesh = load(&format!("{base}cluster-protocol: mesh\n")).unwrap();
+        assert_eq!(a.hash, mesh.hash, "the default leaves 0.1's hash as it was");
+        let digest = load(&format!("{base}cluster-protocol: digest\n")).unwrap();
+        assert_ne!(a.hash, digest.hash);
     }
 
     #[test]

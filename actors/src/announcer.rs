@@ -1,5 +1,8 @@
-//! Announcer: tells the cluster, every `announce-interval` and whenever asked, who this instance
-//! is and which IPs it sends from; says `Leaving` on a graceful shutdown.
+//! Announcer: tells the cluster who this instance is and which IPs it sends from; says
+//! `Leaving` on a graceful shutdown. With `cluster-protocol: mesh` it announces every
+//! `announce-interval` and whenever asked; with `digest`, only when something changed, and
+//! each interval it puts a small heartbeat into the heartbeat queue instead (see
+//! [`crate::digest_leader`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +12,9 @@ use tracing::{debug, warn};
 
 use crate::backoff;
 use crate::broker::{BrokerError, Destination, Message, Properties, SharedBroker};
-use crate::messages::{AnnounceNow, Broadcast, Departing, Leave, Pause, Reconfigure};
+use crate::digest_leader::heartbeat_queue;
+use crate::messages::{AnnounceNow, AnswerAsk, Broadcast, Departing, Leave, Pause, Reconfigure};
+use crate::settings::ClusterProtocol;
 use crate::stats::{Stats, bump};
 use crate::wire::{Announcement, ClusterMessage, Codec};
 
@@ -20,6 +25,7 @@ pub struct Announcer {
     interval: Duration,
     stats: Arc<Stats>,
     codec: Codec,
+    protocol: ClusterProtocol,
     failures: u32,
     ticker: Option<SpawnHandle>,
     /// `Leaving` was said: no more announcements.
@@ -47,6 +53,7 @@ impl Announcer {
         interval: Duration,
         stats: Arc<Stats>,
         codec: Codec,
+        protocol: ClusterProtocol,
     ) -> Self {
         Announcer {
             broker,
@@ -55,6 +62,7 @@ impl Announcer {
             interval,
             stats,
             codec,
+            protocol,
             failures: 0,
             ticker: None,
             left: false,
@@ -70,27 +78,8 @@ impl Announcer {
         self.last = Some(std::time::Instant::now());
         self.announcement.sequence += 1;
         let message = ClusterMessage::Announcement(self.announcement.clone());
-        let publish = publish(
-            self.broker.clone(),
-            self.exchange.clone(),
-            self.codec.clone(),
-            message,
-        );
-        ctx.spawn(
-            publish
-                .into_actor(self)
-                .map(|result, act, ctx| match result {
-                    Ok(()) => {
-                        act.failures = 0;
-                        bump(&act.stats.announcements_sent);
-                    }
-                    Err(error) => {
-                        act.failures += 1;
-                        warn!(%error, "announcement failed; restarting the announcer");
-                        ctx.stop();
-                    }
-                }),
-        );
+        let to = Destination::exchange(&self.exchange, message.routing_key());
+        self.send(ctx, to, message, |stats| &stats.announcements_sent);
     }
 }
 
@@ -99,7 +88,52 @@ impl Announcer {
         if let Some(old) = self.ticker.take() {
             ctx.cancel_future(old);
         }
-        self.ticker = Some(ctx.run_interval(self.interval, |act, ctx| act.announce(ctx)));
+        self.ticker = Some(
+            ctx.run_interval(self.interval, |act, ctx| match act.protocol {
+                ClusterProtocol::Mesh => act.announce(ctx),
+                ClusterProtocol::Digest => act.heartbeat(ctx),
+            }),
+        );
+    }
+
+    /// One heartbeat into the heartbeat queue: a delivery to one consumer, not to N.
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if self.left {
+            return;
+        }
+        let message = ClusterMessage::Heartbeat {
+            name: self.announcement.name.clone(),
+            started_at: self.announcement.started_at,
+            sequence: self.announcement.sequence,
+        };
+        let to = Destination::queue(heartbeat_queue(&self.exchange).name);
+        self.send(ctx, to, message, |stats| &stats.heartbeats_sent);
+    }
+
+    /// Publishes `message` to `to`; a failure restarts the announcer (the broker is gone).
+    fn send(
+        &mut self,
+        ctx: &mut Context<Self>,
+        to: Destination,
+        message: ClusterMessage,
+        counter: fn(&Stats) -> &std::sync::atomic::AtomicU64,
+    ) {
+        let publish = publish_to(self.broker.clone(), to, self.codec.clone(), message);
+        ctx.spawn(
+            publish
+                .into_actor(self)
+                .map(move |result, act, ctx| match result {
+                    Ok(()) => {
+                        act.failures = 0;
+                        bump(counter(&act.stats));
+                    }
+                    Err(error) => {
+                        act.failures += 1;
+                        warn!(%error, "cluster publish failed; restarting the announcer");
+                        ctx.stop();
+                    }
+                }),
+        );
     }
 }
 
@@ -111,10 +145,20 @@ pub async fn publish(
     codec: Codec,
     message: ClusterMessage,
 ) -> Result<(), BrokerError> {
+    let to = Destination::exchange(exchange, message.routing_key());
+    publish_to(broker, to, codec, message).await
+}
+
+/// [`publish`] to any destination (a queue, through the default exchange).
+pub async fn publish_to(
+    broker: SharedBroker,
+    to: Destination,
+    codec: Codec,
+    message: ClusterMessage,
+) -> Result<(), BrokerError> {
     let body = codec
         .encode(&message, crate::wire::now_ms())
         .map_err(|e| BrokerError::Other(e.to_string()))?;
-    let to = Destination::exchange(exchange, message.routing_key());
     broker
         .publish(&to, &Message::new(body, Properties::default()), false)
         .await
@@ -130,10 +174,25 @@ impl Actor for Announcer {
         ctx.run_later(delay, |act, ctx| {
             let broker = act.broker.clone();
             let exchange = act.exchange.clone();
-            let declare = async move { broker.declare_topic_exchange(&exchange).await };
+            let digest = act.protocol == ClusterProtocol::Digest;
+            let declare = async move {
+                broker.declare_topic_exchange(&exchange).await?;
+                if digest {
+                    // The leader declares it too; declared here, the first heartbeats are
+                    // not dropped for want of it.
+                    broker.declare_queue(&heartbeat_queue(&exchange)).await?;
+                }
+                Ok::<_, BrokerError>(())
+            };
             ctx.wait(declare.into_actor(act).map(|result, act, ctx| match result {
                 Ok(()) => {
-                    act.announce(ctx);
+                    // Digest mode: the registry asks for the first announcement once it
+                    // listens. Announcing before would race the peers' own start: each could
+                    // speak before the other listens, and only a digest (an interval later)
+                    // would bring them together.
+                    if act.protocol == ClusterProtocol::Mesh {
+                        act.announce(ctx);
+                    }
                     act.tick(ctx);
                 }
                 Err(error) => {
@@ -185,6 +244,8 @@ impl Handler<Reconfigure> for Announcer {
     type Result = ();
 
     fn handle(&mut self, Reconfigure(live): Reconfigure, ctx: &mut Context<Self>) {
+        let changed = self.announcement.local_ips != live.local_ips
+            || self.announcement.config_hash != live.config_hash;
         self.announcement.local_ips = live.local_ips.clone();
         self.announcement.config_hash = live.config_hash.clone();
         if self.interval != live.announce_interval {
@@ -193,7 +254,11 @@ impl Handler<Reconfigure> for Announcer {
                 self.tick(ctx);
             }
         }
-        self.announce(ctx);
+        // Digest mode announces changes only: a cluster-wide reload would otherwise be N
+        // announcements to N queues at once. The digests re-validate everyone meanwhile.
+        if changed || self.protocol == ClusterProtocol::Mesh {
+            self.announce(ctx);
+        }
     }
 }
 
@@ -251,5 +316,22 @@ impl Handler<Broadcast> for Announcer {
             self.codec.clone(),
             message,
         ))
+    }
+}
+
+/// `cluster-protocol: digest`: an `Ask` named this instance. The announcement goes as it
+/// stands (same sequence: nothing changed), to the asker's queue alone.
+impl Handler<AnswerAsk> for Announcer {
+    type Result = ();
+
+    fn handle(&mut self, AnswerAsk { reply_to }: AnswerAsk, ctx: &mut Context<Self>) {
+        if self.left || self.announcement.sequence == 0 {
+            // Not announced yet: the first announcement reaches the asker anyway.
+            return;
+        }
+        let message = ClusterMessage::Announcement(self.announcement.clone());
+        self.send(ctx, Destination::queue(reply_to), message, |stats| {
+            &stats.asks_answered
+        });
     }
 }

@@ -197,6 +197,11 @@ pub struct QueueSpec {
     pub dead_letter_queue: Option<String>,
     /// A quorum queue (replicated, Raft); dead-lettering from one is at-least-once.
     pub quorum: bool,
+    /// Only one consumer at a time gets messages; when it goes, the broker picks the next
+    /// (`x-single-active-consumer`): the heartbeat queue's leader election.
+    pub single_active_consumer: bool,
+    /// The broker deletes the queue after this long without consumers (`x-expires`).
+    pub expires: Option<std::time::Duration>,
 }
 
 impl QueueSpec {
@@ -319,6 +324,9 @@ pub trait Broker: Send + Sync + 'static {
     /// This instance will not publish to `to` for a while (its peer left): whatever the broker
     /// keeps open for it (a confirm channel) may be closed. Publishing there again reopens it.
     fn release(&self, _to: &Destination) {}
+    /// Ends this client's use of the broker in order: whatever it sent before (acks above
+    /// all) is taken by the broker before the connection goes. Nothing connects afterwards.
+    async fn close(&self) {}
 }
 
 pub type SharedBroker = Arc<dyn Broker>;

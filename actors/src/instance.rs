@@ -8,6 +8,7 @@ use tracing::{info, warn};
 
 use crate::announcer::Announcer;
 use crate::broker::{BrokerError, SharedBroker};
+use crate::digest_leader::DigestLeader;
 use crate::handover_publisher::HandoverPublisher;
 use crate::handover_relay::HandoverRelay;
 use crate::ip_ownership_router::IpOwnershipRouter;
@@ -20,7 +21,7 @@ use crate::own_queues::declare_queues;
 use crate::peer_registry::{PeerRegistry, RegistryConfig, RegistryLinks};
 use crate::recent_ids::RecentIds;
 use crate::routing::OwnershipTable;
-use crate::settings::{InstanceSettings, LiveSettings};
+use crate::settings::{ClusterProtocol, InstanceSettings, LiveSettings};
 use crate::stats::Stats;
 use crate::wire::now_ms;
 use crate::wire::{Announcement, ClusterMessage};
@@ -62,6 +63,8 @@ pub struct Instance {
     pub announcer: Addr<Announcer>,
     pub registry: Addr<PeerRegistry>,
     pub relay: Addr<HandoverRelay>,
+    /// Only with `cluster-protocol: digest`.
+    pub leader: Option<Addr<DigestLeader>>,
     /// Bumped each time the cluster asks this instance to reload (see [`Instance::reconfigure`]).
     pub reload_requests: tokio::sync::watch::Receiver<u64>,
 }
@@ -129,6 +132,7 @@ impl Instance {
             settings.announce_interval,
             stats.clone(),
             settings.codec.clone(),
+            settings.protocol,
         );
         let announcer = Supervisor::start(move |_| announcer);
         let consumer = OutboxConsumer::new(
@@ -151,6 +155,7 @@ impl Instance {
             announce_interval: settings.announce_interval,
             codec: settings.codec.clone(),
             config_hash: settings.config_hash.clone(),
+            protocol: settings.protocol,
         };
         let (reload_tx, reload_requests) = tokio::sync::watch::channel(0);
         let links = RegistryLinks {
@@ -158,6 +163,7 @@ impl Instance {
             hearing: router.clone().recipient(),
             released: publisher.clone().recipient(),
             announcer: announcer.clone().recipient(),
+            answer: announcer.clone().recipient(),
             listening: consumer.clone().recipient(),
             pause: vec![consumer.clone().recipient(), announcer.clone().recipient()],
             reload_requests: reload_tx,
@@ -176,6 +182,18 @@ impl Instance {
             stats.clone(),
         );
         let relay = Supervisor::start(move |_| relay);
+        let leader = (settings.protocol == ClusterProtocol::Digest).then(|| {
+            let leader = DigestLeader::new(
+                cluster.clone(),
+                settings.cluster_exchange.clone(),
+                settings.name.clone(),
+                settings.announce_interval,
+                settings.peer_timeout,
+                settings.codec.clone(),
+                stats.clone(),
+            );
+            Supervisor::start(move |_| leader)
+        });
         info!(instance = %settings.name, outbox = %settings.outbox, ips = settings.local_ips.len(), "instance started");
         Ok(Instance {
             settings,
@@ -188,6 +206,7 @@ impl Instance {
             announcer,
             registry,
             relay,
+            leader,
             reload_requests,
         })
     }
@@ -202,6 +221,9 @@ impl Instance {
         self.publisher.do_send(message.clone());
         self.consumer.do_send(message.clone());
         self.relay.do_send(message.clone());
+        if let Some(leader) = &self.leader {
+            leader.do_send(message.clone());
+        }
         self.announcer.do_send(message);
     }
 
@@ -240,6 +262,9 @@ impl Instance {
     pub async fn shutdown(&self, grace: Duration) {
         info!(instance = %self.settings.name, "draining");
         self.announcer.do_send(Departing);
+        if let Some(leader) = &self.leader {
+            leader.do_send(Drain);
+        }
         let drain = futures::future::join(self.consumer.send(Drain), self.relay.send(Drain));
         // Mail waiting for the cluster to be heard goes back to the outbox now.
         self.router.do_send(ReleaseDeferred);

@@ -211,7 +211,12 @@ impl MemoryBroker {
             return;
         };
         while !q.ready.is_empty() && !q.consumers.is_empty() {
-            let count = q.consumers.len();
+            // Single active consumer: the oldest one gets everything until it goes.
+            let count = if q.spec.single_active_consumer {
+                1
+            } else {
+                q.consumers.len()
+            };
             let Some(index) = (0..count)
                 .map(|i| (q.next_consumer + i) % count)
                 .find(|&i| q.consumers[i].in_flight < q.consumers[i].prefetch)
@@ -337,6 +342,8 @@ impl MemoryBroker {
         if let Some(q) = state.queues.get_mut(queue) {
             q.consumers.retain(|s| s.id != consumer);
         }
+        // A single active consumer's successor takes over now.
+        self.dispatch(&mut state, queue);
     }
 
     fn cancel(&self, queue: &str, consumer: u64) {

@@ -91,6 +91,14 @@ pub struct ReleaseDeferred;
 #[rtype(result = "()")]
 pub struct AnnounceNow;
 
+/// PeerRegistry → Announcer (`cluster-protocol: digest`): send this instance's announcement,
+/// as it stands, straight to the queue `reply_to` (an `Ask` named it).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct AnswerAsk {
+    pub reply_to: String,
+}
+
 /// PeerRegistry → OutboxConsumer: the registry listens and has asked everyone to announce;
 /// start consuming after the warm-up, so the first messages are routed with the peers known.
 #[derive(Message, Debug, Clone, Copy)]

@@ -21,13 +21,14 @@ use tracing::{debug, error, info, info_span, warn};
 use crate::backoff;
 use crate::broker::{BrokerError, Delivery, QueueSpec, SharedBroker, same_broker};
 use crate::messages::{
-    AnnounceNow, ClusterHeard, Hearing, HearingNow, ListMembers, ListPeers, OwnershipChanged,
-    Pause, PeerInfo, PeerNames, PeerState, PeersGone, Reconfigure,
+    AnnounceNow, AnswerAsk, ClusterHeard, Hearing, HearingNow, ListMembers, ListPeers,
+    OwnershipChanged, Pause, PeerInfo, PeerNames, PeerState, PeersGone, Reconfigure,
 };
 use crate::own_queues::presence_queue;
 use crate::routing::PeerRoute;
+use crate::settings::ClusterProtocol;
 use crate::stats::{Stats, bump};
-use crate::wire::{Announcement, ClusterMessage, Codec};
+use crate::wire::{Announcement, ClusterMessage, Codec, DigestEntry};
 
 pub struct PeerRegistry {
     broker: SharedBroker,
@@ -39,7 +40,14 @@ pub struct PeerRegistry {
     local_ips: Vec<IpAddr>,
     peer_timeout: Duration,
     rejoin_window: Duration,
+    announce_interval: Duration,
     codec: Codec,
+    protocol: ClusterProtocol,
+    /// The listener queue, where answers to this instance's `Ask` come.
+    queue: Option<String>,
+    /// Digest mode: names asked for lately, so a digest does not ask again before the
+    /// answer had time to come.
+    asked: HashMap<String, Instant>,
     config_hash: String,
     peers: HashMap<String, Peer>,
     /// Peers that left or expired lately, for the console; forgotten after [`KEEP_GONE`].
@@ -56,6 +64,7 @@ pub struct PeerRegistry {
     hearing: Recipient<Hearing>,
     released: Recipient<PeersGone>,
     announcer: Recipient<AnnounceNow>,
+    answer: Recipient<AnswerAsk>,
     cluster_heard: Recipient<ClusterHeard>,
     pause: Vec<Recipient<Pause>>,
     reload_requests: tokio::sync::watch::Sender<u64>,
@@ -103,6 +112,8 @@ pub struct RegistryLinks {
     pub hearing: Recipient<Hearing>,
     pub released: Recipient<PeersGone>,
     pub announcer: Recipient<AnnounceNow>,
+    /// Digest mode: answers an `Ask` naming this instance.
+    pub answer: Recipient<AnswerAsk>,
     pub listening: Recipient<ClusterHeard>,
     /// Told of the cluster-wide `Drain` and `Resume` commands (consumer and announcer).
     pub pause: Vec<Recipient<Pause>>,
@@ -123,6 +134,7 @@ pub struct RegistryConfig {
     pub codec: Codec,
     /// Hash of the settings every instance must share; a peer announcing another is warned of.
     pub config_hash: String,
+    pub protocol: ClusterProtocol,
 }
 
 impl PeerRegistry {
@@ -137,6 +149,7 @@ impl PeerRegistry {
             hearing,
             released,
             announcer,
+            answer,
             listening,
             pause,
             reload_requests,
@@ -150,7 +163,11 @@ impl PeerRegistry {
             local_ips: config.local_ips,
             rejoin_window: (config.announce_interval * 2).min(config.peer_timeout),
             peer_timeout: config.peer_timeout,
+            announce_interval: config.announce_interval,
             codec: config.codec,
+            protocol: config.protocol,
+            queue: None,
+            asked: HashMap::new(),
             config_hash: config.config_hash,
             peers: HashMap::new(),
             departed: HashMap::new(),
@@ -162,6 +179,7 @@ impl PeerRegistry {
             hearing,
             released,
             announcer,
+            answer,
             cluster_heard: listening,
             pause,
             reload_requests,
@@ -246,15 +264,19 @@ impl PeerRegistry {
         match self.peers.get_mut(&a.name) {
             Some(peer)
                 if peer.announcement.started_at == a.started_at
-                    && a.sequence <= peer.announcement.sequence =>
+                    && a.sequence < peer.announcement.sequence =>
             {
                 // Reordered or replayed: older news than what we hold.
             }
+            Some(peer)
+                if peer.announcement.started_at == a.started_at
+                    && a.sequence == peer.announcement.sequence =>
+            {
+                // The same news again: an answer to an `Ask`, or a duplicate. It is alive.
+                peer.last_seen = now;
+                self.heard_from(&a.name, ctx);
+            }
             Some(peer) => {
-                if self.rejoining.remove(&a.name) && self.rejoining.is_empty() && !self.heard {
-                    // Everyone known before has answered: no need to wait out the window.
-                    ctx.run_later(Duration::ZERO, |act, _| act.set_heard(true));
-                }
                 let changed = peer.announcement.local_ips != a.local_ips || *peer.route != *route;
                 if peer.announcement.config_hash != a.config_hash {
                     Self::check_drift(&self.stats, &self.config_hash, &a);
@@ -271,11 +293,13 @@ impl PeerRegistry {
                         moved = Some(old);
                     }
                 }
+                let name = a.name.clone();
                 peer.announcement = a;
                 if changed {
                     self.publish_ownership();
                 }
                 self.gone(moved.into_iter().collect());
+                self.heard_from(&name, ctx);
             }
             None => {
                 info!(peer = %a.name, ips = a.local_ips.len(), outbox = %a.outbox, broker = %a.broker, "peer joined");
@@ -292,10 +316,99 @@ impl PeerRegistry {
                     },
                 );
                 self.publish_ownership();
-                // The newcomer may not know us yet.
-                self.announcer.do_send(AnnounceNow);
+                if self.protocol == ClusterProtocol::Mesh {
+                    // The newcomer may not know us yet. (In digest mode it asked everyone.)
+                    self.announcer.do_send(AnnounceNow);
+                }
             }
         }
+    }
+
+    /// A peer known before a reconnect or reload was heard again.
+    fn heard_from(&mut self, name: &str, ctx: &mut Context<Self>) {
+        if self.rejoining.remove(name) && self.rejoining.is_empty() && !self.heard {
+            // Everyone known before has answered: no need to wait out the window.
+            ctx.run_later(Duration::ZERO, |act, _| act.set_heard(true));
+        }
+    }
+
+    /// Digest mode: refreshes the members heard lately, and asks for the announcements this
+    /// registry lacks or holds an older one of.
+    fn on_digest(&mut self, members: Vec<DigestEntry>, ctx: &mut Context<Self>) {
+        bump(&self.stats.digests_received);
+        let now = Instant::now();
+        let mut wanted = Vec::new();
+        for entry in members {
+            if entry.name == self.me {
+                continue;
+            }
+            let age = Duration::from_millis(u64::from(entry.age_ms));
+            if age >= self.peer_timeout {
+                continue;
+            }
+            let heard_at = now.checked_sub(age).unwrap_or(now);
+            match self.peers.get_mut(&entry.name) {
+                Some(peer) if peer.announcement.started_at == entry.started_at => {
+                    peer.last_seen = peer.last_seen.max(heard_at);
+                    let stale = entry.sequence > peer.announcement.sequence;
+                    self.heard_from(&entry.name, ctx);
+                    if stale {
+                        wanted.push(entry.name);
+                    }
+                }
+                // Its old run's news is all this registry has.
+                Some(peer) if peer.announcement.started_at < entry.started_at => {
+                    wanted.push(entry.name);
+                }
+                Some(_) => {}
+                None => {
+                    let left = self.departed.get(&entry.name).is_some_and(|d| {
+                        d.state == PeerState::Left && d.announcement.started_at == entry.started_at
+                    });
+                    if !left {
+                        wanted.push(entry.name);
+                    }
+                }
+            }
+        }
+        let again = self.announce_interval;
+        self.asked.retain(|_, at| at.elapsed() < again);
+        wanted.retain(|name| !self.asked.contains_key(name));
+        if wanted.is_empty() {
+            return;
+        }
+        for name in &wanted {
+            self.asked.insert(name.clone(), now);
+        }
+        debug!(
+            count = wanted.len(),
+            "asking for announcements the digest says are newer"
+        );
+        self.ask(wanted, ctx);
+    }
+
+    /// Asks the named instances (everyone, with no names) to send their announcement to this
+    /// registry's queue alone.
+    fn ask(&mut self, names: Vec<String>, ctx: &mut Context<Self>) {
+        let Some(reply_to) = self.queue.clone() else {
+            return;
+        };
+        let message = ClusterMessage::Ask {
+            from: self.me.clone(),
+            reply_to,
+            names,
+        };
+        let send = crate::announcer::publish(
+            self.broker.clone(),
+            self.exchange.clone(),
+            self.codec.clone(),
+            message,
+        );
+        ctx.spawn(send.into_actor(self).map(|result, act, _| match result {
+            Ok(()) => bump(&act.stats.asks_sent),
+            // The listener notices a dead broker itself; the next digest asks again.
+            Err(error) => debug!(%error, "ask not sent"),
+        }));
     }
 
     /// Looks for the peer's presence queue through this instance's own connections (local
@@ -386,6 +499,22 @@ impl PeerRegistry {
             }
             ClusterMessage::Drain { from } => self.pause(true, from),
             ClusterMessage::Resume { from } => self.pause(false, from),
+            ClusterMessage::Digest { from: _, members } => self.on_digest(members, ctx),
+            ClusterMessage::Ask {
+                from,
+                reply_to,
+                names,
+            } => {
+                let me = self.me.as_str();
+                if from != me && (names.is_empty() || names.iter().any(|n| n == me)) {
+                    match self.protocol {
+                        ClusterProtocol::Digest => self.answer.do_send(AnswerAsk { reply_to }),
+                        ClusterProtocol::Mesh => self.announcer.do_send(AnnounceNow),
+                    }
+                }
+            }
+            // Heartbeats go to the heartbeat queue only; one here was misrouted by hand.
+            ClusterMessage::Heartbeat { .. } => {}
         }
     }
 
@@ -438,7 +567,12 @@ impl PeerRegistry {
         // Everyone announces on a reload; a peer that does not within the window is
         // forgotten then. Forgetting all first would hold or fail mail for live peers.
         self.start_rejoin(ctx, Rejoin::Reload);
-        self.announcer.do_send(AnnounceNow);
+        // In digest mode the digests re-validate the peers; each instance announces itself
+        // if the reload changed what it announces. Everyone announcing to everyone at once
+        // would be N² deliveries.
+        if self.protocol == ClusterProtocol::Mesh {
+            self.announcer.do_send(AnnounceNow);
+        }
     }
 
     fn schedule_sweep(&mut self, ctx: &mut Context<Self>) {
@@ -549,6 +683,7 @@ impl Actor for PeerRegistry {
             let exchange = act.exchange.clone();
             let me = act.me.clone();
             let codec = act.codec.clone();
+            let protocol = act.protocol;
             let listen = async move {
                 let suffix: u32 = rand::rng().random();
                 let queue = format!("mailroute.cluster.{me}.{suffix:08x}");
@@ -556,13 +691,22 @@ impl Actor for PeerRegistry {
                 broker.declare_queue(&QueueSpec::private(&queue)).await?;
                 broker.bind_queue(&queue, &exchange, "#").await?;
                 let stream = broker.consume(&queue, 256).await?;
-                let hello = ClusterMessage::Hello { from: Some(me) };
+                // Digest mode: everyone answers into this queue alone (N deliveries, not N²).
+                let hello = match protocol {
+                    ClusterProtocol::Mesh => ClusterMessage::Hello { from: Some(me) },
+                    ClusterProtocol::Digest => ClusterMessage::Ask {
+                        from: me,
+                        reply_to: queue.clone(),
+                        names: Vec::new(),
+                    },
+                };
                 crate::announcer::publish(broker, exchange, codec, hello).await?;
-                Ok::<_, BrokerError>(stream)
+                Ok::<_, BrokerError>((stream, queue))
             };
             ctx.wait(listen.into_actor(act).map(|result, act, ctx| match result {
-                Ok(stream) => {
+                Ok((stream, queue)) => {
                     info!(exchange = %act.exchange, "listening to the cluster");
+                    act.queue = Some(queue);
                     ctx.add_stream(stream);
                     act.listening = true;
                     // Whatever was heard before the outage is as old as the outage: every
@@ -573,6 +717,10 @@ impl Actor for PeerRegistry {
                     }
                     act.start_rejoin(ctx, Rejoin::Reconnect);
                     act.cluster_heard.do_send(ClusterHeard);
+                    if act.protocol == ClusterProtocol::Digest {
+                        // Only now: whoever started before and missed it hears our `Ask`.
+                        act.announcer.do_send(AnnounceNow);
+                    }
                 }
                 Err(error) => {
                     act.failures += 1;
@@ -637,6 +785,7 @@ impl Handler<Reconfigure> for PeerRegistry {
         self.local_ips = live.local_ips.clone();
         self.config_hash = live.config_hash.clone();
         self.rejoin_window = (live.announce_interval * 2).min(live.peer_timeout);
+        self.announce_interval = live.announce_interval;
         self.remind_every = (live.announce_interval * 30).min(Duration::from_secs(60));
         if self.peer_timeout != live.peer_timeout {
             self.peer_timeout = live.peer_timeout;

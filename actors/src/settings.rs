@@ -38,6 +38,21 @@ pub struct InstanceSettings {
     /// Outbox, deliver, failure, retry and handover queues are quorum queues
     /// (`rabbitmq-queue-type: quorum`).
     pub quorum_queues: bool,
+    /// How members keep track of each other (`cluster-protocol`).
+    pub protocol: ClusterProtocol,
+}
+
+/// How the members of a cluster keep track of each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClusterProtocol {
+    /// Every instance announces itself to every other each interval: N² deliveries per
+    /// interval on the cluster broker. What MailerQ and mailroute 0.1 do and expect.
+    #[default]
+    Mesh,
+    /// Announcements only on change; liveness through one heartbeat per instance per interval
+    /// into a shared queue, whose single active consumer broadcasts a digest of them: about
+    /// 2N deliveries per interval. Every instance of the cluster must run it (0.2 and later).
+    Digest,
 }
 
 impl InstanceSettings {
@@ -70,6 +85,7 @@ impl InstanceSettings {
             duplicate_memory: 50_000,
             duplicate_window: Duration::from_secs(600),
             quorum_queues: false,
+            protocol: ClusterProtocol::Mesh,
         }
     }
 }

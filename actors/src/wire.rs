@@ -87,6 +87,38 @@ pub enum ClusterMessage {
     Resume {
         from: Option<String>,
     },
+    /// `cluster-protocol: digest`: an instance is alive. Sent into the heartbeat queue, never
+    /// to the exchange; `sequence` is that of its latest announcement.
+    Heartbeat {
+        name: String,
+        started_at: u64,
+        sequence: u64,
+    },
+    /// `cluster-protocol: digest`: the heartbeats the queue's active consumer heard lately,
+    /// broadcast each interval. A long roster comes in several digests.
+    Digest {
+        from: String,
+        members: Vec<DigestEntry>,
+    },
+    /// `cluster-protocol: digest`: the named instances (everyone, when `names` is empty)
+    /// send their announcement straight to the queue `reply_to` (default exchange), instead
+    /// of to the whole cluster: a newcomer learns N peers with N deliveries, not N².
+    Ask {
+        from: String,
+        reply_to: String,
+        names: Vec<String>,
+    },
+}
+
+/// One member as the heartbeat leader last heard it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestEntry {
+    pub name: String,
+    pub started_at: u64,
+    /// Of its latest announcement: a registry holding an older one asks for it.
+    pub sequence: u64,
+    /// How long ago its last heartbeat arrived, in milliseconds.
+    pub age_ms: u32,
 }
 
 impl ClusterMessage {
@@ -100,6 +132,9 @@ impl ClusterMessage {
             ClusterMessage::ReloadOne { name, .. } => format!("reload.{name}"),
             ClusterMessage::Drain { .. } => "drain".into(),
             ClusterMessage::Resume { .. } => "resume".into(),
+            ClusterMessage::Heartbeat { name, .. } => format!("heartbeat.{name}"),
+            ClusterMessage::Digest { from, .. } => format!("digest.{from}"),
+            ClusterMessage::Ask { from, .. } => format!("ask.{from}"),
         }
     }
 }
@@ -418,6 +453,25 @@ mod tests {
                 from: Some("b".into()),
             },
             ClusterMessage::Resume { from: None },
+            ClusterMessage::Heartbeat {
+                name: "a".into(),
+                started_at: 5,
+                sequence: 3,
+            },
+            ClusterMessage::Digest {
+                from: "a".into(),
+                members: vec![DigestEntry {
+                    name: "b".into(),
+                    started_at: 9,
+                    sequence: 2,
+                    age_ms: 1500,
+                }],
+            },
+            ClusterMessage::Ask {
+                from: "c".into(),
+                reply_to: "mailroute.cluster.c.0001".into(),
+                names: vec!["a".into()],
+            },
         ] {
             assert_eq!(decode(&encode(&m).unwrap()), Ok(m));
         }

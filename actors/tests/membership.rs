@@ -1,6 +1,8 @@
-//! Membership at N = 50 on the memory broker: after all start together, after one leaves,
-//! after one dies silently, and after one joins, every registry lists exactly the others; and
-//! MailerQ's `{"hello": true}` and `{"reload": true}` still reach every instance.
+//! Membership at N = 50 on the memory broker, with each `cluster-protocol`: after all start
+//! together, after one leaves, after one dies silently, and after one joins, every registry
+//! lists exactly the others; MailerQ's `{"hello": true}` and `{"reload": true}` still reach
+//! every instance. Digest mode also: the heartbeat leader dies and nobody else is forgotten,
+//! and the steady traffic is about 2 deliveries per instance and interval, not N.
 
 mod support;
 
@@ -11,26 +13,41 @@ use std::time::{Duration, Instant};
 use mailroute_actors::InstanceSettings;
 use mailroute_actors::broker::{Broker, Destination, Message, Properties};
 use mailroute_actors::memory::MemoryBroker;
+use mailroute_actors::messages::{ListMembers, PeerState};
+use mailroute_actors::settings::ClusterProtocol;
 use mailroute_actors::testkit::fleet::Fleet;
 use mailroute_actors::testkit::wait_for;
 
 const N: usize = 50;
 const LIMIT: Duration = Duration::from_secs(30);
 
-fn settings(i: usize, interval: Duration, peer_timeout: Duration) -> InstanceSettings {
+fn settings(
+    i: usize,
+    interval: Duration,
+    peer_timeout: Duration,
+    protocol: ClusterProtocol,
+) -> InstanceSettings {
     let mut s = InstanceSettings::new(format!("m{i:02}"), vec![IpAddr::from([10, 50, 0, i as u8])]);
     s.announce_interval = interval;
     s.peer_timeout = peer_timeout;
+    s.protocol = protocol;
     s
 }
 
-/// N started together, agreed.
-async fn fleet(label: &str, interval: Duration, peer_timeout: Duration) -> (MemoryBroker, Fleet) {
+/// N started together, agreed. In digest mode each on an arbiter of its own, so that any
+/// (the heartbeat leader) can be killed; in mesh mode only the second.
+async fn fleet(
+    label: &str,
+    interval: Duration,
+    peer_timeout: Duration,
+    protocol: ClusterProtocol,
+) -> (MemoryBroker, Fleet) {
     let broker = MemoryBroker::new(label);
-    let mut fleet = Fleet::new(move |i| settings(i, interval, peer_timeout));
+    let mut fleet = Fleet::new(move |i| settings(i, interval, peer_timeout, protocol));
     for i in 0..N {
+        let killable = i == 1 || protocol == ClusterProtocol::Digest;
         fleet
-            .add(Arc::new(broker.clone()), i == 1)
+            .add(Arc::new(broker.clone()), killable)
             .await
             .expect("memory broker");
     }
@@ -41,12 +58,22 @@ async fn fleet(label: &str, interval: Duration, peer_timeout: Duration) -> (Memo
 
 #[actix::test]
 async fn fifty_agree_after_a_leave_a_silent_death_and_a_join() {
+    leave_death_join("membership", ClusterProtocol::Mesh).await;
+}
+
+#[actix::test]
+async fn fifty_agree_after_a_leave_a_silent_death_and_a_join_by_digest() {
+    leave_death_join("membership-digest", ClusterProtocol::Digest).await;
+}
+
+async fn leave_death_join(label: &str, protocol: ClusterProtocol) {
     // The defaults scaled down twenty times (2 s → 100 ms), with room for a loaded CI machine:
     // a peer expires after ten missed announcements.
     let (broker, mut fleet) = fleet(
-        "membership",
+        label,
         Duration::from_millis(100),
         Duration::from_secs(1),
+        protocol,
     )
     .await;
     let leaving = fleet.members[0].instance.settings.name.clone();
@@ -93,11 +120,21 @@ async fn operator(broker: &MemoryBroker, json: &str) {
 
 #[actix::test]
 async fn mailerq_hello_and_reload_reach_all_fifty() {
+    hello_and_reload("operator", ClusterProtocol::Mesh).await;
+}
+
+#[actix::test]
+async fn mailerq_hello_and_reload_reach_all_fifty_by_digest() {
+    hello_and_reload("operator-digest", ClusterProtocol::Digest).await;
+}
+
+async fn hello_and_reload(label: &str, protocol: ClusterProtocol) {
     // Announcing only once a minute: what is sent within the test is the answer to hello.
     let (broker, fleet) = fleet(
-        "operator",
+        label,
         Duration::from_secs(60),
         Duration::from_secs(180),
+        protocol,
     )
     .await;
     let sent: Vec<u64> = fleet
@@ -137,4 +174,112 @@ async fn mailerq_hello_and_reload_reach_all_fifty() {
         fleet.time_to_agree(Instant::now(), LIMIT).await.is_some(),
         "after reload"
     );
+}
+
+/// The instance whose digests the others hear: the heartbeat queue's active consumer.
+async fn leader(fleet: &Fleet) -> String {
+    let found = wait_for("a digest leader", LIMIT, || async {
+        fleet
+            .members
+            .iter()
+            .any(|m| m.instance.stats.snapshot().digests_sent > 0)
+    })
+    .await;
+    assert!(found.is_ok(), "nobody leads the digest");
+    let member = fleet
+        .members
+        .iter()
+        .max_by_key(|m| m.instance.stats.snapshot().digests_sent)
+        .expect("members");
+    member.instance.settings.name.clone()
+}
+
+#[actix::test]
+async fn the_digest_leader_dies_and_nobody_else_is_forgotten() {
+    let interval = Duration::from_millis(100);
+    let (broker, mut fleet) = fleet(
+        "leader-death",
+        interval,
+        Duration::from_secs(1),
+        ClusterProtocol::Digest,
+    )
+    .await;
+
+    // Steady state, counted where it arrives: deliveries against heartbeats sent meanwhile.
+    let heartbeats = |fleet: &Fleet| -> u64 {
+        fleet
+            .members
+            .iter()
+            .map(|m| m.instance.stats.snapshot().heartbeats_sent)
+            .sum()
+    };
+    let (before, beats_before) = (broker.enqueued(), heartbeats(&fleet));
+    let enough = wait_for("20 intervals of heartbeats", LIMIT, || async {
+        heartbeats(&fleet) >= beats_before + 20 * N as u64
+    })
+    .await;
+    assert!(enough.is_ok());
+    let (deliveries, beats) = (
+        broker.enqueued() - before,
+        heartbeats(&fleet) - beats_before,
+    );
+    let per_heartbeat = deliveries as f64 / beats as f64;
+    println!("digest steady state: {deliveries} deliveries for {beats} heartbeats");
+    // One heartbeat and one digest delivery per instance and interval; mesh would be N = 50.
+    assert!(
+        per_heartbeat < 3.0,
+        "{per_heartbeat:.2} deliveries per heartbeat"
+    );
+
+    let old = leader(&fleet).await;
+    let digests: u64 = fleet
+        .members
+        .iter()
+        .map(|m| m.instance.stats.snapshot().digests_sent)
+        .sum();
+    fleet.kill(&old);
+    assert!(
+        fleet.time_to_agree(Instant::now(), LIMIT).await.is_some(),
+        "leader death"
+    );
+    // Someone else digests now, and the survivors keep agreeing for a few peer-timeouts.
+    let taken_over = wait_for("a new leader", LIMIT, || async {
+        fleet
+            .members
+            .iter()
+            .map(|m| m.instance.stats.snapshot().digests_sent)
+            .sum::<u64>()
+            > digests + 10
+    })
+    .await;
+    assert!(taken_over.is_ok());
+    let new = leader(&fleet).await;
+    assert_ne!(new, old);
+    let beats_now = heartbeats(&fleet);
+    let waited = wait_for("3 peer-timeouts of heartbeats", LIMIT, || async {
+        heartbeats(&fleet) >= beats_now + 30 * (N as u64 - 1)
+    })
+    .await;
+    assert!(waited.is_ok());
+    assert!(fleet.agreed().await, "a survivor was forgotten");
+    // Nobody but the dead leader ever expired anywhere.
+    for member in &fleet.members {
+        let members = member
+            .instance
+            .registry
+            .send(ListMembers)
+            .await
+            .expect("registry");
+        let expired: Vec<&str> = members
+            .iter()
+            .filter(|p| p.state == PeerState::Expired)
+            .map(|p| p.announcement.name.as_str())
+            .collect();
+        assert_eq!(
+            expired,
+            vec![old.as_str()],
+            "at {}",
+            member.instance.settings.name
+        );
+    }
 }

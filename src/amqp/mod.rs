@@ -83,6 +83,9 @@ pub struct AmqpBroker {
     /// Whether the broker blocks the publishing connection (`connection.blocked`).
     blocked: tokio::sync::watch::Sender<bool>,
     times_blocked: Arc<std::sync::atomic::AtomicU64>,
+    /// Set by `close`: no connection is opened again (an actor restarting during the exit
+    /// would otherwise reconnect).
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// Confirm-mode channels of the current connection: for mandatory publishes by exchange then
@@ -165,6 +168,7 @@ impl AmqpBroker {
             publishers: std::sync::Mutex::new(Publishers::default()),
             blocked: tokio::sync::watch::channel(false).0,
             times_blocked: Arc::default(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -225,6 +229,9 @@ impl AmqpBroker {
             if c.status().connected() {
                 return Ok(c.clone());
             }
+        }
+        if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(BrokerError::ChannelClosed("this client has closed".into()));
         }
         if role == Role::Publishing {
             *self.publishers_locked() = Publishers::default();
@@ -559,6 +566,13 @@ impl Broker for AmqpBroker {
             let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
             arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ms));
         }
+        if spec.single_active_consumer {
+            arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        }
+        if let Some(expires) = spec.expires {
+            let ms = i64::try_from(expires.as_millis()).unwrap_or(i64::MAX);
+            arguments.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
+        }
         if spec.quorum {
             arguments.insert(
                 "x-queue-type".into(),
@@ -679,6 +693,27 @@ impl Broker for AmqpBroker {
         if let Some(channel) = channel {
             debug!(%to, "closing the confirm channel of a destination no longer used");
             self.handle.spawn(close_when_idle(channel));
+        }
+    }
+
+    /// `connection.close` waits for the broker's close-ok, which it sends only after the
+    /// frames before it. A process that just exits resets its sockets instead, and RabbitMQ
+    /// discards what it had not read yet: acks sent last were lost that way, and the mail
+    /// they settled was delivered a second time.
+    async fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut state = self.state.lock().await;
+        *self.publishers_locked() = Publishers::default();
+        for connection in [state.publishing.take(), state.consuming.take()]
+            .into_iter()
+            .flatten()
+        {
+            if connection.status().connected() {
+                if let Err(error) = timed(connection.close(200, "shutdown".into())).await {
+                    debug!(%error, "closing the connection failed");
+                }
+            }
         }
     }
 

@@ -71,6 +71,11 @@ fn shown(c: &Config) -> Vec<(&'static str, bool, String)> {
         ("rabbitmq-cert", false, format!("{:?}", c.rabbitmq_client)),
         ("cluster-cert", false, format!("{:?}", c.cluster_client)),
         ("cluster-exchange", false, c.cluster_exchange.clone()),
+        (
+            "cluster-protocol",
+            false,
+            format!("{:?}", c.protocol).to_lowercase(),
+        ),
         ("cluster-secret", false, masked(&c.cluster_secret)),
         (
             "cluster-freshness",
@@ -256,7 +261,7 @@ mod tests {
              www-url: http://one/\nwww-token: token-one-0123456789\nlocal-ips: 10.0.0.1\n\
              default-ips: 10.0.1.1\nunroutable: hold\nmax-hops: 2\nhold-time: 10s\n\
              max-hold: 1h\nannounce-interval: 1s\npeer-timeout: 5s\nlog-level: info\n\
-             cluster-timeout: 1s\n",
+             cluster-timeout: 1s\ncluster-protocol: mesh\n",
         );
         let file = config(
             "rabbitmq-address: amqp://u:p@h2/\nrabbitmq-outbox: o2\nrabbitmq-deliver: d2\n\
@@ -268,7 +273,7 @@ mod tests {
              www-url: http://two/\nwww-token: token-two-0123456789\nlocal-ips: 10.0.0.2\n\
              default-ips: 10.0.1.2\nunroutable: fail\nmax-hops: 3\nhold-time: 20s\n\
              max-hold: 2h\nannounce-interval: 2s\npeer-timeout: 10s\nlog-level: debug\n\
-             cluster-timeout: 2s\n",
+             cluster-timeout: 2s\ncluster-protocol: digest\n",
         );
         let merged = merge(&running, &file);
         let (before, after, wanted) = (shown(&running), shown(&merged), shown(&file));

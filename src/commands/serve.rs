@@ -28,7 +28,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     // SIGHUP re-reads the config (systemd's `ExecReload=kill -HUP $MAINPID`); listening also
     // replaces its default action, which would end the process without a word.
     let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
-    let mut instance = Instance::start(config.settings(), local.clone(), cluster)
+    let mut instance = Instance::start(config.settings(), local.clone(), cluster.clone())
         .await
         .context("cannot declare this instance's queues")?;
     let console = match &config.www_address {
@@ -82,6 +82,9 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     if let Some((handle, _)) = console {
         handle.stop(true).await;
     }
+    // Before the process ends: see `Broker::close`. One broker for both is closed once.
+    local.close().await;
+    cluster.close().await;
     let s = instance.stats.snapshot();
     info!(
         consumed = s.consumed,

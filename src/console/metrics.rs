@@ -27,6 +27,11 @@ struct Reason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Peer {
     peer: String,
 }
@@ -88,6 +93,36 @@ pub async fn scrape(state: web::Data<ConsoleState>) -> HttpResponse {
         "restarts",
         "Actor restarts (reconnects after a broker error)",
         counter(&s.restarts),
+    );
+    let sent = Family::<Kind, Counter>::default();
+    for (kind, value) in [
+        ("announcement", &s.announcements_sent),
+        ("heartbeat", &s.heartbeats_sent),
+        ("digest", &s.digests_sent),
+        ("ask", &s.asks_sent),
+        ("answer", &s.asks_answered),
+    ] {
+        sent.get_or_create(&Kind { kind })
+            .inc_by(value.load(Ordering::Relaxed));
+    }
+    registry.register(
+        "cluster_messages_sent",
+        "Cluster messages this instance published, by kind",
+        sent,
+    );
+    let received = Family::<Kind, Counter>::default();
+    for (kind, value) in [
+        ("announcement", &s.announcements_received),
+        ("digest", &s.digests_received),
+    ] {
+        received
+            .get_or_create(&Kind { kind })
+            .inc_by(value.load(Ordering::Relaxed));
+    }
+    registry.register(
+        "cluster_messages_received",
+        "Cluster messages this instance read, by kind",
+        received,
     );
     let dropped = Family::<Reason, Counter>::default();
     for (reason, value) in [

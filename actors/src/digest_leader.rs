@@ -1,0 +1,322 @@
+//! DigestLeader (`cluster-protocol: digest`): every instance consumes the cluster's heartbeat
+//! queue, a queue with a single active consumer. RabbitMQ delivers to one consumer at a time
+//! and, when its consumer or connection goes, to the next: nobody is elected or told, an
+//! instance leads while heartbeats reach it. The leader remembers when it last heard each
+//! member and broadcasts a digest of that every interval, so each registry learns who is alive
+//! from N heartbeats and one broadcast (2N deliveries an interval) instead of N announcements
+//! that each reach N queues (N²).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tracing::{debug, info, warn};
+
+use crate::announcer::publish;
+use crate::backoff;
+use crate::broker::{BrokerError, ConsumerControl, Delivery, QueueSpec, SharedBroker};
+use crate::messages::{Drain, Reconfigure};
+use crate::stats::{Stats, bump};
+use crate::wire::{ClusterMessage, Codec, DigestEntry, MAX_FRAME};
+
+/// Heartbeats are worth nothing once older than any peer-timeout in use: a member whose
+/// heartbeat waited that long in the queue (no leader) is not known to be alive by it.
+const HEARTBEAT_TTL: Duration = Duration::from_secs(30);
+/// The queue goes this long after the last instance stopped consuming it.
+const QUEUE_EXPIRES: Duration = Duration::from_secs(600);
+/// Digest entries per broadcast are capped so that one frame stays well under `MAX_FRAME`.
+const DIGEST_BYTES: usize = MAX_FRAME * 3 / 4;
+
+/// The heartbeat queue of the cluster on `exchange`, on the cluster broker: one per cluster,
+/// so clusters sharing a broker do not hear each other.
+pub fn heartbeat_queue(exchange: &str) -> QueueSpec {
+    QueueSpec {
+        single_active_consumer: true,
+        message_ttl: Some(HEARTBEAT_TTL),
+        expires: Some(QUEUE_EXPIRES),
+        ..QueueSpec::durable(format!("mailroute.heartbeats.{exchange}"))
+    }
+}
+
+pub struct DigestLeader {
+    broker: SharedBroker,
+    exchange: String,
+    me: String,
+    interval: Duration,
+    peer_timeout: Duration,
+    codec: Codec,
+    stats: Arc<Stats>,
+    /// Per member: its run, the sequence of its latest announcement, when last heard.
+    heard: HashMap<String, Heard>,
+    last_heartbeat: Option<Instant>,
+    leading: bool,
+    failures: u32,
+    ticker: Option<SpawnHandle>,
+    control: Option<Arc<dyn ConsumerControl>>,
+    stream: Option<SpawnHandle>,
+    /// A graceful stop: the consumer is cancelled and not taken again, so the next instance
+    /// leads at once.
+    stopped: bool,
+}
+
+struct Heard {
+    started_at: u64,
+    sequence: u64,
+    at: Instant,
+}
+
+impl DigestLeader {
+    pub fn new(
+        broker: SharedBroker,
+        exchange: impl Into<String>,
+        me: impl Into<String>,
+        interval: Duration,
+        peer_timeout: Duration,
+        codec: Codec,
+        stats: Arc<Stats>,
+    ) -> Self {
+        DigestLeader {
+            broker,
+            exchange: exchange.into(),
+            me: me.into(),
+            interval,
+            peer_timeout,
+            codec,
+            stats,
+            heard: HashMap::new(),
+            last_heartbeat: None,
+            leading: false,
+            failures: 0,
+            ticker: None,
+            control: None,
+            stream: None,
+            stopped: false,
+        }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if let Some(old) = self.ticker.take() {
+            ctx.cancel_future(old);
+        }
+        self.ticker = Some(ctx.run_interval(self.interval, |act, ctx| act.digest(ctx)));
+    }
+
+    fn on_heartbeat(&mut self, name: String, started_at: u64, sequence: u64) {
+        let now = Instant::now();
+        if !self.leading {
+            self.leading = true;
+            info!(instance = %self.me, "leading the heartbeat digest");
+        }
+        self.last_heartbeat = Some(now);
+        match self.heard.get_mut(&name) {
+            // A restart's heartbeat replaces the old run; an older run's late one does not.
+            Some(h) if h.started_at > started_at => {}
+            Some(h) if h.started_at == started_at && h.sequence > sequence => h.at = now,
+            _ => {
+                self.heard.insert(
+                    name,
+                    Heard {
+                        started_at,
+                        sequence,
+                        at: now,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Broadcasts what was heard within `peer-timeout`, in as many digests as it takes. Stops
+    /// leading once heartbeats stopped coming: another consumer has the queue now.
+    fn digest(&mut self, ctx: &mut Context<Self>) {
+        if !self.leading {
+            return;
+        }
+        let quiet = self
+            .last_heartbeat
+            .is_none_or(|at| at.elapsed() >= self.interval * 2);
+        if quiet {
+            info!(instance = %self.me, "no heartbeats lately: not leading the digest");
+            self.leading = false;
+            self.heard.clear();
+            return;
+        }
+        let timeout = self.peer_timeout;
+        self.heard.retain(|_, h| h.at.elapsed() < timeout);
+        let mut chunks = vec![Vec::new()];
+        let mut bytes = 0;
+        for (name, h) in &self.heard {
+            // Name, its length and four varints at most.
+            let size = name.len() + 32;
+            if bytes + size > DIGEST_BYTES {
+                chunks.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += size;
+            if let Some(chunk) = chunks.last_mut() {
+                chunk.push(DigestEntry {
+                    name: name.clone(),
+                    started_at: h.started_at,
+                    sequence: h.sequence,
+                    age_ms: u32::try_from(h.at.elapsed().as_millis()).unwrap_or(u32::MAX),
+                });
+            }
+        }
+        for members in chunks {
+            let message = ClusterMessage::Digest {
+                from: self.me.clone(),
+                members,
+            };
+            let send = publish(
+                self.broker.clone(),
+                self.exchange.clone(),
+                self.codec.clone(),
+                message,
+            );
+            ctx.spawn(send.into_actor(self).map(|result, act, ctx| match result {
+                Ok(()) => bump(&act.stats.digests_sent),
+                Err(error) => {
+                    act.failures += 1;
+                    warn!(%error, "cannot broadcast the digest; restarting");
+                    ctx.stop();
+                }
+            }));
+        }
+    }
+}
+
+impl Actor for DigestLeader {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.stopped {
+            return;
+        }
+        self.tick(ctx);
+        let delay = backoff::delay(self.failures).min(self.interval);
+        ctx.run_later(delay, |act, ctx| {
+            let broker = act.broker.clone();
+            let spec = heartbeat_queue(&act.exchange);
+            let subscribe = async move {
+                broker.declare_queue(&spec).await?;
+                // Heartbeats are acked one by one as they come: a leader's prefetch only
+                // bounds what a failover hands to the next one.
+                broker.subscribe(&spec.name, 256).await
+            };
+            ctx.wait(
+                subscribe
+                    .into_actor(act)
+                    .map(|result, act, ctx| match result {
+                        Ok(subscription) if !act.stopped => {
+                            debug!("consuming the heartbeat queue");
+                            act.control = Some(Arc::from(subscription.control));
+                            act.stream = Some(ctx.add_stream(subscription.deliveries));
+                        }
+                        Ok(_) => {}
+                        Err(error) => {
+                            act.failures += 1;
+                            warn!(%error, "cannot consume the heartbeat queue; restarting");
+                            ctx.stop();
+                        }
+                    }),
+            );
+        });
+    }
+}
+
+impl Supervised for DigestLeader {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        bump(&self.stats.restarts);
+        self.ticker = None;
+        self.control = None;
+        self.stream = None;
+        self.leading = false;
+        self.heard.clear();
+    }
+}
+
+impl StreamHandler<Result<Delivery, BrokerError>> for DigestLeader {
+    fn handle(&mut self, item: Result<Delivery, BrokerError>, ctx: &mut Context<Self>) {
+        let delivery = match item {
+            Ok(delivery) => delivery,
+            Err(error) => {
+                self.failures += 1;
+                warn!(%error, "heartbeat consumer failed; restarting");
+                ctx.stop();
+                return;
+            }
+        };
+        self.failures = 0;
+        let acker = delivery.acker;
+        actix::spawn(async move {
+            let _ = acker.ack().await;
+        });
+        match self
+            .codec
+            .decode(&delivery.message.body, crate::wire::now_ms())
+        {
+            Ok(ClusterMessage::Heartbeat {
+                name,
+                started_at,
+                sequence,
+            }) => self.on_heartbeat(name, started_at, sequence),
+            Ok(other) => {
+                self.stats.dropped("garbage");
+                warn!(kind = %other.routing_key(), "not a heartbeat in the heartbeat queue; dropped");
+            }
+            Err(error) => {
+                self.stats.dropped(error.reason());
+                warn!(%error, "heartbeat dropped");
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        if !self.stopped {
+            warn!("heartbeat consumer cancelled by the broker; consuming again");
+            self.failures += 1;
+            ctx.stop();
+        }
+    }
+}
+
+impl Handler<Reconfigure> for DigestLeader {
+    type Result = ();
+
+    fn handle(&mut self, Reconfigure(live): Reconfigure, ctx: &mut Context<Self>) {
+        self.peer_timeout = live.peer_timeout;
+        if self.interval != live.announce_interval {
+            self.interval = live.announce_interval;
+            if self.ticker.is_some() {
+                self.tick(ctx);
+            }
+        }
+    }
+}
+
+/// A graceful stop: the next consumer of the heartbeat queue takes over now, not when this
+/// instance's connection closes.
+impl Handler<Drain> for DigestLeader {
+    type Result = ();
+
+    fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) {
+        self.stopped = true;
+        self.leading = false;
+        if let Some(ticker) = self.ticker.take() {
+            ctx.cancel_future(ticker);
+        }
+        if let Some(control) = self.control.take() {
+            let stream = self.stream.take();
+            ctx.spawn(async move { control.cancel().await }.into_actor(self).map(
+                move |result, _, ctx| {
+                    if let Err(error) = result {
+                        debug!(%error, "cancelling the heartbeat consumer failed");
+                    }
+                    if let Some(stream) = stream {
+                        ctx.cancel_future(stream);
+                    }
+                },
+            ));
+        }
+    }
+}
