@@ -136,9 +136,11 @@ impl DigestLeader {
             .last_heartbeat
             .is_none_or(|at| at.elapsed() >= self.interval * 2);
         if quiet {
+            // What was heard stays, with its true age: after a stall (this process frozen,
+            // or starved of CPU) the next heartbeats make it lead again, and a digest that
+            // listed only those would leave every other member unrefreshed.
             info!(instance = %self.me, "no heartbeats lately: not leading the digest");
             self.leading = false;
-            self.heard.clear();
             return;
         }
         let timeout = self.peer_timeout;
@@ -247,6 +249,7 @@ impl StreamHandler<Result<Delivery, BrokerError>> for DigestLeader {
             }
         };
         self.failures = 0;
+        bump(&self.stats.cluster_deliveries);
         let acker = delivery.acker;
         actix::spawn(async move {
             let _ = acker.ack().await;

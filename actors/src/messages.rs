@@ -176,6 +176,11 @@ impl PeerState {
 #[rtype(result = "Vec<String>")]
 pub struct PeerNames;
 
+/// → PeerRegistry: how many live peers it has (cheap at any N, unlike [`PeerNames`]).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "usize")]
+pub struct PeerCount;
+
 /// → PeerRegistry: the live peers and those gone lately (left or expired), by name.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "Vec<PeerInfo>")]

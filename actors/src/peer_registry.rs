@@ -22,7 +22,7 @@ use crate::backoff;
 use crate::broker::{BrokerError, Delivery, QueueSpec, SharedBroker, same_broker};
 use crate::messages::{
     AnnounceNow, AnswerAsk, ClusterHeard, Hearing, HearingNow, ListMembers, ListPeers,
-    OwnershipChanged, Pause, PeerInfo, PeerNames, PeerState, PeersGone, Reconfigure,
+    OwnershipChanged, Pause, PeerCount, PeerInfo, PeerNames, PeerState, PeersGone, Reconfigure,
 };
 use crate::own_queues::presence_queue;
 use crate::routing::PeerRoute;
@@ -48,6 +48,9 @@ pub struct PeerRegistry {
     /// Digest mode: names asked for lately, so a digest does not ask again before the
     /// answer had time to come.
     asked: HashMap<String, Instant>,
+    /// Digest mode: when the last digest came, and whether they have stopped coming.
+    last_digest: Option<Instant>,
+    digests_quiet: bool,
     config_hash: String,
     peers: HashMap<String, Peer>,
     /// Peers that left or expired lately, for the console; forgotten after [`KEEP_GONE`].
@@ -77,7 +80,14 @@ pub struct PeerRegistry {
     conflicts: BTreeSet<String>,
     conflicts_told: Instant,
     remind_every: Duration,
+    /// See `publish_ownership`.
+    ownership_dirty: bool,
+    ownership_scheduled: bool,
+    ownership_published: Instant,
 }
+
+/// At most one ownership publish per this, so a burst of announcements costs one.
+const OWNERSHIP_GAP: Duration = Duration::from_millis(20);
 
 struct Peer {
     announcement: Announcement,
@@ -168,6 +178,8 @@ impl PeerRegistry {
             protocol: config.protocol,
             queue: None,
             asked: HashMap::new(),
+            last_digest: None,
+            digests_quiet: false,
             config_hash: config.config_hash,
             peers: HashMap::new(),
             departed: HashMap::new(),
@@ -189,13 +201,49 @@ impl PeerRegistry {
             last_claims: None,
             conflicts: BTreeSet::new(),
             conflicts_told: Instant::now(),
+            ownership_dirty: false,
+            ownership_scheduled: false,
+            ownership_published: Instant::now(),
             remind_every: (config.announce_interval * 30).min(Duration::from_secs(60)),
         }
     }
 
+    /// Ownership changed: published at once, unless it was published within
+    /// [`OWNERSHIP_GAP`]; then once at the end of it, for all the changes together. Each
+    /// publish goes over every peer and makes the router rebuild its table: when N peers
+    /// announce at once (a cluster start) that was N² work for every instance.
+    fn publish_ownership(&mut self, ctx: &mut Context<Self>) {
+        self.ownership_dirty = true;
+        if self.ownership_scheduled {
+            return;
+        }
+        let wait = OWNERSHIP_GAP.saturating_sub(self.ownership_published.elapsed());
+        if wait.is_zero() {
+            self.flush_ownership();
+            return;
+        }
+        self.ownership_scheduled = true;
+        ctx.run_later(wait, |act, _| {
+            act.ownership_scheduled = false;
+            act.flush_ownership();
+        });
+    }
+
+    /// A peer is gone: the router stops handing it mail now, not at the end of a gap (mail
+    /// handed to a peer that left waits in its outbox until it is back).
+    fn remove_from_ownership(&mut self) {
+        self.ownership_dirty = true;
+        self.flush_ownership();
+    }
+
     /// Recomputes claims, oldest peer first so an established owner keeps its IPs, and tells
     /// the router if anything changed.
-    fn publish_ownership(&mut self) {
+    fn flush_ownership(&mut self) {
+        if !self.ownership_dirty {
+            return;
+        }
+        self.ownership_dirty = false;
+        self.ownership_published = Instant::now();
         let mut peers: Vec<&Peer> = self.peers.values().collect();
         peers.sort_by_key(|p| (p.first_seen, p.announcement.name.clone()));
         let local: HashSet<IpAddr> = self.local_ips.iter().copied().collect();
@@ -296,7 +344,7 @@ impl PeerRegistry {
                 let name = a.name.clone();
                 peer.announcement = a;
                 if changed {
-                    self.publish_ownership();
+                    self.publish_ownership(ctx);
                 }
                 self.gone(moved.into_iter().collect());
                 self.heard_from(&name, ctx);
@@ -315,7 +363,7 @@ impl PeerRegistry {
                         last_seen: now,
                     },
                 );
-                self.publish_ownership();
+                self.publish_ownership(ctx);
                 if self.protocol == ClusterProtocol::Mesh {
                     // The newcomer may not know us yet. (In digest mode it asked everyone.)
                     self.announcer.do_send(AnnounceNow);
@@ -337,6 +385,18 @@ impl PeerRegistry {
     fn on_digest(&mut self, members: Vec<DigestEntry>, ctx: &mut Context<Self>) {
         bump(&self.stats.digests_received);
         let now = Instant::now();
+        let first = self.last_digest.replace(now).is_none();
+        if self.digests_quiet {
+            // As after this registry's own deafness: what was not heard meanwhile is as old
+            // as the gap, and the new leader may not have heard everyone yet.
+            self.digests_quiet = false;
+            if !first {
+                info!("digests again: every peer gets a full peer-timeout from now");
+            }
+            for peer in self.peers.values_mut() {
+                peer.last_seen = peer.last_seen.max(now);
+            }
+        }
         let mut wanted = Vec::new();
         for entry in members {
             if entry.name == self.me {
@@ -432,7 +492,7 @@ impl PeerRegistry {
             }
             None
         };
-        ctx.spawn(look.into_actor(self).map(move |found, act, _| {
+        ctx.spawn(look.into_actor(self).map(move |found, act, ctx| {
             let Some(identity) = found else {
                 debug!(peer = %name, "peer's presence queue not found here: handovers go through its handover queue");
                 return;
@@ -452,7 +512,7 @@ impl PeerRegistry {
                 ..(*peer.route).clone()
             });
             let old = std::mem::replace(&mut peer.route, route);
-            act.publish_ownership();
+            act.publish_ownership(ctx);
             act.gone(vec![old]);
         }));
     }
@@ -482,7 +542,7 @@ impl PeerRegistry {
                 if leaving {
                     info!(peer = %name, "peer left");
                     let gone = self.forget(&name, PeerState::Left);
-                    self.publish_ownership();
+                    self.remove_from_ownership();
                     self.gone(gone.into_iter().collect());
                 }
             }
@@ -532,6 +592,9 @@ impl PeerRegistry {
     /// Removes a live peer, keeping it listed as `state` for a while.
     fn forget(&mut self, name: &str, state: PeerState) -> Option<Arc<PeerRoute>> {
         let peer = self.peers.remove(name)?;
+        if state == PeerState::Expired {
+            bump(&self.stats.peers_expired);
+        }
         let now = Instant::now();
         self.departed
             .retain(|_, d| now.duration_since(d.at) < KEEP_GONE);
@@ -582,7 +645,7 @@ impl PeerRegistry {
         // A twentieth: a silent peer is forgotten at most 5% after its peer-timeout. The sweep
         // only compares instants, a thousand peers in microseconds.
         let sweep = (self.peer_timeout / 20).max(Duration::from_millis(50));
-        self.sweep = Some(ctx.run_interval(sweep, |act, _| act.expire()));
+        self.sweep = Some(ctx.run_interval(sweep, |act, ctx| act.expire(ctx)));
     }
 
     /// After a reconnect or a reload: every known peer must be heard again within the window,
@@ -592,7 +655,7 @@ impl PeerRegistry {
         let epoch = self.epoch;
         self.rejoining = self.peers.keys().cloned().collect();
         self.set_heard(false);
-        ctx.run_later(self.rejoin_window, move |act, _| {
+        ctx.run_later(self.rejoin_window, move |act, ctx| {
             if act.epoch != epoch {
                 return;
             }
@@ -606,7 +669,7 @@ impl PeerRegistry {
                     warn!(peer = %name, "peer did not re-announce after a reload or reconnect; forgotten");
                     gone.extend(act.forget(name, PeerState::Expired));
                 }
-                act.publish_ownership();
+                act.remove_from_ownership();
                 act.gone(gone);
             }
             act.set_heard(true);
@@ -614,6 +677,11 @@ impl PeerRegistry {
     }
 
     fn set_heard(&mut self, heard: bool) {
+        if heard {
+            // The router routes what it kept back as soon as it hears this: with the table
+            // as it is now, not as it was before the last gap.
+            self.flush_ownership();
+        }
         if self.heard != heard {
             self.heard = heard;
             if heard {
@@ -635,9 +703,29 @@ impl PeerRegistry {
         }
     }
 
-    fn expire(&mut self) {
+    fn expire(&mut self, ctx: &mut Context<Self>) {
         if !self.listening {
             // Silence is this instance's own deafness, not the peers' death.
+            return;
+        }
+        if self.protocol == ClusterProtocol::Digest
+            && self
+                .last_digest
+                .is_none_or(|at| at.elapsed() >= self.rejoin_window)
+        {
+            // No digest for two intervals (or none yet): the heartbeat leader is frozen (a
+            // stopped process holds its consumer until its connection times out) or being
+            // replaced. That silence says nothing of the others; forgetting them all would
+            // hold their mail.
+            if !self.digests_quiet {
+                self.digests_quiet = true;
+                if self.last_digest.is_some() {
+                    warn!(
+                        quiet = ?self.rejoin_window,
+                        "no digest lately: no peer expires until digests come again"
+                    );
+                }
+            }
             return;
         }
         let timeout = self.peer_timeout;
@@ -655,7 +743,7 @@ impl PeerRegistry {
             warn!(peer = %name, ?timeout, "peer fell silent; forgotten");
             gone.extend(self.forget(&name, PeerState::Expired));
         }
-        self.publish_ownership();
+        self.remove_from_ownership();
         self.gone(gone);
     }
 
@@ -739,6 +827,9 @@ impl Supervised for PeerRegistry {
         self.listening = false;
         self.epoch += 1;
         self.set_heard(false);
+        // A scheduled publish died with the old context.
+        self.ownership_scheduled = false;
+        self.flush_ownership();
     }
 }
 
@@ -754,6 +845,7 @@ impl StreamHandler<Result<Delivery, BrokerError>> for PeerRegistry {
             }
         };
         self.failures = 0;
+        bump(&self.stats.cluster_deliveries);
         let acker = delivery.acker;
         // Cluster messages are state: acked on receipt, the next announcement repairs a loss.
         actix::spawn(async move {
@@ -792,7 +884,7 @@ impl Handler<Reconfigure> for PeerRegistry {
             self.schedule_sweep(ctx);
         }
         // A peer's claim on an IP that was this instance's is valid now, and the reverse.
-        self.publish_ownership();
+        self.publish_ownership(ctx);
     }
 }
 
@@ -819,6 +911,14 @@ impl Handler<ListPeers> for PeerRegistry {
             .collect();
         peers.sort_by(|a, b| a.announcement.name.cmp(&b.announcement.name));
         MessageResult(peers)
+    }
+}
+
+impl Handler<PeerCount> for PeerRegistry {
+    type Result = usize;
+
+    fn handle(&mut self, _: PeerCount, _: &mut Context<Self>) -> usize {
+        self.peers.len()
     }
 }
 

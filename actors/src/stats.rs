@@ -29,6 +29,11 @@ pub struct Stats {
     pub queues_redeclared: AtomicU64,
     pub announcements_sent: AtomicU64,
     pub announcements_received: AtomicU64,
+    /// Cluster frames taken from the broker (listener queue and heartbeat queue), whatever
+    /// they held: this instance's share of the cluster broker's deliveries.
+    pub cluster_deliveries: AtomicU64,
+    /// Peers forgotten for silence (after `peer-timeout`, or not back after a reload).
+    pub peers_expired: AtomicU64,
     /// `cluster-protocol: digest`: heartbeats put into the heartbeat queue, digests broadcast
     /// (as the queue's active consumer) and received, asks sent and answered.
     pub heartbeats_sent: AtomicU64,
@@ -116,6 +121,8 @@ pub struct StatsSnapshot {
     pub queues_redeclared: u64,
     pub announcements_sent: u64,
     pub announcements_received: u64,
+    pub cluster_deliveries: u64,
+    pub peers_expired: u64,
     pub heartbeats_sent: u64,
     pub digests_sent: u64,
     pub digests_received: u64,
@@ -166,6 +173,8 @@ impl Stats {
             queues_redeclared: get(&self.queues_redeclared),
             announcements_sent: get(&self.announcements_sent),
             announcements_received: get(&self.announcements_received),
+            cluster_deliveries: get(&self.cluster_deliveries),
+            peers_expired: get(&self.peers_expired),
             heartbeats_sent: get(&self.heartbeats_sent),
             digests_sent: get(&self.digests_sent),
             digests_received: get(&self.digests_received),

@@ -281,5 +281,45 @@ async fn the_digest_leader_dies_and_nobody_else_is_forgotten() {
             "at {}",
             member.instance.settings.name
         );
+        // Once: nobody else was forgotten and heard again meanwhile either.
+        assert_eq!(member.instance.stats.snapshot().peers_expired, 1);
+    }
+}
+
+/// A frozen leader keeps the heartbeat queue (its consumer is still there) while it says
+/// nothing: the others must not take the missing digests for everyone's death.
+#[actix::test]
+async fn a_frozen_digest_leader_makes_nobody_forget_anybody() {
+    let (_broker, fleet) = fleet(
+        "leader-freeze",
+        Duration::from_millis(100),
+        Duration::from_secs(1),
+        ClusterProtocol::Digest,
+    )
+    .await;
+    let frozen = leader(&fleet).await;
+    let beats = |fleet: &Fleet| {
+        fleet
+            .members
+            .iter()
+            .find(|m| m.instance.settings.name == frozen)
+            .map_or(0, |m| m.instance.stats.snapshot().heartbeats_sent)
+    };
+    let before = beats(&fleet);
+    // Three peer-timeouts.
+    fleet.freeze(&frozen, Duration::from_secs(3));
+    let thawed = wait_for("the leader thawed", LIMIT, || async {
+        beats(&fleet) > before + 5
+    })
+    .await;
+    assert!(thawed.is_ok());
+    assert!(
+        fleet.time_to_agree(Instant::now(), LIMIT).await.is_some(),
+        "after the freeze"
+    );
+    // Counted, not listed: a peer forgotten and heard again is listed as alive.
+    for member in &fleet.members {
+        let expired = member.instance.stats.snapshot().peers_expired;
+        assert_eq!(expired, 0, "{} forgot peers", member.instance.settings.name);
     }
 }

@@ -4,11 +4,16 @@
 //! leaves (graceful), after one dies silently and after one joins; cluster messages delivered
 //! per second at steady state; CPU and RSS per instance.
 //!
+//! Each size runs with both `cluster-protocol`s: `mesh`, the baseline (every instance announces
+//! to every other each interval, as MailerQ and mailroute 0.1 do), and `digest`.
+//!
 //! `cargo bench --bench scale` (N = 10, 100, 1000; `-- 10 50` for others; `-- --rabbitmq 100`
-//! for N instances on the local RabbitMQ, one connection each, in a vhost of their own).
-//! Prints a table and writes `target/bench/scale.json` (`scale-rabbitmq.json`). Cluster
-//! traffic is counted where it arrives: announcements received, all instances together. A phase that does not agree within its limit is reported
-//! as such (`null`), as is a run stopped because the process grew past 8 GiB.
+//! for N instances on the local RabbitMQ, one connection each, in a vhost of their own;
+//! `--protocol digest` for one protocol only). Prints a table and writes
+//! `target/bench/scale.json` (`scale-rabbitmq.json`). Cluster traffic is counted where it
+//! arrives: every cluster frame the instances take from the broker, all together. A phase
+//! that does not agree within its limit is reported as such (`null`), as is a run stopped
+//! because the process grew past 8 GiB.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -22,6 +27,7 @@ use mailroute::amqp::AmqpBroker;
 use mailroute_actors::InstanceSettings;
 use mailroute_actors::broker::SharedBroker;
 use mailroute_actors::memory::MemoryBroker;
+use mailroute_actors::settings::ClusterProtocol;
 use mailroute_actors::testkit::fleet::Fleet;
 
 /// The allocator `mailroute serve` ships with (see `src/main.rs`).
@@ -39,6 +45,7 @@ const RSS_CAP_KIB: u64 = 8 * 1024 * 1024;
 struct ScaleRow {
     name: String,
     n: usize,
+    protocol: String,
     announce_interval_s: f64,
     peer_timeout_s: f64,
     /// All N started together: until every registry lists the other N-1.
@@ -57,12 +64,20 @@ struct ScaleRow {
     note: String,
 }
 
-fn settings(i: usize) -> InstanceSettings {
+fn settings(i: usize, protocol: ClusterProtocol) -> InstanceSettings {
     let ip = IpAddr::from([10, 200 + (i >> 16) as u8, (i >> 8) as u8, i as u8]);
     let mut s = InstanceSettings::new(format!("i{i:04}"), vec![ip]);
     s.announce_interval = INTERVAL;
     s.peer_timeout = PEER_TIMEOUT;
+    s.protocol = protocol;
     s
+}
+
+fn protocol_name(protocol: ClusterProtocol) -> &'static str {
+    match protocol {
+        ClusterProtocol::Mesh => "mesh",
+        ClusterProtocol::Digest => "digest",
+    }
 }
 
 fn rss_kib() -> u64 {
@@ -81,7 +96,10 @@ async fn agree(fleet: &Fleet, since: Instant, note: &mut String, phase: &str) ->
             return None;
         }
         if Instant::now() >= deadline {
-            note.push_str(&format!("{phase}: no agreement within {LIMIT:?}; "));
+            note.push_str(&format!(
+                "{phase}: no agreement within {LIMIT:?} ({}); ",
+                fleet.disagreement(5).await
+            ));
             return None;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -108,20 +126,21 @@ impl Brokers {
     }
 }
 
-async fn scale(n: usize, rabbitmq: bool) -> ScaleRow {
+async fn scale(n: usize, rabbitmq: bool, protocol: ClusterProtocol) -> ScaleRow {
     let brokers = if rabbitmq {
         Brokers::RabbitMq(common::TestVhost::new(&format!("scale-{n}")))
     } else {
         Brokers::Memory(MemoryBroker::new(format!("scale-{n}")))
     };
-    let mut fleet = Fleet::new(settings);
+    let mut fleet = Fleet::new(move |i| settings(i, protocol));
     let mut row = ScaleRow {
-        name: if rabbitmq {
-            format!("scale N={n} (RabbitMQ)")
-        } else {
-            format!("scale N={n}")
-        },
+        name: format!(
+            "scale N={n} {}{}",
+            protocol_name(protocol),
+            if rabbitmq { " (RabbitMQ)" } else { "" }
+        ),
         n,
+        protocol: protocol_name(protocol).into(),
         announce_interval_s: INTERVAL.as_secs_f64(),
         peer_timeout_s: PEER_TIMEOUT.as_secs_f64(),
         start_s: None,
@@ -150,7 +169,7 @@ async fn scale(n: usize, rabbitmq: bool) -> ScaleRow {
     // One interval first: the answers to the start's hellos are not steady traffic.
     tokio::time::sleep(INTERVAL).await;
     let (messages, cpu, node, window) = (
-        fleet.announcements_received(),
+        fleet.cluster_deliveries(),
         common::process_cpu(),
         common::rabbitmq_cpu(),
         Instant::now(),
@@ -158,7 +177,7 @@ async fn scale(n: usize, rabbitmq: bool) -> ScaleRow {
     // A measurement window: the traffic of a quiet cluster over five announce intervals.
     tokio::time::sleep(STEADY_WINDOW).await;
     let elapsed = window.elapsed().as_secs_f64();
-    row.steady_msgs_per_s = Some((fleet.announcements_received() - messages) as f64 / elapsed);
+    row.steady_msgs_per_s = Some((fleet.cluster_deliveries() - messages) as f64 / elapsed);
     if rabbitmq {
         row.broker_cpu_pct_per_instance = node
             .zip(common::rabbitmq_cpu())
@@ -173,9 +192,18 @@ async fn scale(n: usize, rabbitmq: bool) -> ScaleRow {
     fleet.leave(&leaving).await;
     row.leave_s = agree(&fleet, t, &mut row.note, "leave").await;
     let dying = fleet.members[0].instance.settings.name.clone();
+    let digests = fleet.digests_sent() - fleet.members[0].instance.stats.snapshot().digests_sent;
     let t = Instant::now();
     fleet.kill(&dying);
     row.silent_death_s = agree(&fleet, t, &mut row.note, "silent death").await;
+    if protocol == ClusterProtocol::Digest {
+        // The heartbeat queue's second consumer (the first left): the leader itself died.
+        let after = fleet.digests_sent();
+        row.note.push_str(&format!(
+            "digests sent by the survivors since the death: {}; ",
+            after - digests
+        ));
+    }
     let t = Instant::now();
     fleet
         .add(brokers.next().await, false)
@@ -200,18 +228,27 @@ fn main() {
         .and_then(|n| n.parse::<usize>().ok())
     {
         let rabbitmq = args.iter().any(|a| a == "--rabbitmq");
-        let row = actix_rt::System::new().block_on(scale(n, rabbitmq));
+        let protocol = if args.iter().any(|a| a == "digest") {
+            ClusterProtocol::Digest
+        } else {
+            ClusterProtocol::Mesh
+        };
+        let row = actix_rt::System::new().block_on(scale(n, rabbitmq, protocol));
         println!("{}", serde_json::to_string(&row).unwrap_or_default());
         return;
     }
     let sizes: Vec<usize> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let protocols: Vec<&str> = match args.iter().position(|a| a == "--protocol") {
+        Some(i) => args.get(i + 1).map(String::as_str).into_iter().collect(),
+        None => vec!["mesh", "digest"],
+    };
     let sizes = if sizes.is_empty() {
         vec![10, 100, 1000]
     } else {
         sizes
     };
     println!(
-        "{:<28} {:>8} {:>10} {:>11} {:>10} {:>12} {:>8} {:>8} {:>8}  note",
+        "{:<32} {:>8} {:>10} {:>11} {:>10} {:>12} {:>8} {:>8} {:>8}  note",
         "scenario",
         "start s",
         "msgs/s",
@@ -223,9 +260,12 @@ fn main() {
         "join s"
     );
     let mut rows: Vec<serde_json::Value> = Vec::new();
-    for n in sizes {
+    let runs = sizes
+        .iter()
+        .flat_map(|n| protocols.iter().map(move |p| (*n, *p)));
+    for (n, protocol) in runs {
         let mut child = std::process::Command::new(&args[0]);
-        child.args(["--one", &n.to_string()]);
+        child.args(["--one", &n.to_string(), "--protocol", protocol]);
         if args.iter().any(|a| a == "--rabbitmq") {
             child.arg("--rabbitmq");
         }
@@ -237,12 +277,12 @@ fn main() {
                 .find_map(|l| serde_json::from_str(l).ok())
         });
         let Some(row) = row else {
-            println!("scale N={n}: the run ended without a result (killed?)");
+            println!("scale N={n} {protocol}: the run ended without a result (killed?)");
             continue;
         };
         let f = |key: &str, digits: usize| opt(row[key].as_f64(), digits);
         println!(
-            "{:<28} {:>8} {:>10} {:>11} {:>10} {:>12} {:>8} {:>8} {:>8}  {}",
+            "{:<32} {:>8} {:>10} {:>11} {:>10} {:>12} {:>8} {:>8} {:>8}  {}",
             row["name"].as_str().unwrap_or("?"),
             f("start_s", 2),
             f("steady_msgs_per_s", 0),

@@ -90,6 +90,11 @@ pub async fn scrape(state: web::Data<ConsoleState>) -> HttpResponse {
         counter(&s.publish_errors),
     );
     registry.register(
+        "peers_expired",
+        "Peers forgotten for silence (peer-timeout, or not back after a reload)",
+        counter(&s.peers_expired),
+    );
+    registry.register(
         "restarts",
         "Actor restarts (reconnects after a broker error)",
         counter(&s.restarts),

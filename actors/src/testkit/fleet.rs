@@ -9,7 +9,7 @@ use actix::Arbiter;
 
 use crate::Instance;
 use crate::broker::{BrokerError, SharedBroker};
-use crate::messages::PeerNames;
+use crate::messages::{PeerCount, PeerNames};
 use crate::settings::InstanceSettings;
 
 pub struct Member {
@@ -69,11 +69,20 @@ impl Fleet {
         Ok(name)
     }
 
-    /// Announcements received, all members together: the cluster traffic that reached them.
-    pub fn announcements_received(&self) -> u64 {
+    /// Cluster frames the members took from the broker, all together: the cluster traffic
+    /// that reached them (announcements, digests, asks, heartbeats, operator commands).
+    pub fn cluster_deliveries(&self) -> u64 {
         self.members
             .iter()
-            .map(|m| m.instance.stats.snapshot().announcements_received)
+            .map(|m| m.instance.stats.snapshot().cluster_deliveries)
+            .sum()
+    }
+
+    /// Digests broadcast, all members together (only the heartbeat queue's consumer sends).
+    pub fn digests_sent(&self) -> u64 {
+        self.members
+            .iter()
+            .map(|m| m.instance.stats.snapshot().digests_sent)
             .sum()
     }
 
@@ -86,6 +95,14 @@ impl Fleet {
 
     /// Whether every member lists exactly every other one as a live peer.
     pub async fn agreed(&self) -> bool {
+        // Counts first: listing every name of every member is N² strings, too slow to poll
+        // at N = 1,000 while the counts still differ.
+        for member in &self.members {
+            match member.instance.registry.send(PeerCount).await {
+                Ok(count) if count + 1 == self.members.len() => {}
+                _ => return false,
+            }
+        }
         let names = self.names();
         for member in &self.members {
             let me = &member.instance.settings.name;
@@ -98,6 +115,26 @@ impl Fleet {
             }
         }
         true
+    }
+
+    /// Who does not agree, for a report: the members whose peer count is off, with it (at
+    /// most `max` of them), and how many there are.
+    pub async fn disagreement(&self, max: usize) -> String {
+        let want = self.members.len().saturating_sub(1);
+        let mut off = Vec::new();
+        for member in &self.members {
+            let count = member.instance.registry.send(PeerCount).await.unwrap_or(0);
+            if count != want {
+                off.push(format!("{}: {count}", member.instance.settings.name));
+            }
+        }
+        let total = off.len();
+        off.truncate(max);
+        format!(
+            "{total} of {} off (want {want}): {}",
+            self.members.len(),
+            off.join(", ")
+        )
     }
 
     /// How long from `since` until every member agrees (polled), or `None` within `limit`.
@@ -119,6 +156,19 @@ impl Fleet {
         if let Some(member) = self.take(name) {
             member.instance.shutdown(Duration::from_secs(5)).await;
             // Its actors keep running until the end (a process would exit): silent after Leave.
+        }
+    }
+
+    /// A freeze (a stopped process, a paused VM): the member's thread blocks for `how_long`;
+    /// its consumers stay registered, so the broker keeps delivering to it meanwhile.
+    pub fn freeze(&self, name: &str, how_long: Duration) {
+        let arbiter = self
+            .members
+            .iter()
+            .find(|m| m.instance.settings.name == name)
+            .and_then(|m| m.arbiter.as_ref());
+        if let Some(arbiter) = arbiter {
+            arbiter.spawn(async move { std::thread::sleep(how_long) });
         }
     }
 
