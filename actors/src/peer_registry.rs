@@ -645,7 +645,7 @@ impl PeerRegistry {
         // A twentieth: a silent peer is forgotten at most 5% after its peer-timeout. The sweep
         // only compares instants, a thousand peers in microseconds.
         let sweep = (self.peer_timeout / 20).max(Duration::from_millis(50));
-        self.sweep = Some(ctx.run_interval(sweep, |act, ctx| act.expire(ctx)));
+        self.sweep = Some(ctx.run_interval(sweep, |act, _| act.expire()));
     }
 
     /// After a reconnect or a reload: every known peer must be heard again within the window,
@@ -655,7 +655,7 @@ impl PeerRegistry {
         let epoch = self.epoch;
         self.rejoining = self.peers.keys().cloned().collect();
         self.set_heard(false);
-        ctx.run_later(self.rejoin_window, move |act, ctx| {
+        ctx.run_later(self.rejoin_window, move |act, _| {
             if act.epoch != epoch {
                 return;
             }
@@ -703,7 +703,7 @@ impl PeerRegistry {
         }
     }
 
-    fn expire(&mut self, ctx: &mut Context<Self>) {
+    fn expire(&mut self) {
         if !self.listening {
             // Silence is this instance's own deafness, not the peers' death.
             return;
