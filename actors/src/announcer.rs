@@ -79,7 +79,7 @@ impl Announcer {
         self.announcement.sequence += 1;
         let message = ClusterMessage::Announcement(self.announcement.clone());
         let to = Destination::exchange(&self.exchange, message.routing_key());
-        self.send(ctx, to, message, |stats| &stats.announcements_sent);
+        self.send(ctx, to, message, None, |stats| &stats.announcements_sent);
     }
 }
 
@@ -107,7 +107,10 @@ impl Announcer {
             sequence: self.announcement.sequence,
         };
         let to = Destination::queue(heartbeat_queue(&self.exchange).name);
-        self.send(ctx, to, message, |stats| &stats.heartbeats_sent);
+        // Worth nothing after an interval, when the next one is due: a heartbeat that waited
+        // in the queue (a frozen leader) must not make its sender look alive when it is read.
+        let ttl = Some(self.interval);
+        self.send(ctx, to, message, ttl, |stats| &stats.heartbeats_sent);
     }
 
     /// Publishes `message` to `to`; a failure restarts the announcer (the broker is gone).
@@ -116,9 +119,10 @@ impl Announcer {
         ctx: &mut Context<Self>,
         to: Destination,
         message: ClusterMessage,
+        ttl: Option<Duration>,
         counter: fn(&Stats) -> &std::sync::atomic::AtomicU64,
     ) {
-        let publish = publish_to(self.broker.clone(), to, self.codec.clone(), message);
+        let publish = publish_to(self.broker.clone(), to, self.codec.clone(), message, ttl);
         ctx.spawn(
             publish
                 .into_actor(self)
@@ -146,21 +150,27 @@ pub async fn publish(
     message: ClusterMessage,
 ) -> Result<(), BrokerError> {
     let to = Destination::exchange(exchange, message.routing_key());
-    publish_to(broker, to, codec, message).await
+    publish_to(broker, to, codec, message, None).await
 }
 
-/// [`publish`] to any destination (a queue, through the default exchange).
+/// [`publish`] to any destination (a queue, through the default exchange); with `ttl`, the
+/// broker drops it unread after that long (`expiration`).
 pub async fn publish_to(
     broker: SharedBroker,
     to: Destination,
     codec: Codec,
     message: ClusterMessage,
+    ttl: Option<Duration>,
 ) -> Result<(), BrokerError> {
     let body = codec
         .encode(&message, crate::wire::now_ms())
         .map_err(|e| BrokerError::Other(e.to_string()))?;
+    let properties = Properties {
+        expiration: ttl.map(|ttl| ttl.as_millis().max(1).to_string()),
+        ..Properties::default()
+    };
     broker
-        .publish(&to, &Message::new(body, Properties::default()), false)
+        .publish(&to, &Message::new(body, properties), false)
         .await
 }
 
@@ -330,7 +340,7 @@ impl Handler<AnswerAsk> for Announcer {
             return;
         }
         let message = ClusterMessage::Announcement(self.announcement.clone());
-        self.send(ctx, Destination::queue(reply_to), message, |stats| {
+        self.send(ctx, Destination::queue(reply_to), message, None, |stats| {
             &stats.asks_answered
         });
     }

@@ -102,11 +102,21 @@ impl DigestLeader {
         self.ticker = Some(ctx.run_interval(self.interval, |act, ctx| act.digest(ctx)));
     }
 
-    fn on_heartbeat(&mut self, name: String, started_at: u64, sequence: u64) {
+    fn on_heartbeat(
+        &mut self,
+        name: String,
+        started_at: u64,
+        sequence: u64,
+        ctx: &mut Context<Self>,
+    ) {
         let now = Instant::now();
         if !self.leading {
             self.leading = true;
             info!(instance = %self.me, "leading the heartbeat digest");
+            // The first digest one interval from now, when every live member has sent a
+            // heartbeat here: a digest of only the first few would leave the others to age
+            // toward their peer-timeout at every registry.
+            self.tick(ctx);
         }
         self.last_heartbeat = Some(now);
         match self.heard.get_mut(&name) {
@@ -251,6 +261,7 @@ impl StreamHandler<Result<Delivery, BrokerError>> for DigestLeader {
         self.failures = 0;
         bump(&self.stats.cluster_deliveries);
         let acker = delivery.acker;
+        let redelivered = delivery.redelivered;
         actix::spawn(async move {
             let _ = acker.ack().await;
         });
@@ -258,11 +269,15 @@ impl StreamHandler<Result<Delivery, BrokerError>> for DigestLeader {
             .codec
             .decode(&delivery.message.body, crate::wire::now_ms())
         {
+            // Taken by a leader that died before acking it: from before that death, and its
+            // sender's next one is due within an interval (this leader's first digest waits
+            // that long). Counting it now would keep a dead sender alive a little longer.
+            Ok(ClusterMessage::Heartbeat { .. }) if redelivered => {}
             Ok(ClusterMessage::Heartbeat {
                 name,
                 started_at,
                 sequence,
-            }) => self.on_heartbeat(name, started_at, sequence),
+            }) => self.on_heartbeat(name, started_at, sequence, ctx),
             Ok(other) => {
                 self.stats.dropped("garbage");
                 warn!(kind = %other.routing_key(), "not a heartbeat in the heartbeat queue; dropped");

@@ -387,14 +387,17 @@ impl PeerRegistry {
         let now = Instant::now();
         let first = self.last_digest.replace(now).is_none();
         if self.digests_quiet {
-            // As after this registry's own deafness: what was not heard meanwhile is as old
-            // as the gap, and the new leader may not have heard everyone yet.
+            // What was not heard during the gap is as old as the gap. A leader digests one
+            // interval after it took over, so this digest lists every member alive: one not
+            // in it gets one more interval (another digest), the time a dead leader has left.
             self.digests_quiet = false;
             if !first {
-                info!("digests again: every peer gets a full peer-timeout from now");
+                info!("digests again");
             }
+            let grace = self.peer_timeout.saturating_sub(self.announce_interval);
+            let floor = now.checked_sub(grace).unwrap_or(now);
             for peer in self.peers.values_mut() {
-                peer.last_seen = peer.last_seen.max(now);
+                peer.last_seen = peer.last_seen.max(floor);
             }
         }
         let mut wanted = Vec::new();
@@ -708,20 +711,21 @@ impl PeerRegistry {
             // Silence is this instance's own deafness, not the peers' death.
             return;
         }
+        let quiet_after = self.announce_interval * 3 / 2;
         if self.protocol == ClusterProtocol::Digest
             && self
                 .last_digest
-                .is_none_or(|at| at.elapsed() >= self.rejoin_window)
+                .is_none_or(|at| at.elapsed() >= quiet_after)
         {
-            // No digest for two intervals (or none yet): the heartbeat leader is frozen (a
-            // stopped process holds its consumer until its connection times out) or being
-            // replaced. That silence says nothing of the others; forgetting them all would
-            // hold their mail.
+            // A digest missed (or none yet): the heartbeat leader is frozen (a stopped
+            // process holds its consumer until its connection times out) or being replaced.
+            // That silence says nothing of the others; forgetting them all would hold their
+            // mail.
             if !self.digests_quiet {
                 self.digests_quiet = true;
                 if self.last_digest.is_some() {
                     warn!(
-                        quiet = ?self.rejoin_window,
+                        quiet = ?quiet_after,
                         "no digest lately: no peer expires until digests come again"
                     );
                 }
