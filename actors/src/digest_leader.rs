@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 use crate::announcer::publish;
 use crate::backoff;
 use crate::broker::{BrokerError, ConsumerControl, Delivery, QueueSpec, SharedBroker};
-use crate::messages::{Drain, Reconfigure};
+use crate::messages::{Drain, ListPeers, Reconfigure};
 use crate::stats::{Stats, bump};
 use crate::wire::{ClusterMessage, Codec, DigestEntry, MAX_FRAME};
 
@@ -43,10 +43,14 @@ pub struct DigestLeader {
     broker: SharedBroker,
     exchange: String,
     me: String,
+    /// This instance's run, for its own entry when it takes over.
+    started_at: u64,
     interval: Duration,
     peer_timeout: Duration,
     codec: Codec,
     stats: Arc<Stats>,
+    /// This instance's registry: what it last heard of each peer seeds a new leadership.
+    registry: Recipient<ListPeers>,
     /// Per member: its run, the sequence of its latest announcement, when last heard.
     heard: HashMap<String, Heard>,
     last_heartbeat: Option<Instant>,
@@ -71,12 +75,16 @@ impl DigestLeader {
         broker: SharedBroker,
         exchange: impl Into<String>,
         me: impl Into<String>,
+        started_at: u64,
         interval: Duration,
         peer_timeout: Duration,
         codec: Codec,
         stats: Arc<Stats>,
+        registry: Recipient<ListPeers>,
     ) -> Self {
         DigestLeader {
+            registry,
+            started_at,
             broker,
             exchange: exchange.into(),
             me: me.into(),
@@ -113,10 +121,7 @@ impl DigestLeader {
         if !self.leading {
             self.leading = true;
             info!(instance = %self.me, "leading the heartbeat digest");
-            // The first digest one interval from now, when every live member has sent a
-            // heartbeat here: a digest of only the first few would leave the others to age
-            // toward their peer-timeout at every registry.
-            self.tick(ctx);
+            self.take_over(ctx);
         }
         self.last_heartbeat = Some(now);
         match self.heard.get_mut(&name) {
@@ -134,6 +139,44 @@ impl DigestLeader {
                 );
             }
         }
+    }
+
+    /// A new leadership (the previous leader died, left or stalled): what this instance's
+    /// registry last heard of each peer (through the previous leader's digests) is the
+    /// starting point, with its true age, so the first digest lists every member and can go
+    /// out after a quarter interval of fresh heartbeats. A digest of only the few heard since
+    /// taking over would leave the others ageing toward their peer-timeout everywhere.
+    fn take_over(&mut self, ctx: &mut Context<Self>) {
+        let ask = self.registry.send(ListPeers);
+        ctx.spawn(ask.into_actor(self).map(|peers, act, ctx| {
+            let now = Instant::now();
+            // Itself: alive, whenever its own heartbeat comes through the queue. Sequence 0
+            // never reads as newer news than what a registry holds.
+            act.heard.entry(act.me.clone()).or_insert(Heard {
+                started_at: act.started_at,
+                sequence: 0,
+                at: now,
+            });
+            for peer in peers.unwrap_or_default() {
+                let a = peer.announcement;
+                if peer.last_seen >= act.peer_timeout || act.heard.contains_key(&a.name) {
+                    continue;
+                }
+                let Some(at) = now.checked_sub(peer.last_seen) else {
+                    continue;
+                };
+                act.heard.insert(
+                    a.name,
+                    Heard {
+                        started_at: a.started_at,
+                        sequence: a.sequence,
+                        at,
+                    },
+                );
+            }
+            ctx.run_later(act.interval / 4, |act, ctx| act.digest(ctx));
+            act.tick(ctx);
+        }));
     }
 
     /// Broadcasts what was heard within `peer-timeout`, in as many digests as it takes. Stops

@@ -187,10 +187,12 @@ impl Instance {
                 cluster.clone(),
                 settings.cluster_exchange.clone(),
                 settings.name.clone(),
+                started_at,
                 settings.announce_interval,
                 settings.peer_timeout,
                 settings.codec.clone(),
                 stats.clone(),
+                registry.clone().recipient(),
             );
             Supervisor::start(move |_| leader)
         });

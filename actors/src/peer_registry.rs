@@ -51,6 +51,8 @@ pub struct PeerRegistry {
     /// Digest mode: when the last digest came, and whether they have stopped coming.
     last_digest: Option<Instant>,
     digests_quiet: bool,
+    /// Who sent the last digest: a change is a new leadership.
+    digest_from: Option<String>,
     config_hash: String,
     peers: HashMap<String, Peer>,
     /// Peers that left or expired lately, for the console; forgotten after [`KEEP_GONE`].
@@ -180,6 +182,7 @@ impl PeerRegistry {
             asked: HashMap::new(),
             last_digest: None,
             digests_quiet: false,
+            digest_from: None,
             config_hash: config.config_hash,
             peers: HashMap::new(),
             departed: HashMap::new(),
@@ -382,19 +385,25 @@ impl PeerRegistry {
 
     /// Digest mode: refreshes the members heard lately, and asks for the announcements this
     /// registry lacks or holds an older one of.
-    fn on_digest(&mut self, members: Vec<DigestEntry>, ctx: &mut Context<Self>) {
+    fn on_digest(&mut self, from: String, members: Vec<DigestEntry>, ctx: &mut Context<Self>) {
         bump(&self.stats.digests_received);
         let now = Instant::now();
         let first = self.last_digest.replace(now).is_none();
-        if self.digests_quiet {
-            // What was not heard during the gap is as old as the gap. A leader digests one
-            // interval after it took over, so this digest lists every member alive: one not
-            // in it gets one more interval (another digest), the time a dead leader has left.
-            self.digests_quiet = false;
-            if !first {
+        let new_leader = self.digest_from.as_ref().is_some_and(|f| *f != from);
+        self.digest_from = Some(from);
+        if new_leader || self.digests_quiet {
+            // A new leader, or digests again after a pause: what was not heard in between is
+            // as old as the gap, and the leader may not have heard every member yet (a
+            // heartbeat per interval reaches it; the last digest's news was already up to two
+            // intervals old). Everyone gets at least two more intervals from now; a dead
+            // leader is no longer in them, and expires as before.
+            if new_leader {
+                info!(leader = ?self.digest_from, "a new digest leader");
+            } else if !first {
                 info!("digests again");
             }
-            let grace = self.peer_timeout.saturating_sub(self.announce_interval);
+            self.digests_quiet = false;
+            let grace = self.peer_timeout.saturating_sub(self.announce_interval * 2);
             let floor = now.checked_sub(grace).unwrap_or(now);
             for peer in self.peers.values_mut() {
                 peer.last_seen = peer.last_seen.max(floor);
@@ -562,7 +571,7 @@ impl PeerRegistry {
             }
             ClusterMessage::Drain { from } => self.pause(true, from),
             ClusterMessage::Resume { from } => self.pause(false, from),
-            ClusterMessage::Digest { from: _, members } => self.on_digest(members, ctx),
+            ClusterMessage::Digest { from, members } => self.on_digest(from, members, ctx),
             ClusterMessage::Ask {
                 from,
                 reply_to,

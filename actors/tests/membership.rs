@@ -196,11 +196,13 @@ async fn leader(fleet: &Fleet) -> String {
 
 #[actix::test]
 async fn the_digest_leader_dies_and_nobody_else_is_forgotten() {
-    let interval = Duration::from_millis(100);
+    // The defaults' ratio (peer-timeout = 3 intervals), scaled down ten times: a digest's
+    // news is up to two intervals old, so a slow takeover would make survivors expire here.
+    let interval = Duration::from_millis(200);
     let (broker, mut fleet) = fleet(
         "leader-death",
         interval,
-        Duration::from_secs(1),
+        interval * 3,
         ClusterProtocol::Digest,
     )
     .await;
@@ -256,9 +258,11 @@ async fn the_digest_leader_dies_and_nobody_else_is_forgotten() {
     let new = leader(&fleet).await;
     assert_ne!(new, old);
     let beats_now = heartbeats(&fleet);
-    let waited = wait_for("3 peer-timeouts of heartbeats", LIMIT, || async {
-        heartbeats(&fleet) >= beats_now + 30 * (N as u64 - 1)
-    })
+    let waited = wait_for(
+        "10 intervals (3 peer-timeouts) of heartbeats",
+        LIMIT,
+        || async { heartbeats(&fleet) >= beats_now + 10 * (N as u64 - 1) },
+    )
     .await;
     assert!(waited.is_ok());
     assert!(fleet.agreed().await, "a survivor was forgotten");
