@@ -17,6 +17,7 @@ use crate::announcer::publish;
 use crate::backoff;
 use crate::broker::{BrokerError, ConsumerControl, Delivery, QueueSpec, SharedBroker};
 use crate::messages::{Drain, ListPeers, Reconfigure};
+use crate::settings::InstanceSettings;
 use crate::stats::{Stats, bump};
 use crate::wire::{ClusterMessage, Codec, DigestEntry, MAX_FRAME};
 
@@ -71,14 +72,11 @@ struct Heard {
 }
 
 impl DigestLeader {
+    /// `started_at`: this instance's run, as it announces it.
     pub fn new(
+        settings: &InstanceSettings,
         broker: SharedBroker,
-        exchange: impl Into<String>,
-        me: impl Into<String>,
         started_at: u64,
-        interval: Duration,
-        peer_timeout: Duration,
-        codec: Codec,
         stats: Arc<Stats>,
         registry: Recipient<ListPeers>,
     ) -> Self {
@@ -86,11 +84,11 @@ impl DigestLeader {
             registry,
             started_at,
             broker,
-            exchange: exchange.into(),
-            me: me.into(),
-            interval,
-            peer_timeout,
-            codec,
+            exchange: settings.cluster_exchange.clone(),
+            me: settings.name.clone(),
+            interval: settings.announce_interval,
+            peer_timeout: settings.peer_timeout,
+            codec: settings.codec.clone(),
             stats,
             heard: HashMap::new(),
             last_heartbeat: None,

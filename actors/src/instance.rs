@@ -184,13 +184,9 @@ impl Instance {
         let relay = Supervisor::start(move |_| relay);
         let leader = (settings.protocol == ClusterProtocol::Digest).then(|| {
             let leader = DigestLeader::new(
+                &settings,
                 cluster.clone(),
-                settings.cluster_exchange.clone(),
-                settings.name.clone(),
                 started_at,
-                settings.announce_interval,
-                settings.peer_timeout,
-                settings.codec.clone(),
                 stats.clone(),
                 registry.clone().recipient(),
             );
