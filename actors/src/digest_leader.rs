@@ -40,6 +40,25 @@ pub fn heartbeat_queue(exchange: &str) -> QueueSpec {
     }
 }
 
+/// Splits a digest into frames that each stay under [`DIGEST_BYTES`] encoded.
+fn chunked(entries: impl Iterator<Item = DigestEntry>) -> Vec<Vec<DigestEntry>> {
+    let mut chunks = vec![Vec::new()];
+    let mut bytes = 0;
+    for entry in entries {
+        // The name, its length and three varints, at most.
+        let size = entry.name.len() + 32;
+        if bytes + size > DIGEST_BYTES {
+            chunks.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        if let Some(chunk) = chunks.last_mut() {
+            chunk.push(entry);
+        }
+    }
+    chunks
+}
+
 pub struct DigestLeader {
     broker: SharedBroker,
     exchange: String,
@@ -196,25 +215,13 @@ impl DigestLeader {
         }
         let timeout = self.peer_timeout;
         self.heard.retain(|_, h| h.at.elapsed() < timeout);
-        let mut chunks = vec![Vec::new()];
-        let mut bytes = 0;
-        for (name, h) in &self.heard {
-            // Name, its length and four varints at most.
-            let size = name.len() + 32;
-            if bytes + size > DIGEST_BYTES {
-                chunks.push(Vec::new());
-                bytes = 0;
-            }
-            bytes += size;
-            if let Some(chunk) = chunks.last_mut() {
-                chunk.push(DigestEntry {
-                    name: name.clone(),
-                    started_at: h.started_at,
-                    sequence: h.sequence,
-                    age_ms: u32::try_from(h.at.elapsed().as_millis()).unwrap_or(u32::MAX),
-                });
-            }
-        }
+        let entries = self.heard.iter().map(|(name, h)| DigestEntry {
+            name: name.clone(),
+            started_at: h.started_at,
+            sequence: h.sequence,
+            age_ms: u32::try_from(h.at.elapsed().as_millis()).unwrap_or(u32::MAX),
+        });
+        let chunks = chunked(entries);
         for members in chunks {
             let message = ClusterMessage::Digest {
                 from: self.me.clone(),
@@ -377,5 +384,40 @@ impl Handler<Drain> for DigestLeader {
                 },
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 5,000 members with names of the longest hostname length: every frame encodes (under
+    /// the wire's 64 KiB limit, signed), and every member is in exactly one.
+    #[test]
+    fn a_long_roster_goes_in_frames_that_fit() {
+        let entries: Vec<DigestEntry> = (0..5000)
+            .map(|i| DigestEntry {
+                name: format!("{i:0>253}"),
+                started_at: u64::MAX,
+                sequence: u64::MAX,
+                age_ms: u32::MAX,
+            })
+            .collect();
+        let chunks = chunked(entries.clone().into_iter());
+        assert!(chunks.len() > 1);
+        let codec = Codec::new(Some("secret"), Duration::from_secs(30));
+        for members in &chunks {
+            let message = ClusterMessage::Digest {
+                from: "x".repeat(253),
+                members: members.clone(),
+            };
+            assert!(
+                codec.encode(&message, 0).is_ok(),
+                "{} members",
+                members.len()
+            );
+        }
+        let all: Vec<DigestEntry> = chunks.into_iter().flatten().collect();
+        assert_eq!(all, entries);
     }
 }

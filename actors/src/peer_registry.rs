@@ -88,6 +88,9 @@ pub struct PeerRegistry {
     ownership_published: Instant,
 }
 
+/// Names in one `Ask`: 255-byte names still fit a frame.
+const MAX_ASKED: usize = 200;
+
 /// At most one ownership publish per this, so a burst of announcements costs one.
 const OWNERSHIP_GAP: Duration = Duration::from_millis(20);
 
@@ -449,6 +452,8 @@ impl PeerRegistry {
         if wanted.is_empty() {
             return;
         }
+        // One frame holds a few hundred names of any length; the rest go with the next digest.
+        wanted.truncate(MAX_ASKED);
         for name in &wanted {
             self.asked.insert(name.clone(), now);
         }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use mailroute::amqp::AmqpBroker;
 use mailroute_actors::InstanceSettings;
-use mailroute_actors::broker::SharedBroker;
+use mailroute_actors::broker::{BrokerError, SharedBroker};
 use mailroute_actors::memory::MemoryBroker;
 use mailroute_actors::settings::ClusterProtocol;
 use mailroute_actors::testkit::fleet::Fleet;
@@ -114,15 +114,29 @@ enum Brokers {
 }
 
 impl Brokers {
-    async fn next(&self) -> SharedBroker {
-        match self {
+    async fn next(&self) -> Result<SharedBroker, BrokerError> {
+        Ok(match self {
             Brokers::Memory(m) => Arc::new(m.clone()),
-            Brokers::RabbitMq(vhost) => Arc::new(
-                AmqpBroker::connect(&vhost.instance_address())
-                    .await
-                    .expect("RabbitMQ answers"),
-            ),
+            Brokers::RabbitMq(vhost) => {
+                Arc::new(AmqpBroker::connect(&vhost.instance_address()).await?)
+            }
+        })
+    }
+
+    /// One more member; a broker that refuses (RabbitMQ's socket limit) ends the run with
+    /// a note instead of a panic.
+    async fn add(&self, fleet: &mut Fleet, killable: bool, note: &mut String) -> bool {
+        let added = match self.next().await {
+            Ok(broker) => fleet.add(broker, killable).await.map(|_| ()),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = &added {
+            note.push_str(&format!(
+                "instance {} not started: {error}; ",
+                fleet.members.len() + 1
+            ));
         }
+        added.is_ok()
     }
 }
 
@@ -157,10 +171,9 @@ async fn scale(n: usize, rabbitmq: bool, protocol: ClusterProtocol) -> ScaleRow 
     let started = Instant::now();
     for i in 0..n {
         // The second one runs on a thread of its own, so that it can die silently.
-        fleet
-            .add(brokers.next().await, i == 1)
-            .await
-            .expect("broker");
+        if !brokers.add(&mut fleet, i == 1, &mut row.note).await {
+            return row;
+        }
     }
     row.start_s = agree(&fleet, started, &mut row.note, "start").await;
     if row.start_s.is_none() {
@@ -205,10 +218,9 @@ async fn scale(n: usize, rabbitmq: bool, protocol: ClusterProtocol) -> ScaleRow 
         ));
     }
     let t = Instant::now();
-    fleet
-        .add(brokers.next().await, false)
-        .await
-        .expect("broker");
+    if !brokers.add(&mut fleet, false, &mut row.note).await {
+        return row;
+    }
     row.join_s = agree(&fleet, t, &mut row.note, "join").await;
     row
 }
