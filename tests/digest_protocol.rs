@@ -14,6 +14,14 @@ use mailroute_actors::testkit::wait_for;
 
 const LEADING: &str = "leading the heartbeat digest";
 
+fn server<'a>(cluster: &'a Cluster, name: &str) -> &'a common::servers::Server {
+    cluster
+        .servers
+        .iter()
+        .find(|s| s.name == name)
+        .expect("server")
+}
+
 #[actix::test]
 async fn digest_cluster_survives_its_leaders_death() {
     let mut cluster = Cluster::start_split(
@@ -44,6 +52,21 @@ async fn digest_cluster_survives_its_leaders_death() {
             .await
             .expect("broker answers")
     );
+    // `cluster list` asks (digest) instead of saying hello: every instance answers into its
+    // queue alone.
+    let list = std::process::Command::new(env!("CARGO_BIN_EXE_mailroute"))
+        .args(["cluster", "list", "--config"])
+        .arg(cluster.dir.join("a.conf"))
+        .output()
+        .expect("mailroute runs");
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success(), "{listed}");
+    for n in NAMES {
+        assert!(
+            listed.lines().any(|l| l.starts_with(&format!("{n} "))),
+            "{n} missing in:\n{listed}"
+        );
+    }
     wait_for("a leader", Duration::from_secs(30), || async {
         cluster.servers.iter().any(|s| s.log_count(LEADING) > 0)
     })
@@ -61,11 +84,7 @@ async fn digest_cluster_survives_its_leaders_death() {
     cluster.server(&dead).signal("-KILL");
     let survivors: Vec<&str> = NAMES.iter().copied().filter(|n| *n != dead).collect();
     for name in &survivors {
-        let s = cluster
-            .servers
-            .iter()
-            .find(|s| s.name == *name)
-            .expect("server");
+        let s = server(&cluster, name);
         wait_for(
             "the dead leader forgotten",
             Duration::from_secs(30),
@@ -99,11 +118,7 @@ async fn digest_cluster_survives_its_leaders_death() {
     assert_eq!(acc.duplicates, 0);
 
     for name in &survivors {
-        let s = cluster
-            .servers
-            .iter()
-            .find(|s| s.name == *name)
-            .expect("server");
+        let s = server(&cluster, name);
         let log = s.log_text();
         // Only the dead leader fell silent, once; each peer joined once (none came back).
         assert_eq!(s.log_count("peer fell silent"), 1, "{name}:\n{log}");

@@ -307,33 +307,22 @@ impl StreamHandler<Result<Delivery, BrokerError>> for DigestLeader {
             }
         };
         self.failures = 0;
-        bump(&self.stats.cluster_deliveries);
-        let acker = delivery.acker;
         let redelivered = delivery.redelivered;
-        actix::spawn(async move {
-            let _ = acker.ack().await;
-        });
-        match self
-            .codec
-            .decode(&delivery.message.body, crate::wire::now_ms())
-        {
+        match crate::cluster_frame::take(delivery, &self.codec, &self.stats) {
             // Taken by a leader that died before acking it: from before that death, and its
-            // sender's next one is due within an interval (this leader's first digest waits
-            // that long). Counting it now would keep a dead sender alive a little longer.
-            Ok(ClusterMessage::Heartbeat { .. }) if redelivered => {}
-            Ok(ClusterMessage::Heartbeat {
+            // sender's next one is due within an interval. Counting it now would keep a dead
+            // sender alive a little longer.
+            Some(ClusterMessage::Heartbeat { .. }) if redelivered => {}
+            Some(ClusterMessage::Heartbeat {
                 name,
                 started_at,
                 sequence,
             }) => self.on_heartbeat(name, started_at, sequence, ctx),
-            Ok(other) => {
+            Some(other) => {
                 self.stats.dropped("garbage");
                 warn!(kind = %other.routing_key(), "not a heartbeat in the heartbeat queue; dropped");
             }
-            Err(error) => {
-                self.stats.dropped(error.reason());
-                warn!(%error, "heartbeat dropped");
-            }
+            None => {}
         }
     }
 

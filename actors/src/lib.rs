@@ -5,6 +5,7 @@
 pub mod announcer;
 pub mod backoff;
 pub mod broker;
+pub mod cluster_frame;
 pub mod digest_leader;
 pub mod handover_publisher;
 pub mod handover_relay;

@@ -863,21 +863,8 @@ impl StreamHandler<Result<Delivery, BrokerError>> for PeerRegistry {
             }
         };
         self.failures = 0;
-        bump(&self.stats.cluster_deliveries);
-        let acker = delivery.acker;
-        // Cluster messages are state: acked on receipt, the next announcement repairs a loss.
-        actix::spawn(async move {
-            let _ = acker.ack().await;
-        });
-        match self
-            .codec
-            .decode(&delivery.message.body, crate::wire::now_ms())
-        {
-            Ok(message) => self.on_message(message, ctx),
-            Err(error) => {
-                self.stats.dropped(error.reason());
-                warn!(%error, "cluster message dropped");
-            }
+        if let Some(message) = crate::cluster_frame::take(delivery, &self.codec, &self.stats) {
+            self.on_message(message, ctx);
         }
     }
 

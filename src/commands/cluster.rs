@@ -8,6 +8,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use mailroute_actors::announcer;
 use mailroute_actors::broker::{BrokerError, QueueSpec, SharedBroker};
+use mailroute_actors::settings::ClusterProtocol;
 use mailroute_actors::wire::{Announcement, ClusterMessage, Codec, now_ms};
 use rand::Rng;
 
@@ -23,11 +24,14 @@ async fn publish(
 }
 
 /// Says hello and gathers the announcements that answer within `wait`, newest per instance.
+/// A `digest` cluster is asked instead: each instance answers into this command's queue
+/// alone, not to every instance's.
 pub async fn gather(
     broker: &SharedBroker,
     exchange: &str,
     codec: &Codec,
     wait: Duration,
+    protocol: ClusterProtocol,
 ) -> anyhow::Result<Vec<Announcement>> {
     let queue = format!("mailroute.cli.{:08x}", rand::rng().random::<u32>());
     broker.declare_queue(&QueueSpec::private(&queue)).await?;
@@ -43,13 +47,15 @@ pub async fn gather(
             other => other.into(),
         })?;
     let mut stream = broker.consume(&queue, 100).await?;
-    publish(
-        broker,
-        exchange,
-        codec,
-        ClusterMessage::Hello { from: None },
-    )
-    .await?;
+    let hello = match protocol {
+        ClusterProtocol::Mesh => ClusterMessage::Hello { from: None },
+        ClusterProtocol::Digest => ClusterMessage::Ask {
+            from: queue.clone(),
+            reply_to: queue.clone(),
+            names: Vec::new(),
+        },
+    };
+    publish(broker, exchange, codec, hello).await?;
     let mut seen: BTreeMap<String, Announcement> = BTreeMap::new();
     let deadline = tokio::time::sleep(wait);
     tokio::pin!(deadline);
@@ -86,6 +92,7 @@ pub async fn list(path: &Path) -> anyhow::Result<()> {
         &config.cluster_exchange,
         &config.codec(),
         config.cluster_timeout,
+        config.protocol,
     )
     .await
     .with_context(|| format!("asking {asked}"))?;

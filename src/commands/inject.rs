@@ -45,6 +45,7 @@ pub async fn run(args: InjectArgs) -> anyhow::Result<()> {
             &config.cluster_exchange,
             &config.codec(),
             config.cluster_timeout,
+            config.protocol,
         )
         .await?;
         let ips: Vec<IpAddr> = peers

@@ -1,0 +1,27 @@
+//! One cluster frame taken off a queue (the registry's listener, the heartbeat queue):
+//! counted, acked at once, decoded; a frame that does not decode is dropped and counted by
+//! reason, never a panic.
+
+use tracing::warn;
+
+use crate::broker::Delivery;
+use crate::stats::{Stats, bump};
+use crate::wire::{ClusterMessage, Codec, now_ms};
+
+/// The message in `delivery`, or `None` if it was dropped.
+pub fn take(delivery: Delivery, codec: &Codec, stats: &Stats) -> Option<ClusterMessage> {
+    bump(&stats.cluster_deliveries);
+    let acker = delivery.acker;
+    // Cluster messages are state: acked on receipt; the next one repairs a loss.
+    actix::spawn(async move {
+        let _ = acker.ack().await;
+    });
+    match codec.decode(&delivery.message.body, now_ms()) {
+        Ok(message) => Some(message),
+        Err(error) => {
+            stats.dropped(error.reason());
+            warn!(%error, "cluster message dropped");
+            None
+        }
+    }
+}
