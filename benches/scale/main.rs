@@ -118,7 +118,10 @@ impl Brokers {
         Ok(match self {
             Brokers::Memory(m) => Arc::new(m.clone()),
             Brokers::RabbitMq(vhost) => {
-                Arc::new(AmqpBroker::connect(&vhost.instance_address()).await?)
+                // `SCALE_ADDRESS_QUERY=?frame_max=32768`: lapin sizes its buffers by frame_max.
+                let query = std::env::var("SCALE_ADDRESS_QUERY").unwrap_or_default();
+                let address = format!("{}{query}", vhost.instance_address());
+                Arc::new(AmqpBroker::connect(&address).await?)
             }
         })
     }
