@@ -13,9 +13,20 @@ use common::scenario::Cluster;
 
 #[actix::test]
 async fn a_cluster_broker_outage_fails_and_holds_nothing() {
+    outage("outage", "").await;
+}
+
+/// The same with `cluster-protocol: digest`: the heartbeat queue and its leader are on the
+/// cut-off broker too, and no digest comes for 10 s.
+#[actix::test]
+async fn a_cluster_broker_outage_fails_and_holds_nothing_by_digest() {
+    outage("outage-digest", "cluster-protocol: digest\n").await;
+}
+
+async fn outage(label: &str, extra: &str) {
     // `unroutable: fail`: a forgotten peer would show at once as failed mail.
-    let mut cluster = Cluster::start_split("outage", "unroutable: fail\n").await;
-    let traffic = common::traffic(&cluster.members(), 6_000, 0, 0, "outage");
+    let mut cluster = Cluster::start_split(label, &format!("unroutable: fail\n{extra}")).await;
+    let traffic = common::traffic(&cluster.members(), 6_000, 0, 0, label);
     let client = cluster.client.clone();
     let stream =
         actix_rt::spawn(async move { common::publish_stream(&client, traffic.batches, 300).await });
