@@ -188,9 +188,14 @@ impl Actor for Announcer {
             let declare = async move {
                 broker.declare_topic_exchange(&exchange).await?;
                 if digest {
-                    // The leader declares it too; declared here, the first heartbeats are
-                    // not dropped for want of it.
-                    broker.declare_queue(&heartbeat_queue(&exchange)).await?;
+                    // Declared here, the first heartbeats are not dropped for want of it. Best
+                    // effort: the leader declares it too, and a queue declared otherwise (other
+                    // arguments, by another version) still takes heartbeats; this instance
+                    // must announce either way.
+                    let queue = heartbeat_queue(&exchange);
+                    if let Err(error) = broker.declare_queue(&queue).await {
+                        warn!(queue = %queue.name, %error, "cannot declare the heartbeat queue");
+                    }
                 }
                 Ok::<_, BrokerError>(())
             };
