@@ -38,7 +38,8 @@ async fn instances_with_a_client_certificate_hand_over_and_deliver() {
     hand_over_on_tls("tls-client", TLS_VERIFY_PEER_PORT, &extra).await;
 }
 
-/// Without a client certificate, rq2 refuses the connection and startup stops at once.
+/// Without a client certificate, rq2 refuses the connection and startup stops on the refusal
+/// instead of retrying until startup-timeout.
 #[actix::test]
 async fn without_a_client_certificate_startup_stops_saying_why() {
     ensure_started();
@@ -59,7 +60,11 @@ async fn without_a_client_certificate_startup_stops_saying_why() {
     let err = startup_error(config).await;
     assert!(err.contains("rabbitmq-address: cannot connect"), "{err}");
     assert!(err.contains("CertificateRequired"), "{err}");
-    assert!(!err.contains("retrying"), "{err}");
+    // TLS 1.3 reports a missing client certificate after the client's side of the handshake
+    // is done, so an attempt may see the connection reset before the alert (a reason to
+    // retry) — CI saw one such. The alert itself stops startup instead of retrying for the
+    // 60 s startup-timeout.
+    assert!(err.matches("retrying").count() <= 2, "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
