@@ -156,15 +156,12 @@ impl MemoryBroker {
         };
         let ttl = message_ttl(&q.spec, &message);
         let expires_at = ttl.map(|ttl| Instant::now() + ttl);
-        state.enqueued += 1;
-        let Some(q) = state.queues.get_mut(queue) else {
-            return false;
-        };
         q.ready.push_back(Stored {
             message,
             redelivered: false,
             expires_at,
         });
+        state.enqueued += 1;
         if let Some(ttl) = ttl {
             let broker = self.clone();
             let queue = queue.to_string();
