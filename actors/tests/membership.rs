@@ -179,10 +179,7 @@ async fn hello_and_reload(label: &str, protocol: ClusterProtocol) {
 /// The instance whose digests the others hear: the heartbeat queue's active consumer.
 async fn leader(fleet: &Fleet) -> String {
     let found = wait_for("a digest leader", LIMIT, || async {
-        fleet
-            .members
-            .iter()
-            .any(|m| m.instance.stats.snapshot().digests_sent > 0)
+        fleet.sum(|s| s.digests_sent) > 0
     })
     .await;
     assert!(found.is_ok(), "nobody leads the digest");
@@ -208,13 +205,7 @@ async fn the_digest_leader_dies_and_nobody_else_is_forgotten() {
     .await;
 
     // Steady state, counted where it arrives: deliveries against heartbeats sent meanwhile.
-    let heartbeats = |fleet: &Fleet| -> u64 {
-        fleet
-            .members
-            .iter()
-            .map(|m| m.instance.stats.snapshot().heartbeats_sent)
-            .sum()
-    };
+    let heartbeats = |fleet: &Fleet| fleet.sum(|s| s.heartbeats_sent);
     let (before, beats_before) = (broker.enqueued(), heartbeats(&fleet));
     let enough = wait_for("20 intervals of heartbeats", LIMIT, || async {
         heartbeats(&fleet) >= beats_before + 20 * N as u64
@@ -234,11 +225,7 @@ async fn the_digest_leader_dies_and_nobody_else_is_forgotten() {
     );
 
     let old = leader(&fleet).await;
-    let digests: u64 = fleet
-        .members
-        .iter()
-        .map(|m| m.instance.stats.snapshot().digests_sent)
-        .sum();
+    let digests = fleet.sum(|s| s.digests_sent);
     fleet.kill(&old);
     assert!(
         fleet.time_to_agree(Instant::now(), LIMIT).await.is_some(),
@@ -246,12 +233,7 @@ async fn the_digest_leader_dies_and_nobody_else_is_forgotten() {
     );
     // Someone else digests now, and the survivors keep agreeing for a few peer-timeouts.
     let taken_over = wait_for("a new leader", LIMIT, || async {
-        fleet
-            .members
-            .iter()
-            .map(|m| m.instance.stats.snapshot().digests_sent)
-            .sum::<u64>()
-            > digests + 10
+        fleet.sum(|s| s.digests_sent) > digests + 10
     })
     .await;
     assert!(taken_over.is_ok());

@@ -185,7 +185,7 @@ async fn scale(n: usize, rabbitmq: bool, protocol: ClusterProtocol) -> ScaleRow 
     // One interval first: the answers to the start's hellos are not steady traffic.
     tokio::time::sleep(INTERVAL).await;
     let (messages, cpu, node, window) = (
-        fleet.cluster_deliveries(),
+        fleet.sum(|s| s.cluster_deliveries),
         common::process_cpu(),
         common::rabbitmq_cpu(),
         Instant::now(),
@@ -193,7 +193,7 @@ async fn scale(n: usize, rabbitmq: bool, protocol: ClusterProtocol) -> ScaleRow 
     // A measurement window: the traffic of a quiet cluster over five announce intervals.
     tokio::time::sleep(STEADY_WINDOW).await;
     let elapsed = window.elapsed().as_secs_f64();
-    row.steady_msgs_per_s = Some((fleet.cluster_deliveries() - messages) as f64 / elapsed);
+    row.steady_msgs_per_s = Some((fleet.sum(|s| s.cluster_deliveries) - messages) as f64 / elapsed);
     if rabbitmq {
         row.broker_cpu_pct_per_instance = node
             .zip(common::rabbitmq_cpu())
@@ -208,13 +208,14 @@ async fn scale(n: usize, rabbitmq: bool, protocol: ClusterProtocol) -> ScaleRow 
     fleet.leave(&leaving).await;
     row.leave_s = agree(&fleet, t, &mut row.note, "leave").await;
     let dying = fleet.members[0].instance.settings.name.clone();
-    let digests = fleet.digests_sent() - fleet.members[0].instance.stats.snapshot().digests_sent;
+    let digests =
+        fleet.sum(|s| s.digests_sent) - fleet.members[0].instance.stats.snapshot().digests_sent;
     let t = Instant::now();
     fleet.kill(&dying);
     row.silent_death_s = agree(&fleet, t, &mut row.note, "silent death").await;
     if protocol == ClusterProtocol::Digest {
         // The heartbeat queue's second consumer (the first left): the leader itself died.
-        let after = fleet.digests_sent();
+        let after = fleet.sum(|s| s.digests_sent);
         row.note.push_str(&format!(
             "digests sent by the survivors since the death: {}; ",
             after - digests

@@ -11,6 +11,7 @@ use crate::Instance;
 use crate::broker::{BrokerError, SharedBroker};
 use crate::messages::{PeerCount, PeerNames};
 use crate::settings::InstanceSettings;
+use crate::stats::StatsSnapshot;
 
 pub struct Member {
     pub instance: Instance,
@@ -69,20 +70,12 @@ impl Fleet {
         Ok(name)
     }
 
-    /// Cluster frames the members took from the broker, all together: the cluster traffic
-    /// that reached them (announcements, digests, asks, heartbeats, operator commands).
-    pub fn cluster_deliveries(&self) -> u64 {
+    /// One counter summed over the members: `fleet.sum(|s| s.cluster_deliveries)` is the
+    /// cluster traffic that reached them (every frame taken from the broker).
+    pub fn sum(&self, counter: impl Fn(&StatsSnapshot) -> u64) -> u64 {
         self.members
             .iter()
-            .map(|m| m.instance.stats.snapshot().cluster_deliveries)
-            .sum()
-    }
-
-    /// Digests broadcast, all members together (only the heartbeat queue's consumer sends).
-    pub fn digests_sent(&self) -> u64 {
-        self.members
-            .iter()
-            .map(|m| m.instance.stats.snapshot().digests_sent)
+            .map(|m| counter(&m.instance.stats.snapshot()))
             .sum()
     }
 
