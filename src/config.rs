@@ -411,17 +411,14 @@ impl Config {
                 None => Vec::new(),
             },
             max_hops: values.number("max-hops", 2, 1, 100)? as u32,
-            unroutable: match values.string("unroutable", "hold")?.as_str() {
-                "hold" => Unroutable::Hold,
-                "fail" => Unroutable::Fail,
-                "local" => Unroutable::Local,
-                other => {
-                    return Err(values.error(
-                        "unroutable",
-                        format!("expected hold, fail or local, got {other:?}"),
-                    ));
-                }
-            },
+            unroutable: values.one_of(
+                "unroutable",
+                &[
+                    ("hold", Unroutable::Hold),
+                    ("fail", Unroutable::Fail),
+                    ("local", Unroutable::Local),
+                ],
+            )?,
             hold_time: values.positive_duration("hold-time", Duration::from_secs(60))?,
             max_hold: values.positive_duration("max-hold", Duration::from_secs(3600))?,
             warmup: values.duration("warmup", announce_interval)?,
@@ -437,26 +434,17 @@ impl Config {
                 }
                 level
             },
-            quorum_queues: match values.string("rabbitmq-queue-type", "classic")?.as_str() {
-                "classic" => false,
-                "quorum" => true,
-                other => {
-                    return Err(values.error(
-                        "rabbitmq-queue-type",
-                        format!("expected classic or quorum, got {other:?}"),
-                    ));
-                }
-            },
-            protocol: match values.string("cluster-protocol", "mesh")?.as_str() {
-                "mesh" => ClusterProtocol::Mesh,
-                "digest" => ClusterProtocol::Digest,
-                other => {
-                    return Err(values.error(
-                        "cluster-protocol",
-                        format!("expected mesh or digest, got {other:?}"),
-                    ));
-                }
-            },
+            quorum_queues: values.one_of(
+                "rabbitmq-queue-type",
+                &[("classic", false), ("quorum", true)],
+            )?,
+            protocol: values.one_of(
+                "cluster-protocol",
+                &[
+                    ("mesh", ClusterProtocol::Mesh),
+                    ("digest", ClusterProtocol::Digest),
+                ],
+            )?,
             duplicate_memory: values.number("duplicate-memory", 50_000, 0, 10_000_000)? as usize,
             duplicate_window: values
                 .positive_duration("duplicate-window", Duration::from_secs(600))?,
@@ -635,6 +623,22 @@ impl Values<'_> {
             .raw
             .get(key)
             .map_or_else(|| default.to_string(), |(v, _)| v.clone()))
+    }
+
+    /// One of `options` by its name; the first is the default.
+    fn one_of<T: Copy>(&self, key: &'static str, options: &[(&str, T)]) -> Result<T, ConfigError> {
+        let default = options.first().map_or("", |(name, _)| *name);
+        let value = self.string(key, default)?;
+        if let Some((_, chosen)) = options.iter().find(|(name, _)| *name == value) {
+            return Ok(*chosen);
+        }
+        let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
+        let expected = match names.split_last() {
+            Some((last, [])) => (*last).to_string(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        };
+        Err(self.error(key, format!("expected {expected}, got {value:?}")))
     }
 
     /// A queue, exchange or instance name: non-empty, printable, no spaces.
