@@ -252,7 +252,7 @@ impl Actor for DigestLeader {
         if self.stopped {
             return;
         }
-        self.tick(ctx);
+        // No digest timer yet: it starts when heartbeats arrive (`take_over`).
         let delay = backoff::delay(self.failures).min(self.interval);
         ctx.run_later(delay, |act, ctx| {
             let broker = act.broker.clone();
