@@ -57,22 +57,37 @@ fn counter(value: &AtomicU64) -> Counter {
     c
 }
 
+/// One counter per label value, read from the atomics.
+fn counters<L>(
+    values: &[(&'static str, &AtomicU64)],
+    label: fn(&'static str) -> L,
+) -> Family<L, Counter>
+where
+    L: Clone + std::hash::Hash + Eq,
+{
+    let family = Family::<L, Counter>::default();
+    for (name, value) in values {
+        family
+            .get_or_create(&label(name))
+            .inc_by(value.load(Ordering::Relaxed));
+    }
+    family
+}
+
 pub async fn scrape(state: web::Data<ConsoleState>) -> HttpResponse {
     let s = &state.stats;
     let mut registry = Registry::with_prefix("mailroute");
 
-    let messages = Family::<Outcome, Counter>::default();
-    for (outcome, value) in [
-        ("delivered", &s.delivered),
-        ("handed_over", &s.handed_over),
-        ("held", &s.held),
-        ("failed", &s.failed),
-        ("duplicate", &s.duplicates_dropped),
-    ] {
-        messages
-            .get_or_create(&Outcome { outcome })
-            .inc_by(value.load(Ordering::Relaxed));
-    }
+    let messages = counters(
+        &[
+            ("delivered", &s.delivered),
+            ("handed_over", &s.handed_over),
+            ("held", &s.held),
+            ("failed", &s.failed),
+            ("duplicate", &s.duplicates_dropped),
+        ],
+        |outcome| Outcome { outcome },
+    );
     registry.register("messages", "Outbox messages by confirmed outcome", messages);
     registry.register(
         "consumed",
@@ -99,50 +114,45 @@ pub async fn scrape(state: web::Data<ConsoleState>) -> HttpResponse {
         "Actor restarts (reconnects after a broker error)",
         counter(&s.restarts),
     );
-    let sent = Family::<Kind, Counter>::default();
-    for (kind, value) in [
-        ("announcement", &s.announcements_sent),
-        ("heartbeat", &s.heartbeats_sent),
-        ("digest", &s.digests_sent),
-        ("ask", &s.asks_sent),
-        ("answer", &s.asks_answered),
-    ] {
-        sent.get_or_create(&Kind { kind })
-            .inc_by(value.load(Ordering::Relaxed));
-    }
+    let sent = counters(
+        &[
+            ("announcement", &s.announcements_sent),
+            ("heartbeat", &s.heartbeats_sent),
+            ("digest", &s.digests_sent),
+            ("ask", &s.asks_sent),
+            ("answer", &s.asks_answered),
+        ],
+        |kind| Kind { kind },
+    );
     registry.register(
         "cluster_messages_sent",
         "Cluster messages this instance published, by kind",
         sent,
     );
-    let received = Family::<Kind, Counter>::default();
-    for (kind, value) in [
-        ("announcement", &s.announcements_received),
-        ("digest", &s.digests_received),
-    ] {
-        received
-            .get_or_create(&Kind { kind })
-            .inc_by(value.load(Ordering::Relaxed));
-    }
+    let received = counters(
+        &[
+            ("announcement", &s.announcements_received),
+            ("digest", &s.digests_received),
+        ],
+        |kind| Kind { kind },
+    );
     registry.register(
         "cluster_messages_received",
         "Cluster messages this instance read, by kind",
         received,
     );
-    let dropped = Family::<Reason, Counter>::default();
-    for (reason, value) in [
-        ("oversized", &s.dropped_oversized),
-        ("bad_magic", &s.dropped_bad_magic),
-        ("bad_version", &s.dropped_bad_version),
-        ("garbage", &s.dropped_garbage),
-        ("unsigned", &s.dropped_unsigned),
-        ("bad_signature", &s.dropped_bad_signature),
-        ("stale", &s.dropped_stale),
-    ] {
-        dropped
-            .get_or_create(&Reason { reason })
-            .inc_by(value.load(Ordering::Relaxed));
-    }
+    let dropped = counters(
+        &[
+            ("oversized", &s.dropped_oversized),
+            ("bad_magic", &s.dropped_bad_magic),
+            ("bad_version", &s.dropped_bad_version),
+            ("garbage", &s.dropped_garbage),
+            ("unsigned", &s.dropped_unsigned),
+            ("bad_signature", &s.dropped_bad_signature),
+            ("stale", &s.dropped_stale),
+        ],
+        |reason| Reason { reason },
+    );
     registry.register(
         "dropped_cluster_frames",
         "Cluster messages dropped, by reason",
