@@ -2,7 +2,8 @@
 //! together, after one leaves, after one dies silently, and after one joins, every registry
 //! lists exactly the others; MailerQ's `{"hello": true}` and `{"reload": true}` still reach
 //! every instance. Digest mode also: the heartbeat leader dies and nobody else is forgotten,
-//! and the steady traffic is about 2 deliveries per instance and interval, not N.
+//! and the steady traffic is about 2 deliveries per instance and interval, not N; junk in the
+//! heartbeat queue is dropped and counted.
 
 mod support;
 
@@ -12,11 +13,13 @@ use std::time::{Duration, Instant};
 
 use mailroute_actors::InstanceSettings;
 use mailroute_actors::broker::{Broker, Destination, Message, Properties};
+use mailroute_actors::digest_leader::heartbeat_queue;
 use mailroute_actors::memory::MemoryBroker;
 use mailroute_actors::messages::{ListMembers, PeerState};
 use mailroute_actors::settings::ClusterProtocol;
 use mailroute_actors::testkit::fleet::Fleet;
 use mailroute_actors::testkit::wait_for;
+use mailroute_actors::wire::{self, ClusterMessage};
 
 const N: usize = 50;
 const LIMIT: Duration = Duration::from_secs(30);
@@ -308,4 +311,62 @@ async fn a_frozen_digest_leader_makes_nobody_forget_anybody() {
         let expired = member.instance.stats.snapshot().peers_expired;
         assert_eq!(expired, 0, "{} forgot peers", member.instance.settings.name);
     }
+}
+
+/// Garbage and a frame of another kind put into the heartbeat queue by hand: the leader drops
+/// and counts each, and goes on leading (the three keep agreeing, digests keep coming).
+#[actix::test]
+async fn junk_in_the_heartbeat_queue_is_dropped_and_counted() {
+    let broker = MemoryBroker::new("heartbeat-junk");
+    let mut fleet = Fleet::new(|i| {
+        settings(
+            i,
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+            ClusterProtocol::Digest,
+        )
+    });
+    for _ in 0..3 {
+        fleet
+            .add(Arc::new(broker.clone()), false)
+            .await
+            .expect("memory broker");
+    }
+    assert!(fleet.time_to_agree(Instant::now(), LIMIT).await.is_some());
+    let name = leader(&fleet).await;
+    let dropped = |fleet: &Fleet| {
+        fleet
+            .members
+            .iter()
+            .find(|m| m.instance.settings.name == name)
+            .map(|m| {
+                let s = &m.instance.stats;
+                let get =
+                    |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+                (get(&s.dropped_bad_magic), get(&s.dropped_garbage))
+            })
+            .unwrap_or_default()
+    };
+    let before = dropped(&fleet);
+    let queue = Destination::queue(heartbeat_queue("cluster").name);
+    let not_a_heartbeat = wire::encode(&ClusterMessage::Hello { from: None }).expect("encodes");
+    for body in [b"\xff\x00 not a frame".to_vec(), not_a_heartbeat] {
+        broker
+            .publish(&queue, &Message::new(body, Properties::default()), false)
+            .await
+            .expect("published");
+    }
+    let counted = wait_for("both dropped", LIMIT, || async {
+        dropped(&fleet) == (before.0 + 1, before.1 + 1)
+    })
+    .await;
+    assert!(counted.is_ok(), "{:?} → {:?}", before, dropped(&fleet));
+    let digests = fleet.sum(|s| s.digests_sent);
+    let more = wait_for("digests go on", LIMIT, || async {
+        fleet.sum(|s| s.digests_sent) > digests + 3
+    })
+    .await;
+    assert!(more.is_ok());
+    assert!(fleet.agreed().await);
+    assert_eq!(fleet.sum(|s| s.peers_expired), 0);
 }
