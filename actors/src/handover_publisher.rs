@@ -14,7 +14,7 @@ use tracing::{Instrument, info, warn};
 
 use crate::backoff;
 use crate::broker::{
-    BrokerError, Destination, HeaderValue, Message, QueueSpec, Returned, SharedBroker, same_broker,
+    BrokerError, Destination, HeaderValue, Message, QueueSpec, Returned, SharedBroker,
 };
 use crate::handover_relay::handover_queue;
 use crate::message_id::ensure_id;
@@ -23,6 +23,7 @@ use crate::own_queues::own_queues;
 use crate::recent_ids::{RecentIds, id_of};
 use crate::routing::{
     Decision, FROM_HEADER, HELD_SINCE_HEADER, HOPS_HEADER, PeerRoute, REASON_HEADER, Unroutable,
+    Via,
 };
 use crate::settings::InstanceSettings;
 use crate::stats::{Stats, bump};
@@ -37,9 +38,7 @@ pub struct HandoverPublisher {
 struct Targets {
     name: String,
     local: SharedBroker,
-    local_identity: String,
     cluster: SharedBroker,
-    cluster_identity: String,
     deliver: String,
     failure: String,
     retry: String,
@@ -87,9 +86,7 @@ impl HandoverPublisher {
         HandoverPublisher {
             targets: Arc::new(Targets {
                 name: settings.name.clone(),
-                local_identity: local.identity(),
                 local,
-                cluster_identity: cluster.identity(),
                 cluster,
                 deliver: settings.deliver.clone(),
                 failure: settings.failure.clone(),
@@ -198,18 +195,16 @@ impl Targets {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Where a handover to `peer` is published: its outbox when it is on a broker this
-    /// instance publishes to anyway, else its handover queue on the cluster broker.
+    /// Where a handover to `peer` is published: its outbox when it proved to be on a broker
+    /// this instance publishes to anyway, else its handover queue on the cluster broker.
     fn path(&self, peer: &PeerRoute) -> (SharedBroker, Destination) {
-        if same_broker(&peer.broker, &self.local_identity) {
-            (self.local.clone(), Destination::queue(&peer.outbox))
-        } else if same_broker(&peer.broker, &self.cluster_identity) {
-            (self.cluster.clone(), Destination::queue(&peer.outbox))
-        } else {
-            (
+        match peer.via {
+            Via::LocalBroker => (self.local.clone(), Destination::queue(&peer.outbox)),
+            Via::ClusterBroker => (self.cluster.clone(), Destination::queue(&peer.outbox)),
+            Via::HandoverQueue => (
                 self.cluster.clone(),
                 Destination::queue(handover_queue(&peer.name)),
-            )
+            ),
         }
     }
 

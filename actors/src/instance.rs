@@ -19,6 +19,7 @@ use crate::messages::{
 use crate::outbox_consumer::OutboxConsumer;
 use crate::own_queues::declare_queues;
 use crate::peer_registry::{PeerRegistry, RegistryConfig, RegistryLinks};
+use crate::presence_responder::PresenceResponder;
 use crate::recent_ids::RecentIds;
 use crate::routing::OwnershipTable;
 use crate::settings::{ClusterProtocol, InstanceSettings, LiveSettings};
@@ -63,6 +64,7 @@ pub struct Instance {
     pub announcer: Addr<Announcer>,
     pub registry: Addr<PeerRegistry>,
     pub relay: Addr<HandoverRelay>,
+    pub presence: Addr<PresenceResponder>,
     /// Only with `cluster-protocol: digest`.
     pub leader: Option<Addr<DigestLeader>>,
     /// Bumped each time the cluster asks this instance to reload (see [`Instance::reconfigure`]).
@@ -79,9 +81,10 @@ impl Instance {
         cluster: SharedBroker,
     ) -> Result<Instance, BrokerError> {
         declare_queues(&settings, &local).await?;
-        // Before the first announcement, so a peer that looks for it finds it. Not fatal: held
-        // by another connection (this name running twice on the broker, or an earlier run in
-        // this process), peers hand over through the handover queue instead.
+        // Before the first announcement, so a peer's challenge finds it (and waits there for
+        // the responder). Not fatal: held by another connection (this name running twice on
+        // the broker, or an earlier run in this process), peers hand over through the
+        // handover queue instead.
         let presence = crate::own_queues::presence_queue(&settings.name);
         if let Err(error) = local.declare_queue(&presence).await {
             warn!(queue = %presence.name, %error, "cannot hold this instance's presence queue; is another instance of this name connected?");
@@ -182,6 +185,15 @@ impl Instance {
             stats.clone(),
         );
         let relay = Supervisor::start(move |_| relay);
+        let presence = PresenceResponder::new(
+            local.clone(),
+            cluster.clone(),
+            &settings.name,
+            started_at,
+            settings.codec.clone(),
+            stats.clone(),
+        );
+        let presence = Supervisor::start(move |_| presence);
         let leader = (settings.protocol == ClusterProtocol::Digest).then(|| {
             let leader = DigestLeader::new(
                 &settings,
@@ -204,6 +216,7 @@ impl Instance {
             announcer,
             registry,
             relay,
+            presence,
             leader,
             reload_requests,
         })

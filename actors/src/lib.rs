@@ -17,6 +17,7 @@ pub mod messages;
 pub mod outbox_consumer;
 pub mod own_queues;
 pub mod peer_registry;
+pub mod presence_responder;
 pub mod recent_ids;
 pub mod routing;
 pub mod settings;

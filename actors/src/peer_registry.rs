@@ -19,13 +19,15 @@ use rand::Rng;
 use tracing::{debug, error, info, info_span, warn};
 
 use crate::backoff;
-use crate::broker::{BrokerError, Delivery, QueueSpec, SharedBroker, same_broker};
+use crate::broker::{
+    BrokerError, Delivery, Destination, Message, Properties, QueueSpec, SharedBroker,
+};
 use crate::messages::{
     AnnounceNow, AnswerAsk, ClusterHeard, Hearing, HearingNow, ListMembers, ListPeers,
     OwnershipChanged, Pause, PeerCount, PeerInfo, PeerNames, PeerState, PeersGone, Reconfigure,
 };
 use crate::own_queues::presence_queue;
-use crate::routing::PeerRoute;
+use crate::routing::{PeerRoute, Via};
 use crate::settings::ClusterProtocol;
 use crate::stats::{Stats, bump};
 use crate::wire::{Announcement, ClusterMessage, Codec, DigestEntry};
@@ -82,6 +84,8 @@ pub struct PeerRegistry {
     conflicts: BTreeSet<String>,
     conflicts_told: Instant,
     remind_every: Duration,
+    /// Challenges sent into peers' presence queues and not answered yet, by nonce.
+    challenges: HashMap<u64, Challenge>,
     /// See `publish_ownership`.
     ownership_dirty: bool,
     ownership_scheduled: bool,
@@ -97,12 +101,23 @@ const OWNERSHIP_GAP: Duration = Duration::from_millis(20);
 struct Peer {
     announcement: Announcement,
     route: Arc<PeerRoute>,
-    /// The broker this instance reaches the peer's outbox through, when its presence queue
-    /// was found on one (its announced address is spelled otherwise); `None`: as announced.
-    found_on: Option<String>,
-    first_seen: Instant,
     last_seen: Instant,
 }
+
+/// A challenge on its way: which peer (and run) it tests for which path.
+struct Challenge {
+    peer: String,
+    started_at: u64,
+    via: Via,
+    sent: Instant,
+    attempts: u32,
+}
+
+/// How long an answer to a challenge may take before it is sent again, and how often: a
+/// challenge the broker routed reached an instance's presence queue, so the answer is only
+/// late or lost. One the broker returned is not retried: nobody of that name is there.
+const ANSWER_WAIT: Duration = Duration::from_secs(3);
+const CHALLENGE_ATTEMPTS: u32 = 3;
 
 struct Departed {
     announcement: Announcement,
@@ -207,6 +222,7 @@ impl PeerRegistry {
             last_claims: None,
             conflicts: BTreeSet::new(),
             conflicts_told: Instant::now(),
+            challenges: HashMap::new(),
             ownership_dirty: false,
             ownership_scheduled: false,
             ownership_published: Instant::now(),
@@ -242,7 +258,7 @@ impl PeerRegistry {
         self.flush_ownership();
     }
 
-    /// Recomputes claims, oldest peer first so an established owner keeps its IPs, and tells
+    /// Recomputes claims, the earliest started peer first so an established owner keeps its IPs, and tells
     /// the router if anything changed.
     fn flush_ownership(&mut self) {
         if !self.ownership_dirty {
@@ -251,7 +267,10 @@ impl PeerRegistry {
         self.ownership_dirty = false;
         self.ownership_published = Instant::now();
         let mut peers: Vec<&Peer> = self.peers.values().collect();
-        peers.sort_by_key(|p| (p.first_seen, p.announcement.name.clone()));
+        // By what every instance sees alike (the claimant's announced start, then its name),
+        // not by when this registry happened to hear it: two registries that heard two
+        // claimants in opposite orders still route the IP to the same one.
+        peers.sort_by_key(|p| (p.announcement.started_at, p.announcement.name.clone()));
         let local: HashSet<IpAddr> = self.local_ips.iter().copied().collect();
         let mut owner_of: HashMap<IpAddr, &str> = HashMap::new();
         let mut claims = Vec::new();
@@ -301,19 +320,23 @@ impl PeerRegistry {
             return;
         }
         let now = Instant::now();
-        // The same run at the same announced broker: what a probe found for it still holds.
-        // Anything else (new, restarted, moved) is looked for again.
+        // The same run at the same announced broker and outbox: what it proved still holds.
+        // Anything else (new, restarted, moved) is challenged again, and meanwhile reached
+        // through its handover queue.
         let same_run = self.peers.get(&a.name).filter(|p| {
-            p.announcement.started_at == a.started_at && p.announcement.broker == a.broker
+            p.announcement.started_at == a.started_at
+                && p.announcement.broker == a.broker
+                && p.announcement.outbox == a.outbox
         });
-        let found_on = same_run.and_then(|p| p.found_on.clone());
+        let via = same_run.map_or(Via::HandoverQueue, |p| p.route.via);
         if same_run.is_none() {
-            self.probe(&a, ctx);
+            self.challenge(&a.name, a.started_at, 0, ctx);
         }
         let route = Arc::new(PeerRoute {
             name: a.name.clone(),
             outbox: a.outbox.clone(),
-            broker: found_on.clone().unwrap_or_else(|| a.broker.clone()),
+            broker: a.broker.clone(),
+            via,
         });
         match self.peers.get_mut(&a.name) {
             Some(peer)
@@ -339,11 +362,10 @@ impl PeerRegistry {
                     info!(peer = %a.name, "peer restarted");
                 }
                 peer.last_seen = now;
-                peer.found_on = found_on;
                 let mut moved = None;
                 if changed {
                     let old = std::mem::replace(&mut peer.route, route);
-                    if old.outbox != peer.route.outbox || old.broker != peer.route.broker {
+                    if old.outbox != peer.route.outbox || old.via != peer.route.via {
                         moved = Some(old);
                     }
                 }
@@ -364,8 +386,6 @@ impl PeerRegistry {
                     Peer {
                         announcement: a,
                         route,
-                        found_on: None,
-                        first_seen: now,
                         last_seen: now,
                     },
                 );
@@ -488,50 +508,142 @@ impl PeerRegistry {
         }));
     }
 
-    /// Looks for the peer's presence queue through this instance's own connections (local
-    /// broker first, then the cluster broker) when its announced broker matches neither as
-    /// spelled. Found: its outbox is on that broker, and mail goes there directly instead of
-    /// through its handover queue. Not found (or the probe fails): as announced, which is
-    /// correct anyway (the relay path), only one hop longer.
-    fn probe(&self, a: &Announcement, ctx: &mut Context<Self>) {
-        let (local, cluster) = (self.local.clone(), self.broker.clone());
-        if same_broker(&a.broker, &local.identity()) || same_broker(&a.broker, &cluster.identity())
-        {
+    /// Puts a challenge into the peer's presence queue on each broker this instance uses
+    /// (its own, and the cluster broker when that is another connection). The peer, reading
+    /// it there, answers `Present` into this instance's listener queue: then, and only then,
+    /// its outbox is known to be on that broker (see `on_present`). Until then, and for good
+    /// when the broker returns the challenge (no such presence queue there), mail for it goes
+    /// through its handover queue, which is correct anyway, only one hop longer.
+    fn challenge(&mut self, peer: &str, started_at: u64, attempts: u32, ctx: &mut Context<Self>) {
+        // Without a listener there is nowhere to answer: every unproven peer is challenged
+        // when it starts (see `started`).
+        let Some(reply_to) = self.queue.clone() else {
+            return;
+        };
+        let mut brokers = vec![(self.local.clone(), Via::LocalBroker)];
+        if !Arc::ptr_eq(&self.local, &self.broker) {
+            brokers.push((self.broker.clone(), Via::ClusterBroker));
+        }
+        let to = Destination::queue(presence_queue(peer).name);
+        for (broker, via) in brokers {
+            let nonce: u64 = rand::rng().random();
+            let message = ClusterMessage::Challenge {
+                from: self.me.clone(),
+                reply_to: reply_to.clone(),
+                nonce,
+            };
+            let Ok(body) = self.codec.encode(&message, crate::wire::now_ms()) else {
+                continue;
+            };
+            self.challenges.insert(
+                nonce,
+                Challenge {
+                    peer: peer.to_owned(),
+                    started_at,
+                    via,
+                    sent: Instant::now(),
+                    attempts: attempts + 1,
+                },
+            );
+            bump(&self.stats.challenges_sent);
+            let properties = Properties {
+                expiration: Some(ANSWER_WAIT.as_millis().to_string()),
+                ..Properties::default()
+            };
+            let to = to.clone();
+            let send = async move {
+                broker
+                    .publish_mandatory(&to, &Message::new(body, properties))
+                    .await
+                    .result
+            };
+            let peer = peer.to_owned();
+            ctx.spawn(send.into_actor(self).map(move |result, act, _| {
+                if let Err(error) = result {
+                    // Returned: the peer's presence queue is not on this broker.
+                    act.challenges.remove(&nonce);
+                    debug!(%peer, %via, %error, "challenge not routed: not reached that way");
+                }
+            }));
+        }
+    }
+
+    /// A peer answered a challenge: its outbox is on the broker the challenge went to.
+    fn on_present(&mut self, name: &str, started_at: u64, nonce: u64, ctx: &mut Context<Self>) {
+        let Some(challenge) = self
+            .challenges
+            .remove(&nonce)
+            .filter(|c| c.peer == name && c.started_at == started_at)
+        else {
+            // An answer to no challenge of ours: late, replayed, or forged.
+            self.stats.dropped("refused");
+            return;
+        };
+        let Some(peer) = self
+            .peers
+            .get_mut(name)
+            .filter(|p| p.announcement.started_at == started_at)
+        else {
+            return;
+        };
+        bump(&self.stats.presences_proven);
+        // The own broker beats the cluster broker when both are one (either path works).
+        let better = matches!(
+            (peer.route.via, challenge.via),
+            (Via::HandoverQueue, _) | (Via::ClusterBroker, Via::LocalBroker)
+        );
+        if !better {
             return;
         }
-        let (name, started_at) = (a.name.clone(), a.started_at);
-        let marker = presence_queue(&name).name;
-        let look = async move {
-            for broker in [local, cluster] {
-                if broker.queue_exists(&marker).await.unwrap_or(false) {
-                    return Some(broker.identity());
-                }
-            }
-            None
-        };
-        ctx.spawn(look.into_actor(self).map(move |found, act, ctx| {
-            let Some(identity) = found else {
-                debug!(peer = %name, "peer's presence queue not found here: handovers go through its handover queue");
-                return;
+        info!(peer = %name, announced = %peer.announcement.broker, via = %challenge.via,
+            "peer proved its outbox is on a broker this instance uses: handing over directly");
+        let route = Arc::new(PeerRoute {
+            via: challenge.via,
+            ..(*peer.route).clone()
+        });
+        let old = std::mem::replace(&mut peer.route, route);
+        self.publish_ownership(ctx);
+        self.gone(vec![old]);
+    }
+
+    /// Challenges that were routed but not answered in time are sent again (the answer was
+    /// lost, or went to a listener queue that a reconnect replaced), a few times.
+    fn retry_challenges(&mut self, ctx: &mut Context<Self>) {
+        let late: Vec<u64> = self
+            .challenges
+            .iter()
+            .filter(|(_, c)| c.sent.elapsed() >= ANSWER_WAIT)
+            .map(|(nonce, _)| *nonce)
+            .collect();
+        let mut again = BTreeSet::new();
+        for nonce in late {
+            let Some(c) = self.challenges.remove(&nonce) else {
+                continue;
             };
-            let Some(peer) = act
-                .peers
-                .get_mut(&name)
-                .filter(|p| p.announcement.started_at == started_at)
-            else {
-                return;
-            };
-            info!(peer = %name, announced = %peer.announcement.broker, broker = %identity,
-                "peer's outbox is on a broker this instance uses: handing over directly");
-            peer.found_on = Some(identity.clone());
-            let route = Arc::new(PeerRoute {
-                broker: identity,
-                ..(*peer.route).clone()
+            let unproven = self.peers.get(&c.peer).is_some_and(|p| {
+                p.announcement.started_at == c.started_at && p.route.via != Via::LocalBroker
             });
-            let old = std::mem::replace(&mut peer.route, route);
-            act.publish_ownership(ctx);
-            act.gone(vec![old]);
-        }));
+            if unproven && c.attempts < CHALLENGE_ATTEMPTS {
+                again.insert((c.peer, c.started_at, c.attempts));
+            }
+        }
+        for (peer, started_at, attempts) in again {
+            self.challenge(&peer, started_at, attempts, ctx);
+        }
+    }
+
+    /// Every peer not proven to share this instance's own broker, challenged again (the
+    /// listener queue is new: answers to earlier challenges went to the old one).
+    fn challenge_unproven(&mut self, ctx: &mut Context<Self>) {
+        let unproven: Vec<(String, u64)> = self
+            .peers
+            .values()
+            .filter(|p| p.route.via != Via::LocalBroker)
+            .map(|p| (p.announcement.name.clone(), p.announcement.started_at))
+            .collect();
+        for (peer, started_at) in unproven {
+            self.challenge(&peer, started_at, 0, ctx);
+        }
     }
 
     /// Every instance must share the cluster settings (broker, exchange, max-hops, signing):
@@ -590,8 +702,14 @@ impl PeerRegistry {
                     }
                 }
             }
-            // Heartbeats go to the heartbeat queue only; one here was misrouted by hand.
-            ClusterMessage::Heartbeat { .. } => {}
+            ClusterMessage::Present {
+                name,
+                started_at,
+                nonce,
+            } => self.on_present(&name, started_at, nonce, ctx),
+            // Heartbeats go to the heartbeat queue only, challenges to presence queues; one
+            // here was misrouted by hand.
+            ClusterMessage::Heartbeat { .. } | ClusterMessage::Challenge { .. } => {}
         }
     }
 
@@ -680,7 +798,9 @@ impl PeerRegistry {
             // After a reconnect, a peer still silent may itself be reconnecting: it has a
             // whole peer-timeout from the reconnect. After a reload everyone is listening and
             // announces at once, so silence within the window means gone.
-            if why == Rejoin::Reload && !silent.is_empty() {
+            // In digest mode only while digests come: with none (a frozen or replaced
+            // leader) nobody could be heard, and the expiry sweep takes over once they do.
+            if why == Rejoin::Reload && !silent.is_empty() && !act.digests_missing() {
                 let mut gone = Vec::new();
                 for name in &silent {
                     warn!(peer = %name, "peer did not re-announce after a reload or reconnect; forgotten");
@@ -720,17 +840,20 @@ impl PeerRegistry {
         }
     }
 
+    /// Digest mode: a digest is overdue (or none came yet), so silence says nothing.
+    fn digests_missing(&self) -> bool {
+        self.protocol == ClusterProtocol::Digest
+            && self
+                .last_digest
+                .is_none_or(|at| at.elapsed() >= self.announce_interval * 3 / 2)
+    }
+
     fn expire(&mut self) {
         if !self.listening {
             // Silence is this instance's own deafness, not the peers' death.
             return;
         }
-        let quiet_after = self.announce_interval * 3 / 2;
-        if self.protocol == ClusterProtocol::Digest
-            && self
-                .last_digest
-                .is_none_or(|at| at.elapsed() >= quiet_after)
-        {
+        if self.digests_missing() {
             // A digest missed (or none yet): the heartbeat leader is frozen (a stopped
             // process holds its consumer until its connection times out) or being replaced.
             // That silence says nothing of the others; forgetting them all would hold their
@@ -739,7 +862,7 @@ impl PeerRegistry {
                 self.digests_quiet = true;
                 if self.last_digest.is_some() {
                     warn!(
-                        quiet = ?quiet_after,
+                        quiet = ?(self.announce_interval * 3 / 2),
                         "no digest lately: no peer expires until digests come again"
                     );
                 }
@@ -781,6 +904,7 @@ impl Actor for PeerRegistry {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.schedule_sweep(ctx);
         ctx.run_interval(self.remind_every, |act, _| act.remind_conflicts());
+        ctx.run_interval(ANSWER_WAIT, |act, ctx| act.retry_challenges(ctx));
         // Capped at an announce interval: while deaf, this instance keeps its peers and defers
         // unowned mail, so it must be listening again soon after the broker is back.
         let delay = backoff::delay(self.failures).min(self.rejoin_window / 2);
@@ -815,6 +939,7 @@ impl Actor for PeerRegistry {
                     act.queue = Some(queue);
                     ctx.add_stream(stream);
                     act.listening = true;
+                    act.challenge_unproven(ctx);
                     // Whatever was heard before the outage is as old as the outage: every
                     // peer gets a full peer-timeout from now.
                     let now = Instant::now();

@@ -33,8 +33,37 @@ pub enum Unroutable {
 pub struct PeerRoute {
     pub name: String,
     pub outbox: String,
-    /// host:port/vhost of the broker holding `outbox`.
+    /// The broker holding `outbox` as the peer announced it (host:port/vhost): shown to
+    /// operators, never compared to decide a path (two private brokers may both be
+    /// `localhost:5672//`).
     pub broker: String,
+    /// How this instance reaches `outbox`: proven by the peer's answer to a challenge, else
+    /// through the peer's handover queue.
+    pub via: Via,
+}
+
+/// The path of a handover, from what the peer proved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Via {
+    /// Not proven to share a broker with this instance: the peer's handover queue on the
+    /// cluster broker, which its relay moves into its outbox. Always correct, one hop longer.
+    #[default]
+    HandoverQueue,
+    /// The peer answered a challenge read from its presence queue on this instance's own
+    /// broker: its outbox is there.
+    LocalBroker,
+    /// The same, on the cluster broker.
+    ClusterBroker,
+}
+
+impl fmt::Display for Via {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Via::HandoverQueue => "handover queue",
+            Via::LocalBroker => "own broker",
+            Via::ClusterBroker => "cluster broker",
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -450,6 +479,7 @@ mod tests {
             name: name.into(),
             outbox: format!("{name}.outbox"),
             broker: "b".into(),
+            via: Via::LocalBroker,
         })
     }
 

@@ -41,6 +41,11 @@ pub struct Stats {
     pub digests_received: AtomicU64,
     pub asks_sent: AtomicU64,
     pub asks_answered: AtomicU64,
+    /// Broker proofs: challenges put into peers' presence queues, challenges of peers
+    /// answered, and answers received that proved a peer's outbox on a broker of ours.
+    pub challenges_sent: AtomicU64,
+    pub challenges_answered: AtomicU64,
+    pub presences_proven: AtomicU64,
     pub ownership_conflicts: AtomicU64,
     /// IP conflicts that exist now (a gauge): an IP two instances claim.
     pub ip_conflicts: AtomicU64,
@@ -55,6 +60,9 @@ pub struct Stats {
     pub dropped_unsigned: AtomicU64,
     pub dropped_bad_signature: AtomicU64,
     pub dropped_stale: AtomicU64,
+    /// Well-formed frames this instance would not act on (a challenge with a foreign reply
+    /// address or over the answer budget, an answer to no challenge of ours).
+    pub dropped_refused: AtomicU64,
     pub reloads: AtomicU64,
     pub restarts: AtomicU64,
     /// 1 while paused for maintenance (no outbox consumer), else 0.
@@ -128,6 +136,9 @@ pub struct StatsSnapshot {
     pub digests_received: u64,
     pub asks_sent: u64,
     pub asks_answered: u64,
+    pub challenges_sent: u64,
+    pub challenges_answered: u64,
+    pub presences_proven: u64,
     pub ownership_conflicts: u64,
     pub ip_conflicts: u64,
     pub conflict_reminders: u64,
@@ -152,6 +163,7 @@ impl Stats {
             "unsigned" => &self.dropped_unsigned,
             "bad_signature" => &self.dropped_bad_signature,
             "stale" => &self.dropped_stale,
+            "refused" => &self.dropped_refused,
             _ => &self.dropped_garbage,
         });
     }
@@ -180,6 +192,9 @@ impl Stats {
             digests_received: get(&self.digests_received),
             asks_sent: get(&self.asks_sent),
             asks_answered: get(&self.asks_answered),
+            challenges_sent: get(&self.challenges_sent),
+            challenges_answered: get(&self.challenges_answered),
+            presences_proven: get(&self.presences_proven),
             ownership_conflicts: get(&self.ownership_conflicts),
             ip_conflicts: get(&self.ip_conflicts),
             conflict_reminders: get(&self.conflict_reminders),

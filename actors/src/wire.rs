@@ -108,6 +108,23 @@ pub enum ClusterMessage {
         reply_to: String,
         names: Vec<String>,
     },
+    /// Published into the named peer's presence queue on a broker this instance uses (never
+    /// to the exchange): "if you read this, answer `Present` with `nonce` into `reply_to`".
+    /// Only an instance connected to that broker can read it, so the answer proves where its
+    /// outbox is, however either of them spells the broker's address.
+    Challenge {
+        from: String,
+        reply_to: String,
+        nonce: u64,
+    },
+    /// The answer to a `Challenge`, sent straight to the challenger's listener queue. Signed
+    /// like every frame when `cluster-secret` is set: a client that declared a look-alike
+    /// presence queue reads the challenge but cannot answer it.
+    Present {
+        name: String,
+        started_at: u64,
+        nonce: u64,
+    },
 }
 
 /// One member as the heartbeat leader last heard it.
@@ -135,6 +152,8 @@ impl ClusterMessage {
             ClusterMessage::Heartbeat { name, .. } => format!("heartbeat.{name}"),
             ClusterMessage::Digest { from, .. } => format!("digest.{from}"),
             ClusterMessage::Ask { from, .. } => format!("ask.{from}"),
+            ClusterMessage::Challenge { from, .. } => format!("challenge.{from}"),
+            ClusterMessage::Present { name, .. } => format!("present.{name}"),
         }
     }
 }

@@ -86,6 +86,7 @@ async fn a_handover_lands_in_the_peer_outbox_untouched() {
     wait_listening(&a).await;
     announce_ghost(&broker, "g", "10.0.0.7", "g.outbox").await;
     wait_peers(&[&a], 1).await;
+    wait_proven(&a, &["10.0.0.7"]).await;
     for i in 0..20 {
         inject(
             &broker,
@@ -530,6 +531,7 @@ async fn a_second_claim_on_a_live_peers_ip_does_not_take_it_over() {
     wait_peers(&[&a], 1).await;
     announce_ghost(&broker, "second", "10.0.0.9", "second.outbox").await;
     wait_peers(&[&a], 2).await;
+    wait_proven(&a, &["10.0.0.9"]).await;
     // Ownership is published at most once per 20 ms: a burst of announcements costs one.
     wait_for("the conflict seen", LIMIT, || async {
         a.stats.snapshot().ownership_conflicts >= 1
@@ -654,4 +656,50 @@ async fn an_ip_conflict_is_flagged_while_it_lasts() {
     })
     .await
     .unwrap();
+}
+
+/// Two instances that heard two claimants of one IP in opposite orders route it to the same
+/// one: the claim of the earlier announced start holds, whoever was heard first. (Failed
+/// before: each registry kept the claim it heard first.)
+#[actix::test]
+async fn an_ip_conflict_has_one_winner_whatever_order_it_was_heard_in() {
+    let claim = |name: &str, started_at: u64| Announcement {
+        name: name.into(),
+        version: "test".into(),
+        started_at,
+        sequence: 1,
+        local_ips: vec![ip("10.0.0.9")],
+        outbox: format!("{name}.outbox"),
+        broker: "elsewhere".into(),
+        ..Default::default()
+    };
+    let (older, newer) = (claim("zed", 1_000), claim("amy", 2_000));
+    let mut owners = Vec::new();
+    for (label, order) in [("x", [&newer, &older]), ("y", [&older, &newer])] {
+        let broker = MemoryBroker::new(format!("conflict-order-{label}"));
+        let instance = start(&broker, settings(label, &["10.0.0.1"])).await;
+        wait_listening(&instance).await;
+        for (n, a) in order.into_iter().enumerate() {
+            publish_cluster(&broker, &ClusterMessage::Announcement(a.clone())).await;
+            wait_peers(&[&instance], n + 1).await;
+        }
+        wait_for("the conflict seen", LIMIT, || async {
+            instance.stats.snapshot().ownership_conflicts >= 1
+        })
+        .await
+        .unwrap();
+        let owner = || match instance.table.owner(&ip("10.0.0.9")) {
+            Some(Owner::Peer(route)) => route.name.clone(),
+            other => format!("{other:?}"),
+        };
+        // The router takes the table a moment after the registry decides.
+        let _ = wait_for(
+            "the earlier start owns the IP",
+            Duration::from_secs(2),
+            || async { owner() == "zed" },
+        )
+        .await;
+        owners.push(owner());
+    }
+    assert_eq!(owners, ["zed", "zed"]);
 }

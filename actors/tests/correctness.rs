@@ -46,6 +46,7 @@ async fn a_stray_return_is_kept_on_the_local_broker_until_confirmed() {
     announce_ghost(&cluster_memory, "g", "10.0.0.7", "g.missing-outbox").await;
     announce_ghost(&cluster_memory, "h", "10.0.0.8", "h.outbox").await;
     wait_peers(&[&a], 2).await;
+    wait_proven(&a, &["10.0.0.7", "10.0.0.8"]).await;
     // The first attempts to hold the stray fail; it must be retried, not dropped.
     local.fail_next_publishes("a.retry", 3);
     inject(&local, "a.outbox", "to-g", &["10.0.0.7"]).await;
@@ -198,6 +199,7 @@ async fn reloads_neither_fail_mail_for_live_peers_nor_keep_dead_ones() {
     let mut live = announce_ghost(&broker, "g", "10.0.0.7", "g.outbox").await;
     announce_ghost(&broker, "dead", "10.0.0.9", "dead.outbox").await;
     wait_peers(&[&a], 2).await;
+    wait_proven(&a, &["10.0.0.7", "10.0.0.9"]).await;
     for round in 0..3 {
         publish_cluster(&broker, &ClusterMessage::Reload { from: None }).await;
         wait_for("reload taken", LIMIT, || async {
@@ -271,6 +273,7 @@ async fn a_failing_destination_does_not_stall_the_others() {
     wait_listening(&a).await;
     announce_ghost(&broker, "g", "10.0.0.7", "g.outbox").await;
     wait_peers(&[&a], 1).await;
+    wait_proven(&a, &["10.0.0.7"]).await;
     broker.fail_next_publishes("g.outbox", 1_000_000);
     inject(&broker, "a.outbox", "to-g", &["10.0.0.7"]).await;
     // Let it fail a few times, so its backoff has grown.
@@ -304,6 +307,7 @@ async fn the_same_message_always_gets_the_same_id() {
     wait_listening(&a).await;
     announce_ghost(&broker, "g", "10.0.0.7", "g.outbox").await;
     wait_peers(&[&a], 1).await;
+    wait_proven(&a, &["10.0.0.7"]).await;
     let body = mailerq_json("same", Some(&[ip("10.0.0.7")]), 256);
     let without_id = Message::new(body, Default::default());
     // The first copy's handover fails once and is requeued: the retry keeps the id too.
@@ -393,6 +397,7 @@ async fn a_departed_peer_releases_its_destination() {
     let left = announce_ghost(&memory, "left", "10.0.0.7", "left.outbox").await;
     announce_ghost(&memory, "silent", "10.0.0.8", "silent.outbox").await;
     wait_peers(&[&a], 2).await;
+    wait_proven(&a, &["10.0.0.7", "10.0.0.8"]).await;
     publish_cluster(
         &memory,
         &ClusterMessage::Leaving {
@@ -401,19 +406,23 @@ async fn a_departed_peer_releases_its_destination() {
         },
     )
     .await;
-    wait_for("both released", LIMIT, || async {
-        broker.released.lock().unwrap().len() == 2
-    })
-    .await
-    .unwrap();
-    let mut released: Vec<String> = broker
-        .released
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|d| d.routing_key.clone())
-        .collect();
-    released.sort();
+    // Their outboxes; their handover queues were released when they proved to be here.
+    let outboxes = || {
+        let mut released: Vec<String> = broker
+            .released
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|d| d.routing_key.clone())
+            .filter(|key| key.ends_with(".outbox"))
+            .collect();
+        released.sort();
+        released
+    };
+    wait_for("both released", LIMIT, || async { outboxes().len() == 2 })
+        .await
+        .unwrap();
+    let released = outboxes();
     assert_eq!(released, ["left.outbox", "silent.outbox"]);
 }
 

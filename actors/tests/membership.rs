@@ -370,3 +370,46 @@ async fn junk_in_the_heartbeat_queue_is_dropped_and_counted() {
     assert!(fleet.agreed().await);
     assert_eq!(fleet.sum(|s| s.peers_expired), 0);
 }
+
+/// A cluster-wide reload while the digests have stopped (the leader frozen: RabbitMQ keeps
+/// its consumer until its heartbeat times out): a reload's rejoin window must not take the
+/// missing digests for everyone's silence, as the expiry sweep does not. (Failed before: every
+/// registry forgot every peer that the frozen leader's digests would have vouched for.)
+#[actix::test]
+async fn a_reload_while_the_digest_leader_is_frozen_forgets_nobody() {
+    let (broker, fleet) = fleet(
+        "reload-frozen",
+        Duration::from_millis(100),
+        Duration::from_secs(1),
+        ClusterProtocol::Digest,
+    )
+    .await;
+    let frozen = leader(&fleet).await;
+    let quiet = || fleet.sum(|s| s.reloads);
+    let before = quiet();
+    fleet.freeze(&frozen, Duration::from_secs(2));
+    // Past the point where the others notice that no digest comes (1.5 intervals).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let body = wire::encode(&ClusterMessage::Reload { from: None }).unwrap();
+    broker
+        .publish(
+            &Destination::exchange("cluster", "reload"),
+            &Message::new(body, Properties::default()),
+            false,
+        )
+        .await
+        .unwrap();
+    wait_for("everyone reloaded", LIMIT, || async {
+        quiet() >= before + N as u64 - 1
+    })
+    .await
+    .unwrap();
+    assert!(
+        fleet.time_to_agree(Instant::now(), LIMIT).await.is_some(),
+        "after the thaw"
+    );
+    for member in &fleet.members {
+        let expired = member.instance.stats.snapshot().peers_expired;
+        assert_eq!(expired, 0, "{} forgot peers", member.instance.settings.name);
+    }
+}

@@ -147,3 +147,99 @@ async fn the_handover_queue_keeps_mail_while_its_owner_is_away() {
             .all(|&n| n == 1)
     );
 }
+
+/// The default deployment of private brokers: each instance's own RabbitMQ at `localhost`,
+/// the same queue names on each. Every instance announces the same broker spelling; each must
+/// still hand its peers' mail to them (through their handover queues), never into its own
+/// broker's queue of that name. (Failed before the brokers' identity was proven: a handed the
+/// mail into its own `outbox`, which it then failed as a loop.)
+#[actix::test]
+async fn private_brokers_spelled_alike_are_told_apart() {
+    let cluster = MemoryBroker::new("cluster-broker");
+    let names = [("a", "10.0.0.1"), ("b", "10.0.0.2"), ("c", "10.0.0.3")];
+    let mut locals = Vec::new();
+    let mut instances = Vec::new();
+    for (name, ip) in names {
+        let local = MemoryBroker::new("localhost:5672//");
+        let mut s = settings(name, &[ip]);
+        (s.outbox, s.deliver, s.failure, s.retry) = (
+            "outbox".into(),
+            "deliver".into(),
+            "failure".into(),
+            "retry".into(),
+        );
+        let shared: SharedBroker = Arc::new(cluster.clone());
+        instances.push(
+            Instance::start(s, Arc::new(local.clone()), shared)
+                .await
+                .unwrap(),
+        );
+        locals.push(local);
+    }
+    let refs: Vec<&Instance> = instances.iter().collect();
+    wait_peers(&refs, 2).await;
+    for (from, local) in locals.iter().enumerate() {
+        for (to, (_, ip)) in names.iter().enumerate() {
+            for i in 0..50 {
+                inject(local, "outbox", &format!("{from}-to-{to}-{i}"), &[ip]).await;
+            }
+        }
+    }
+    wait_for("all delivered", LIMIT, || async {
+        locals.iter().all(|l| l.depth("deliver") == 150)
+    })
+    .await
+    .unwrap();
+    for (to, local) in locals.iter().enumerate() {
+        let delivered = ids(&local.drain("deliver"));
+        assert_eq!(delivered.len(), 150);
+        assert!(delivered.values().all(|&n| n == 1), "{delivered:?}");
+        assert!(
+            delivered
+                .keys()
+                .all(|id| id.contains(&format!("-to-{to}-"))),
+            "instance {to} delivered another's mail: {delivered:?}"
+        );
+        assert_eq!(local.depth("failure") + local.depth("retry"), 0);
+    }
+    for instance in &instances {
+        let s = instance.stats.snapshot();
+        assert_eq!((s.handed_over, s.relayed, s.failed), (100, 100, 0), "{s:?}");
+    }
+}
+
+/// A shared broker is known from the peer's answer to a challenge, not from its spelling
+/// (`tests/broker_identity.rs` spells it two ways on RabbitMQ): handovers go straight into
+/// the peer's outbox, none through the relay.
+#[actix::test]
+async fn a_shared_broker_is_proven_and_handed_over_directly() {
+    let broker = MemoryBroker::new("localhost:5672//");
+    let mut instances = Vec::new();
+    for (name, ip) in [("a", "10.0.0.1"), ("b", "10.0.0.2")] {
+        let s = settings(name, &[ip]);
+        let shared: SharedBroker = Arc::new(broker.clone());
+        instances.push(Instance::start(s, shared.clone(), shared).await.unwrap());
+    }
+    let refs: Vec<&Instance> = instances.iter().collect();
+    wait_peers(&refs, 1).await;
+    wait_for("presence proven", LIMIT, || async {
+        instances
+            .iter()
+            .all(|i| i.stats.snapshot().presences_proven >= 1)
+    })
+    .await
+    .unwrap();
+    for i in 0..50 {
+        inject(&broker, "a.outbox", &format!("a-to-b-{i}"), &["10.0.0.2"]).await;
+    }
+    wait_for("delivered", LIMIT, || async {
+        broker.depth("b.deliver") == 50
+    })
+    .await
+    .unwrap();
+    let s = instances[0].stats.snapshot();
+    assert_eq!(
+        (s.handed_over, instances[1].stats.snapshot().relayed),
+        (50, 0)
+    );
+}

@@ -34,6 +34,7 @@ pub fn micro_benches() -> Vec<Micro> {
             name: "p".into(),
             outbox: "p.outbox".into(),
             broker: "b".into(),
+            via: mailroute_actors::routing::Via::LocalBroker,
         });
         let ips: Vec<IpAddr> = (0..size)
             .map(|i| IpAddr::from((0x0a00_0000u32 + i).to_be_bytes()))

@@ -121,6 +121,8 @@ pub async fn scrape(state: web::Data<ConsoleState>) -> HttpResponse {
             ("digest", &s.digests_sent),
             ("ask", &s.asks_sent),
             ("answer", &s.asks_answered),
+            ("challenge", &s.challenges_sent),
+            ("present", &s.challenges_answered),
         ],
         |kind| Kind { kind },
     );
@@ -133,6 +135,7 @@ pub async fn scrape(state: web::Data<ConsoleState>) -> HttpResponse {
         &[
             ("announcement", &s.announcements_received),
             ("digest", &s.digests_received),
+            ("present", &s.presences_proven),
         ],
         |kind| Kind { kind },
     );
@@ -150,6 +153,7 @@ pub async fn scrape(state: web::Data<ConsoleState>) -> HttpResponse {
             ("unsigned", &s.dropped_unsigned),
             ("bad_signature", &s.dropped_bad_signature),
             ("stale", &s.dropped_stale),
+            ("refused", &s.dropped_refused),
         ],
         |reason| Reason { reason },
     );

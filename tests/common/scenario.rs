@@ -183,7 +183,16 @@ pub fn phantom_peer_on(
     ips: Vec<IpAddr>,
 ) -> actix_rt::task::JoinHandle<()> {
     let (name, outbox, exchange) = (name.to_string(), outbox.to_string(), exchange.to_string());
-    actix_rt::spawn(async move {
+    // It answers challenges on `broker` as a running instance does: its outbox is proven to
+    // be there (gone or not), and nobody reaches it through its handover queue.
+    let presence = mailroute_actors::testkit::ghost::hold_presence(
+        broker.clone(),
+        broker.clone(),
+        name.clone(),
+        7,
+        wire::Codec::default(),
+    );
+    let announce = async move {
         let mut sequence = 0;
         loop {
             sequence += 1;
@@ -209,6 +218,15 @@ pub fn phantom_peer_on(
                     .await;
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    actix_rt::spawn(async move {
+        // Held before the first announcement, as an instance holds it.
+        match presence.await {
+            Ok(answering) => {
+                futures::future::join(answering, announce).await;
+            }
+            Err(_) => announce.await,
         }
     })
 }

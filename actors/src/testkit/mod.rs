@@ -4,6 +4,7 @@
 
 pub mod accounting;
 pub mod fleet;
+pub mod ghost;
 pub mod traffic;
 mod wait;
 

@@ -13,6 +13,7 @@ use mailroute_actors::broker::{
     Acker, Broker, Destination, Message, Published, QueueSpec, Returned, SharedBroker, Subscription,
 };
 use mailroute_actors::memory::MemoryBroker;
+use mailroute_actors::routing::{Owner, Via};
 use mailroute_actors::testkit::traffic::{mailerq_json, test_id, test_message};
 use mailroute_actors::testkit::wait_for;
 use mailroute_actors::wire::{self, Announcement, ClusterMessage};
@@ -92,8 +93,34 @@ pub async fn announce_ghost(
         config_hash: String::new(),
         ..Default::default()
     };
+    // The ghost's outbox is on this broker, and it answers challenges to prove so.
+    let shared: SharedBroker = Arc::new(broker.clone());
+    let answering = mailroute_actors::testkit::ghost::hold_presence(
+        shared.clone(),
+        shared,
+        a.name.clone(),
+        a.started_at,
+        wire::Codec::default(),
+    )
+    .await
+    .unwrap();
+    actix::spawn(answering);
     publish_cluster(broker, &ClusterMessage::Announcement(a.clone())).await;
     a
+}
+
+/// Waits until `instance` routes each of `ips` to a peer whose outbox is proven to be on a
+/// broker it uses (until then it hands their mail to their handover queues, which a ghost
+/// does not read).
+pub async fn wait_proven(instance: &Instance, ips: &[&str]) {
+    wait_for("peers' presence proven", LIMIT, || async {
+        ips.iter().all(|i| {
+            matches!(instance.table.owner(&ip(i)),
+                Some(Owner::Peer(route)) if route.via != Via::HandoverQueue)
+        })
+    })
+    .await
+    .unwrap();
 }
 
 /// The ghost announces again, as a live peer does (a higher sequence).
