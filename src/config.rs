@@ -77,6 +77,11 @@ pub struct Config {
     pub cluster_timeout: Duration,
     /// How long `serve` waits for its brokers at startup (zero: for ever).
     pub startup_timeout: Duration,
+    /// AMQP heartbeat proposed to each broker, whole seconds (0: none); an address's own
+    /// `?heartbeat=` wins. Two missed beats (no frame for twice this) end the connection, on
+    /// either side: a link that goes silent without closing is given up and reopened.
+    pub rabbitmq_heartbeat: u16,
+    pub cluster_heartbeat: u16,
     /// How far a signed cluster message's timestamp may be from this clock (replay window).
     pub cluster_freshness: Duration,
     pub cluster_name: String,
@@ -129,6 +134,8 @@ impl fmt::Debug for Config {
             .field("cluster_secret", &self.cluster_secret)
             .field("cluster_timeout", &self.cluster_timeout)
             .field("startup_timeout", &self.startup_timeout)
+            .field("rabbitmq_heartbeat", &self.rabbitmq_heartbeat)
+            .field("cluster_heartbeat", &self.cluster_heartbeat)
             .field("cluster_freshness", &self.cluster_freshness)
             .field("cluster_name", &self.cluster_name)
             .field("announce_interval", &self.announce_interval)
@@ -206,6 +213,10 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// RabbitMQ's own default is 60 s, so a link that stops without closing is trusted for two
+/// minutes; RabbitMQ recommends 5 to 20 s. 10 s: a silent link is given up after 20 s.
+pub const DEFAULT_HEARTBEAT: u16 = 10;
+
 const KEYS: &[&str] = &[
     "rabbitmq-address",
     "rabbitmq-outbox",
@@ -226,6 +237,8 @@ const KEYS: &[&str] = &[
     "cluster-secret",
     "cluster-timeout",
     "startup-timeout",
+    "rabbitmq-heartbeat",
+    "cluster-heartbeat",
     "cluster-freshness",
     "cluster-name",
     "announce-interval",
@@ -375,6 +388,8 @@ impl Config {
         };
         values.verify("rabbitmq-verify")?;
         values.verify("cluster-verify")?;
+        let rabbitmq_heartbeat = values.heartbeat("rabbitmq-heartbeat", DEFAULT_HEARTBEAT)?;
+        let cluster_heartbeat = values.heartbeat("cluster-heartbeat", rabbitmq_heartbeat)?;
         let announce_interval =
             values.positive_duration("announce-interval", Duration::from_secs(2))?;
         let peer_timeout = values.positive_duration("peer-timeout", announce_interval * 3)?;
@@ -400,6 +415,8 @@ impl Config {
                 .map(Secret),
             cluster_timeout: values.positive_duration("cluster-timeout", Duration::from_secs(1))?,
             startup_timeout: values.duration("startup-timeout", Duration::from_secs(300))?,
+            rabbitmq_heartbeat,
+            cluster_heartbeat,
             cluster_freshness: values
                 .positive_duration("cluster-freshness", Duration::from_secs(30))?,
             cluster_name: values.name("cluster-name", &default_name())?,
@@ -682,6 +699,18 @@ impl Values<'_> {
         parse_duration(value).ok_or_else(|| {
             self.error(key, format!("expected a duration such as 2, 2s, 500ms, 5m or 1h (bare numbers are seconds), got {value:?}"))
         })
+    }
+
+    /// An AMQP heartbeat: whole seconds that fit the protocol's 16 bits; 0 turns it off.
+    fn heartbeat(&self, key: &'static str, default: u16) -> Result<u16, ConfigError> {
+        let value = self.duration(key, Duration::from_secs(default.into()))?;
+        if value.subsec_nanos() != 0 || value.as_secs() > u64::from(u16::MAX) {
+            return Err(self.error(
+                key,
+                format!("must be whole seconds from 0 (off) to {}", u16::MAX),
+            ));
+        }
+        Ok(value.as_secs() as u16)
     }
 
     /// A duration that must not be zero: an interval or a timeout of nothing makes no sense.
@@ -1008,6 +1037,20 @@ mod tests {
             );
         }
         assert!(load("warmup: 0\n").is_ok(), "no warm-up is a choice");
+    }
+
+    #[test]
+    fn heartbeats_default_to_ten_seconds_and_the_cluster_follows_the_local_one() {
+        let c = load("").unwrap();
+        assert_eq!((c.rabbitmq_heartbeat, c.cluster_heartbeat), (10, 10));
+        let c = load("rabbitmq-heartbeat: 5s\n").unwrap();
+        assert_eq!((c.rabbitmq_heartbeat, c.cluster_heartbeat), (5, 5));
+        let c = load("rabbitmq-heartbeat: 0\ncluster-heartbeat: 20\n").unwrap();
+        assert_eq!((c.rabbitmq_heartbeat, c.cluster_heartbeat), (0, 20));
+        for bad in ["500ms", "70000", "soon"] {
+            let got = error_of(&format!("cluster-heartbeat: {bad}\n"));
+            assert!(got.contains("`cluster-heartbeat`"), "{bad}: {got}");
+        }
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! One mailroute instance: the six supervised actors wired together, and its orderly stop.
+//! One mailroute instance: the supervised actors (seven, eight with the digest leader) wired together, and its orderly stop.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! mailroute's engine: the five actors of a cluster instance, the typed messages between them,
+//! mailroute's engine: the actors of a cluster instance, the typed messages between them,
 //! the route decision and ownership table, the cluster wire format, the Broker port and an
 //! in-memory broker.
 

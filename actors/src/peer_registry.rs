@@ -61,6 +61,11 @@ pub struct PeerRegistry {
     departed: HashMap<String, Departed>,
     /// The listener is consuming: silence means something.
     listening: bool,
+    /// When the listener last took a frame, any frame: this instance's own announcements
+    /// (mesh) or the digests (digest mode) come every interval, so a longer silence is this
+    /// instance's deafness (a link that stopped without closing), not the peers' death.
+    last_frame: Instant,
+    deaf: bool,
     /// The cluster has been heard since the listener (re)started or the last reload.
     heard: bool,
     /// Peers known before a reconnect or reload that have not announced since.
@@ -205,6 +210,8 @@ impl PeerRegistry {
             peers: HashMap::new(),
             departed: HashMap::new(),
             listening: false,
+            last_frame: Instant::now(),
+            deaf: false,
             heard: false,
             rejoining: HashSet::new(),
             epoch: 0,
@@ -853,6 +860,22 @@ impl PeerRegistry {
             // Silence is this instance's own deafness, not the peers' death.
             return;
         }
+        // Mesh: its own announcement comes back every interval. (Digest mode: the digests
+        // do, see `digests_missing`.)
+        if self.protocol == ClusterProtocol::Mesh
+            && self.last_frame.elapsed() >= self.announce_interval * 3 / 2
+        {
+            if !self.deaf {
+                self.deaf = true;
+                bump(&self.stats.deaf_spells);
+                self.stats
+                    .deaf
+                    .store(1, std::sync::atomic::Ordering::Relaxed);
+                warn!(silent = ?self.last_frame.elapsed(),
+                    "this instance hears nothing on the cluster exchange, not even itself: deaf; nobody expires until it hears again");
+            }
+            return;
+        }
         if self.digests_missing() {
             // A digest missed (or none yet): the heartbeat leader is frozen (a stopped
             // process holds its consumer until its connection times out) or being replaced.
@@ -939,6 +962,7 @@ impl Actor for PeerRegistry {
                     act.queue = Some(queue);
                     ctx.add_stream(stream);
                     act.listening = true;
+                    act.last_frame = Instant::now();
                     act.challenge_unproven(ctx);
                     // Whatever was heard before the outage is as old as the outage: every
                     // peer gets a full peer-timeout from now.
@@ -988,6 +1012,18 @@ impl StreamHandler<Result<Delivery, BrokerError>> for PeerRegistry {
             }
         };
         self.failures = 0;
+        self.last_frame = Instant::now();
+        if self.deaf {
+            self.deaf = false;
+            self.stats
+                .deaf
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+            // What was heard before is as old as the deafness: a full peer-timeout from now.
+            for peer in self.peers.values_mut() {
+                peer.last_seen = peer.last_seen.max(self.last_frame);
+            }
+            info!("hearing the cluster again");
+        }
         if let Some(message) = crate::cluster_frame::take(delivery, &self.codec, &self.stats) {
             self.on_message(message, ctx);
         }

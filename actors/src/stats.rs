@@ -67,6 +67,11 @@ pub struct Stats {
     pub restarts: AtomicU64,
     /// 1 while paused for maintenance (no outbox consumer), else 0.
     pub paused: AtomicU64,
+    /// 1 while the registry hears nothing on the cluster exchange, not even itself (a link
+    /// gone silent): nobody expires meanwhile. Else 0.
+    pub deaf: AtomicU64,
+    /// How often the registry went deaf.
+    pub deaf_spells: AtomicU64,
     /// From publishing a handover copy to the broker's confirm of it.
     pub handover_seconds: Histogram,
 }
@@ -147,6 +152,8 @@ pub struct StatsSnapshot {
     pub reloads: u64,
     pub restarts: u64,
     pub paused: bool,
+    pub deaf: bool,
+    pub deaf_spells: u64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -209,6 +216,8 @@ impl Stats {
             reloads: get(&self.reloads),
             restarts: get(&self.restarts),
             paused: get(&self.paused) == 1,
+            deaf: get(&self.deaf) == 1,
+            deaf_spells: get(&self.deaf_spells),
         }
     }
 }

@@ -58,6 +58,28 @@ pub struct Tls {
     pub client: Option<ClientIdentity>,
 }
 
+/// How a client's connections are kept alive and named.
+#[derive(Clone, Debug)]
+pub struct Link {
+    /// AMQP heartbeat proposed to the broker, in seconds (0: none), unless an address sets
+    /// `?heartbeat=` itself. Without one lapin takes RabbitMQ's 60 s, and a link that stops
+    /// without closing is trusted for two minutes.
+    pub heartbeat: u16,
+    /// What RabbitMQ shows for the connections (`rabbitmqctl list_connections name`), with
+    /// the role appended: "mailroute a run 1733… (consume)". An operator, and a test, can
+    /// tell whose a connection is, and find one left over.
+    pub name: String,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Link {
+            heartbeat: crate::config::DEFAULT_HEARTBEAT,
+            name: format!("mailroute@{}", gethostname::gethostname().to_string_lossy()),
+        }
+    }
+}
+
 /// A certificate chain and its private key, both PEM.
 #[derive(Clone)]
 pub struct ClientIdentity {
@@ -86,6 +108,8 @@ pub struct AmqpBroker {
     /// Set by `close`: no connection is opened again (an actor restarting during the exit
     /// would otherwise reconnect).
     closed: std::sync::atomic::AtomicBool,
+    /// Connection name prefix (see [`Link::name`]).
+    name: String,
 }
 
 /// Confirm-mode channels of the current connection: for mandatory publishes by exchange then
@@ -148,7 +172,15 @@ impl AmqpBroker {
 
     /// [`Self::new`] with TLS settings for `amqps://` nodes.
     pub fn with_tls(address: &str, tls: Tls) -> Result<Self, AddressError> {
+        Self::with_link(address, tls, Link::default())
+    }
+
+    /// [`Self::with_tls`], with the heartbeat and connection name of `link`.
+    pub fn with_link(address: &str, tls: Tls, link: Link) -> Result<Self, AddressError> {
         let mut nodes = address::parse_list(address)?;
+        for node in &mut nodes {
+            node.uri.query.heartbeat.get_or_insert(link.heartbeat);
+        }
         let identity = address::list_identity(&nodes);
         rand::seq::SliceRandom::shuffle(nodes.as_mut_slice(), &mut rand::rng());
         Ok(AmqpBroker {
@@ -169,6 +201,7 @@ impl AmqpBroker {
             blocked: tokio::sync::watch::channel(false).0,
             times_blocked: Arc::default(),
             closed: std::sync::atomic::AtomicBool::new(false),
+            name: link.name,
         })
     }
 
@@ -184,10 +217,20 @@ impl AmqpBroker {
 
     /// [`Self::connect`] with TLS settings for `amqps://` nodes.
     pub async fn connect_with_tls(address: &str, tls: Tls) -> Result<Self, BrokerError> {
-        let broker = Self::with_tls(address, tls).map_err(|e| BrokerError::ConnectFailed {
-            address: e.masked.clone(),
-            reason: e.reason,
-        })?;
+        Self::connect_with_link(address, tls, Link::default()).await
+    }
+
+    /// [`Self::connect`] with TLS settings and the heartbeat and name of `link`.
+    pub async fn connect_with_link(
+        address: &str,
+        tls: Tls,
+        link: Link,
+    ) -> Result<Self, BrokerError> {
+        let broker =
+            Self::with_link(address, tls, link).map_err(|e| BrokerError::ConnectFailed {
+                address: e.masked.clone(),
+                reason: e.reason,
+            })?;
         broker.connection().await?;
         Ok(broker)
     }
@@ -240,13 +283,8 @@ impl AmqpBroker {
             Role::Consuming => "consume",
             Role::Publishing => "publish",
         };
-        let props = ConnectionProperties::default().with_connection_name(
-            format!(
-                "mailroute@{} ({kind})",
-                gethostname::gethostname().to_string_lossy()
-            )
-            .into(),
-        );
+        let props = ConnectionProperties::default()
+            .with_connection_name(format!("{} ({kind})", self.name).into());
         let (connection, node) = self.connect_any(props).await?;
         info!(broker = %node, connection = kind, "connected");
         if role == Role::Publishing {

@@ -89,10 +89,17 @@ pub async fn connect(
     config: &Config,
     wait: Option<Duration>,
 ) -> anyhow::Result<(SharedBroker, SharedBroker)> {
+    // One run of this process: every connection it opens carries it in its name.
+    let run = mailroute_actors::wire::now_ms();
+    let link = |broker: &str, heartbeat: u16| mailroute::amqp::Link {
+        heartbeat,
+        name: format!("mailroute {} {broker} run {run}", config.cluster_name),
+    };
     let local: SharedBroker = Arc::new(
         connect_one(
             &config.rabbitmq_address,
             tls(config.rabbitmq_ca.as_ref(), config.rabbitmq_client.as_ref()),
+            link("local", config.rabbitmq_heartbeat),
             wait,
         )
         .await
@@ -105,6 +112,7 @@ pub async fn connect(
         connect_one(
             &config.cluster_address,
             tls(config.cluster_ca.as_ref(), config.cluster_client.as_ref()),
+            link("cluster", config.cluster_heartbeat),
             wait,
         )
         .await
@@ -131,6 +139,7 @@ fn tls(
 async fn connect_one(
     address: &str,
     tls: mailroute::amqp::Tls,
+    link: mailroute::amqp::Link,
     wait: Option<Duration>,
 ) -> Result<AmqpBroker, BrokerError> {
     let started = tokio::time::Instant::now();
@@ -138,7 +147,7 @@ async fn connect_one(
     let wait = wait.filter(|_| mailroute::amqp::address::parse_list(address).is_ok());
     let mut attempt = 0;
     loop {
-        let error = match AmqpBroker::connect_with_tls(address, tls.clone()).await {
+        let error = match AmqpBroker::connect_with_link(address, tls.clone(), link.clone()).await {
             Ok(broker) => return Ok(broker),
             Err(error) => error,
         };

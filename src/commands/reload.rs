@@ -66,6 +66,12 @@ fn shown(c: &Config) -> Vec<(&'static str, bool, String)> {
             if c.quorum_queues { "quorum" } else { "classic" }.into(),
         ),
         ("cluster-address", false, mask_password(&c.cluster_address)),
+        (
+            "rabbitmq-heartbeat",
+            false,
+            c.rabbitmq_heartbeat.to_string(),
+        ),
+        ("cluster-heartbeat", false, c.cluster_heartbeat.to_string()),
         ("rabbitmq-ca", false, format!("{:?}", c.rabbitmq_ca)),
         ("cluster-ca", false, format!("{:?}", c.cluster_ca)),
         ("rabbitmq-cert", false, format!("{:?}", c.rabbitmq_client)),

@@ -170,6 +170,13 @@ pub async fn scrape(state: web::Data<ConsoleState>) -> HttpResponse {
     let paused = Gauge::<i64>::default();
     paused.set(i64::from(s.paused.load(Ordering::Relaxed) == 1));
     registry.register("paused", "1 while drained for maintenance", paused);
+    let deaf = Gauge::<i64>::default();
+    deaf.set(i64::from(s.deaf.load(Ordering::Relaxed) == 1));
+    registry.register(
+        "deaf",
+        "1 while this instance hears nothing on the cluster exchange, not even itself (nobody expires meanwhile)",
+        deaf,
+    );
     let conflicts = Gauge::<i64>::default();
     conflicts.set(i64::try_from(s.ip_conflicts.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
     registry.register("ip_conflicts", "IPs two instances claim now", conflicts);

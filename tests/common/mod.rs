@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod private;
+pub mod proxy;
 pub mod rq_cluster;
 pub mod scenario;
 pub mod servers;
@@ -458,7 +459,20 @@ pub async fn delivered_in(client: &SharedBroker, names: &[&str]) -> usize {
 /// hold-time expiring) are not waited for.
 pub async fn drain(broker: &SharedBroker, queue: &str) -> Vec<Message> {
     let mut out = Vec::new();
-    if ready(broker, queue).await == 0 {
+    // The test's own connection may have been dropped while the test thread blocked (waiting
+    // for processes to exit: no heartbeat sent meanwhile); the next call reconnects. Only a
+    // queue that is still not there after that is empty.
+    let mut ready_now = None;
+    for _ in 0..3 {
+        match broker.queue_len(queue).await {
+            Ok(n) => {
+                ready_now = Some(n);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    if ready_now.unwrap_or(0) == 0 {
         return out;
     }
     let mut stream = broker.consume(queue, 1000).await.expect("consume");

@@ -13,6 +13,9 @@ pub struct Server {
     pub starts: usize,
     /// Environment variables it runs with (`MAILROUTE_<KEY>` overrides, say).
     pub env: Vec<(String, String)>,
+    /// A hosts file the process sees as `/etc/hosts` (a mount namespace of its own): one
+    /// name resolving to another address per instance, as on separate hosts.
+    pub hosts: Option<PathBuf>,
 }
 
 /// A config file for instance `name` on `address`: queues `<name>.outbox|deliver|retry|failure`,
@@ -65,8 +68,23 @@ impl Server {
         config: &Path,
         env: Vec<(String, String)>,
     ) -> Server {
+        Self::spawn_full(dir, name, config, env, None)
+    }
+
+    /// Runs with `hosts` as its `/etc/hosts` (`unshare -m` and a bind mount; needs root).
+    pub fn spawn_with_hosts(dir: &Path, name: &str, config: &Path, hosts: &Path) -> Server {
+        Self::spawn_full(dir, name, config, Vec::new(), Some(hosts.to_path_buf()))
+    }
+
+    fn spawn_full(
+        dir: &Path,
+        name: &str,
+        config: &Path,
+        env: Vec<(String, String)>,
+        hosts: Option<PathBuf>,
+    ) -> Server {
         let log = dir.join(format!("{name}.log"));
-        let child = Self::start(config, &log, &env);
+        let child = Self::start(config, &log, &env, hosts.as_deref());
         Server {
             name: name.to_string(),
             config: config.to_path_buf(),
@@ -74,16 +92,35 @@ impl Server {
             log,
             starts: 1,
             env,
+            hosts,
         }
     }
 
-    fn start(config: &Path, log: &Path, env: &[(String, String)]) -> Child {
+    fn start(config: &Path, log: &Path, env: &[(String, String)], hosts: Option<&Path>) -> Child {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .expect("log file");
-        Command::new(env!("CARGO_BIN_EXE_mailroute"))
+        let binary = env!("CARGO_BIN_EXE_mailroute");
+        let mut command = match hosts {
+            // unshare execs the shell and the shell execs mailroute: the child's pid is
+            // mailroute's, so signals reach it.
+            Some(hosts) => {
+                let mut c = Command::new("unshare");
+                c.args([
+                    "-m",
+                    "sh",
+                    "-c",
+                    r#"mount --bind "$0" /etc/hosts && exec "$@""#,
+                ])
+                .arg(hosts)
+                .arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        command
             .args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
@@ -97,7 +134,7 @@ impl Server {
     /// Starts the same instance again after it exited (or was killed).
     pub fn restart(&mut self) {
         let _ = self.child.wait();
-        self.child = Self::start(&self.config, &self.log, &self.env);
+        self.child = Self::start(&self.config, &self.log, &self.env, self.hosts.as_deref());
         self.starts += 1;
     }
 
