@@ -233,3 +233,85 @@ async fn an_address_list_connects_through_a_node_that_answers() {
     );
     assert!(!err.contains("guest:guest"), "{err}");
 }
+
+/// One destination, some publishes routed and some returned: a headers exchange routes a
+/// message by its headers, so they share a confirm channel, and the routed ones (persistent,
+/// confirmed after the disk write) make RabbitMQ confirm the burst with `multiple` acks. lapin
+/// pairs each return with whichever confirm it resolves next; each publish must still be told
+/// its own fate, with no other message's return handed to it. (Before, swapped pairs came
+/// back as "routed, and here is a stray", the stray kept alive only in a detached task.)
+#[actix::test]
+async fn each_publish_of_a_mixed_burst_is_told_its_own_fate() {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    use mailroute_actors::broker::{HeaderValue, Properties};
+
+    let vhost = TestVhost::new("mixed-returns");
+    let setup = lapin::Connection::connect(&vhost.address(), Default::default())
+        .await
+        .unwrap();
+    let channel = setup.create_channel().await.unwrap();
+    channel
+        .exchange_declare(
+            "by-header".into(),
+            lapin::ExchangeKind::Headers,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let broker = Arc::new(AmqpBroker::connect(&vhost.address()).await.unwrap());
+    broker
+        .declare_queue(&QueueSpec::durable("routed"))
+        .await
+        .unwrap();
+    let mut binding = FieldTable::default();
+    binding.insert("x-match".into(), AMQPValue::LongString("all".into()));
+    binding.insert("route".into(), AMQPValue::LongString("yes".into()));
+    channel
+        .queue_bind(
+            "routed".into(),
+            "by-header".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            binding,
+        )
+        .await
+        .unwrap();
+    let to = Destination::exchange("by-header", "");
+    let publishes = (0..2_000).map(|i| {
+        let (broker, to) = (broker.clone(), to.clone());
+        async move {
+            let routed = i % 2 == 0;
+            let mut properties = Properties {
+                delivery_mode: Some(2),
+                ..Properties::default()
+            };
+            let route = if routed { "yes" } else { "no" };
+            properties.headers.insert(
+                "route".into(),
+                HeaderValue::LongString(route.as_bytes().to_vec()),
+            );
+            let m = Message::new(format!("m{i}"), properties);
+            (routed, broker.publish_mandatory(&to, &m).await)
+        }
+    });
+    let results = futures::future::join_all(publishes).await;
+    let mut wrong = 0;
+    for (routed, published) in &results {
+        let returned = matches!(
+            published.result,
+            Err(mailroute_actors::BrokerError::Returned { .. })
+        );
+        let told_right = if *routed {
+            published.result.is_ok()
+        } else {
+            returned
+        };
+        wrong += usize::from(!told_right || published.stray.is_some());
+    }
+    assert_eq!(wrong, 0, "publishes told another's fate");
+    let shared: mailroute_actors::broker::SharedBroker = broker.clone();
+    assert_eq!(common::ready(&shared, "routed").await, 1_000);
+    let _ = setup.close(200, "done".into()).await;
+}

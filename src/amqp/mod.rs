@@ -20,6 +20,7 @@
 //! published): they resume when the broker unblocks.
 
 pub mod address;
+mod confirms;
 mod convert;
 
 use std::collections::HashMap;
@@ -39,7 +40,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use mailroute_actors::broker::{
     Acker, Broker, BrokerError, ConsumerControl, Delivery, DeliveryStream, Destination, Message,
-    Published, QueueSpec, Returned, Subscription,
+    Published, QueueSpec, Subscription,
 };
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
@@ -104,6 +105,8 @@ pub struct AmqpBroker {
     publishers: std::sync::Mutex<Publishers>,
     /// Whether the broker blocks the publishing connection (`connection.blocked`).
     blocked: tokio::sync::watch::Sender<bool>,
+    /// When the broker last unblocked publishing.
+    unblocked_at: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     times_blocked: Arc<std::sync::atomic::AtomicU64>,
     /// Set by `close`: no connection is opened again (an actor restarting during the exit
     /// would otherwise reconnect).
@@ -116,12 +119,12 @@ pub struct AmqpBroker {
 /// routing key (looked up with borrowed keys), and a shared one for every other publish.
 #[derive(Default)]
 struct Publishers {
-    mandatory: HashMap<String, HashMap<String, Arc<Channel>>>,
-    shared: Option<Arc<Channel>>,
+    mandatory: HashMap<String, HashMap<String, Arc<Confirming>>>,
+    shared: Option<Arc<Confirming>>,
 }
 
 impl Publishers {
-    fn get(&self, to: Option<&Destination>) -> Option<&Arc<Channel>> {
+    fn get(&self, to: Option<&Destination>) -> Option<&Arc<Confirming>> {
         match to {
             Some(to) => self
                 .mandatory
@@ -130,6 +133,12 @@ impl Publishers {
             None => self.shared.as_ref(),
         }
     }
+}
+
+/// A confirm-mode channel and the fate of the publishes on it (see `confirms`).
+struct Confirming {
+    channel: Channel,
+    ledger: confirms::Ledger,
 }
 
 #[derive(Default)]
@@ -199,6 +208,7 @@ impl AmqpBroker {
             state: Mutex::new(State::default()),
             publishers: std::sync::Mutex::new(Publishers::default()),
             blocked: tokio::sync::watch::channel(false).0,
+            unblocked_at: Arc::default(),
             times_blocked: Arc::default(),
             closed: std::sync::atomic::AtomicBool::new(false),
             name: link.name,
@@ -351,11 +361,11 @@ impl AmqpBroker {
 
     /// The publish channel for mandatory publishes to `to` (`None`: the shared one), opened in
     /// confirm mode when missing or closed.
-    async fn publisher(&self, to: Option<&Destination>) -> Result<Arc<Channel>, BrokerError> {
+    async fn publisher(&self, to: Option<&Destination>) -> Result<Arc<Confirming>, BrokerError> {
         let open = |publishers: &Publishers| {
             publishers
                 .get(to)
-                .filter(|c| c.status().connected())
+                .filter(|c| c.channel.status().connected())
                 .cloned()
         };
         if let Some(channel) = open(&self.publishers_locked()) {
@@ -369,7 +379,10 @@ impl AmqpBroker {
         let connection = self.connection_locked(&mut state, Role::Publishing).await?;
         let channel = timed(connection.create_channel()).await?;
         timed(channel.confirm_select(ConfirmSelectOptions::default())).await?;
-        let channel = Arc::new(channel);
+        let channel = Arc::new(Confirming {
+            channel,
+            ledger: confirms::Ledger::default(),
+        });
         let mut publishers = self.publishers_locked();
         match to {
             Some(to) => {
@@ -406,7 +419,7 @@ impl AmqpBroker {
 
     async fn publish_on(
         &self,
-        channel: &Channel,
+        confirming: &Arc<Confirming>,
         to: &Destination,
         message: &Message,
         mandatory: bool,
@@ -415,63 +428,130 @@ impl AmqpBroker {
             mandatory,
             ..BasicPublishOptions::default()
         };
+        let mut properties = convert::to_lapin(&message.properties);
+        // A mandatory publish's fate is read from its own id (see `confirms`).
+        let id = mandatory.then(|| confirming.ledger.begin());
+        if let Some(id) = id {
+            let mut headers = properties.headers().clone().unwrap_or_default();
+            headers.insert(
+                confirms::PUBLISH_ID_HEADER.into(),
+                AMQPValue::LongLongInt(i64::try_from(id).unwrap_or(i64::MAX)),
+            );
+            properties = properties.with_headers(headers);
+        }
+        let channel = &confirming.channel;
         // One timer for the publish and its confirm: a timer per step showed in profiles.
-        let confirmation = timed(async {
-            channel
-                .basic_publish(
-                    to.exchange.as_str().into(),
-                    to.routing_key.as_str().into(),
-                    options,
-                    &message.body,
-                    convert::to_lapin(&message.properties),
-                )
-                .await?
-                .await
-        })
-        .await;
-        let (returned, ours) = match confirmation {
-            Err(error) => return failed(error),
-            Ok(Confirmation::Ack(returned)) => (returned, Ok(())),
-            Ok(Confirmation::Nack(returned)) => (returned, Err(BrokerError::Nack)),
-            Ok(Confirmation::NotRequested) => {
+        let confirmation = self
+            .timed_publish(async {
+                channel
+                    .basic_publish(
+                        to.exchange.as_str().into(),
+                        to.routing_key.as_str().into(),
+                        options,
+                        &message.body,
+                        properties,
+                    )
+                    .await?
+                    .await
+            })
+            .await;
+        let confirmation = match confirmation {
+            Ok(confirmation) => confirmation,
+            Err(error) => {
+                if let Some(id) = id {
+                    confirming.ledger.abandon(id);
+                }
+                if matches!(error, BrokerError::Timeout(_)) {
+                    self.discard(confirming);
+                }
+                return failed(error);
+            }
+        };
+        let (carried, ours) = match confirmation {
+            Confirmation::Ack(carried) => (carried, Ok(())),
+            Confirmation::Nack(carried) => (carried, Err(BrokerError::Nack)),
+            Confirmation::NotRequested => {
+                if let Some(id) = id {
+                    confirming.ledger.abandon(id);
+                }
                 return failed(BrokerError::Other(
                     "publish channel lost confirm mode".into(),
                 ));
             }
         };
-        let Some(returned) = returned else {
+        let Some(id) = id else {
             return Published {
                 result: ours,
                 stray: None,
             };
         };
-        let reply_text = returned.reply_text.as_str().to_string();
-        let content = Message {
-            properties: Arc::new(convert::from_lapin(&returned.delivery.properties)),
-            body: returned.delivery.data.into(),
-        };
-        // Two identical messages are interchangeable: equal content is ours.
-        if content == *message {
-            return Published {
-                result: Err(BrokerError::Returned {
-                    reply_code: returned.reply_code,
-                    reply_text,
-                }),
-                stray: None,
-            };
-        }
-        warn!(to = %to, "a returned message came with another publish's confirm");
-        Published {
-            result: ours,
-            stray: Some(Box::new(Returned {
-                message: content,
-                to: Destination::exchange(
-                    returned.delivery.exchange.as_str(),
-                    returned.delivery.routing_key.as_str(),
-                ),
+        let carried = carried.as_ref().map(confirms::Carried::from_lapin);
+        let result = match confirming.ledger.confirmed(id, carried).await {
+            confirms::Fate::Routed => ours,
+            confirms::Fate::Returned {
+                reply_code,
                 reply_text,
-            })),
+            } => Err(BrokerError::Returned {
+                reply_code,
+                reply_text,
+            }),
+        };
+        Published {
+            result,
+            stray: None,
         }
+    }
+
+    /// A publish and its confirm, bounded by [`TIMEOUT`] of time the broker was free to
+    /// answer: while it blocks publishing (a resource alarm), and for a timeout after, the
+    /// publish waits instead of failing. A publish that failed is published again, and its
+    /// first copy, already in lapin's buffers, would still go out when the alarm clears: one
+    /// more copy of every message in flight for every timeout.
+    async fn timed_publish<T>(
+        &self,
+        what: impl Future<Output = Result<T, lapin::Error>>,
+    ) -> Result<T, BrokerError> {
+        let mut what = std::pin::pin!(what);
+        loop {
+            match tokio::time::timeout(TIMEOUT, &mut what).await {
+                Ok(result) => return result.map_err(lapin_error),
+                Err(_) if self.blocked_lately() => continue,
+                Err(_) => return Err(BrokerError::Timeout(TIMEOUT)),
+            }
+        }
+    }
+
+    /// Whether the broker blocks publishing now or did within the last [`TIMEOUT`].
+    fn blocked_lately(&self) -> bool {
+        *self.blocked.borrow()
+            || self
+                .unblocked_at
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_some_and(|at| at.elapsed() < TIMEOUT)
+    }
+
+    /// A confirm channel whose publish timed out, unblocked: closed, so that nothing sent on
+    /// it can still be confirmed, or returned, to a publish that was told it failed. The next
+    /// publish to its destination opens another.
+    fn discard(&self, confirming: &Arc<Confirming>) {
+        let mut publishers = self.publishers_locked();
+        for keys in publishers.mandatory.values_mut() {
+            keys.retain(|_, c| !Arc::ptr_eq(c, confirming));
+        }
+        if publishers
+            .shared
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, confirming))
+        {
+            publishers.shared = None;
+        }
+        drop(publishers);
+        let channel = confirming.channel.clone();
+        warn!("a publish timed out: closing its confirm channel");
+        self.handle.spawn(async move {
+            let _ = channel.close(200, "publish timed out".into()).await;
+        });
     }
 }
 
@@ -480,10 +560,11 @@ impl AmqpBroker {
     /// it clears) and its end: logged, counted, and the consumers pause meanwhile.
     fn watch_blocked(&self, connection: &Connection) {
         let mut events = connection.events_listener();
-        let (blocked, times, broker) = (
+        let (blocked, times, broker, unblocked_at) = (
             self.blocked.clone(),
             self.times_blocked.clone(),
             self.masked.clone(),
+            self.unblocked_at.clone(),
         );
         self.handle.spawn(async move {
             while let Some(event) = events.next().await {
@@ -495,6 +576,10 @@ impl AmqpBroker {
                     }
                     lapin::Event::ConnectionUnblocked => {
                         info!(%broker, "broker unblocked publishing; consumers resume");
+                        *unblocked_at
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                            Some(std::time::Instant::now());
                         blocked.send_replace(false);
                     }
                     _ => {}
@@ -507,14 +592,17 @@ impl AmqpBroker {
 /// Closes a released confirm channel once no publish holds it. Closing earlier would lose the
 /// confirms still on their way (a client discards what arrives after its `channel.close`): the
 /// originals would be requeued although their copies were stored, and sent twice.
-async fn close_when_idle(channel: Arc<Channel>) {
+async fn close_when_idle(channel: Arc<Confirming>) {
     // Each publish in flight holds a clone of the `Arc` until its confirm is in.
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     while Arc::strong_count(&channel) > 1 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    if channel.status().connected() {
-        let _ = channel.close(200, "destination released".into()).await;
+    if channel.channel.status().connected() {
+        let _ = channel
+            .channel
+            .close(200, "destination released".into())
+            .await;
     }
 }
 
@@ -901,22 +989,30 @@ impl ConsumerControl for AmqpControl {
 
 struct AmqpAcker(lapin::Acker);
 
+/// lapin answers `Ok(false)` when it did not send the ack at all (the acker was used, or its
+/// channel is gone): the delivery is not settled, and the caller must hear so.
+fn sent(what: &str, result: Result<bool, BrokerError>) -> Result<(), BrokerError> {
+    match result? {
+        true => Ok(()),
+        false => Err(BrokerError::ChannelClosed(format!(
+            "{what} not sent: the delivery's channel is gone or it was settled already"
+        ))),
+    }
+}
+
+/// Acks, nacks and cancels are bounded like publishes: an answer that does not come (a link
+/// gone silent) is an error, not a wait for ever.
 #[async_trait]
 impl Acker for AmqpAcker {
     async fn ack(&self) -> Result<(), BrokerError> {
-        self.0
-            .ack(BasicAckOptions::default())
-            .await
-            .map(|_| ())
-            .map_err(lapin_error)
+        sent("ack", timed(self.0.ack(BasicAckOptions::default())).await)
     }
 
     async fn ack_through(&self) -> Result<(), BrokerError> {
-        self.0
-            .ack(BasicAckOptions { multiple: true })
-            .await
-            .map(|_| ())
-            .map_err(lapin_error)
+        sent(
+            "ack",
+            timed(self.0.ack(BasicAckOptions { multiple: true })).await,
+        )
     }
 
     async fn nack(&self, requeue: bool) -> Result<(), BrokerError> {
@@ -924,6 +1020,6 @@ impl Acker for AmqpAcker {
             requeue,
             ..BasicNackOptions::default()
         };
-        self.0.nack(options).await.map(|_| ()).map_err(lapin_error)
+        sent("nack", timed(self.0.nack(options)).await)
     }
 }

@@ -267,7 +267,7 @@ mod tests {
              www-url: http://one/\nwww-token: token-one-0123456789\nlocal-ips: 10.0.0.1\n\
              default-ips: 10.0.1.1\nunroutable: hold\nmax-hops: 2\nhold-time: 10s\n\
              max-hold: 1h\nannounce-interval: 1s\npeer-timeout: 5s\nlog-level: info\n\
-             cluster-timeout: 1s\ncluster-protocol: mesh\n",
+             cluster-timeout: 1s\ncluster-protocol: mesh\nrabbitmq-heartbeat: 5\ncluster-heartbeat: 6\n",
         );
         let file = config(
             "rabbitmq-address: amqp://u:p@h2/\nrabbitmq-outbox: o2\nrabbitmq-deliver: d2\n\
@@ -279,7 +279,7 @@ mod tests {
              www-url: http://two/\nwww-token: token-two-0123456789\nlocal-ips: 10.0.0.2\n\
              default-ips: 10.0.1.2\nunroutable: fail\nmax-hops: 3\nhold-time: 20s\n\
              max-hold: 2h\nannounce-interval: 2s\npeer-timeout: 10s\nlog-level: debug\n\
-             cluster-timeout: 2s\ncluster-protocol: digest\n",
+             cluster-timeout: 2s\ncluster-protocol: digest\nrabbitmq-heartbeat: 15\ncluster-heartbeat: 16\n",
         );
         let merged = merge(&running, &file);
         let (before, after, wanted) = (shown(&running), shown(&merged), shown(&file));
