@@ -261,6 +261,28 @@ impl fmt::Debug for Delivery {
 /// broker requeues its unacked deliveries.
 pub type DeliveryStream = Pin<Box<dyn Stream<Item = Result<Delivery, BrokerError>> + Send>>;
 
+/// Passes deliveries on only while `blocked` says no: a broker that blocks publishing (a
+/// resource alarm) could not take the outcome of a delivery taken now, which would wait
+/// unacked, holding memory, until the alarm clears.
+pub fn paused_while(
+    deliveries: DeliveryStream,
+    blocked: tokio::sync::watch::Receiver<bool>,
+) -> DeliveryStream {
+    use futures::StreamExt;
+    Box::pin(futures::stream::unfold(
+        (deliveries, blocked),
+        |(mut deliveries, mut blocked)| async move {
+            while *blocked.borrow_and_update() {
+                if blocked.changed().await.is_err() {
+                    break;
+                }
+            }
+            let item = deliveries.next().await?;
+            Some((item, (deliveries, blocked)))
+        },
+    ))
+}
+
 /// Stops a consumer without giving up its unacked deliveries: after `cancel` the broker sends
 /// nothing new, the stream yields what was already sent and ends, and acks still work until
 /// both the stream and this handle are dropped. A graceful drain needs exactly that.
@@ -324,6 +346,11 @@ pub trait Broker: Send + Sync + 'static {
     /// This instance will not publish to `to` for a while (its peer left): whatever the broker
     /// keeps open for it (a confirm channel) may be closed. Publishing there again reopens it.
     fn release(&self, _to: &Destination) {}
+    /// Whether this broker blocks publishing now (a resource alarm), as it changes: a consumer
+    /// of *another* broker whose outcomes are published here pauses meanwhile.
+    fn publishing_blocked(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
     /// Ends this client's use of the broker in order: whatever it sent before (acks above
     /// all) is taken by the broker before the connection goes. Nothing connects afterwards.
     async fn close(&self) {}

@@ -32,6 +32,8 @@ pub struct HandoverRelay {
     prefetch: u16,
     failures: u32,
     control: Option<Arc<dyn ConsumerControl>>,
+    /// The local broker's publishing state, when it is another broker than the cluster's.
+    also_blocked: Option<tokio::sync::watch::Receiver<bool>>,
     /// Deliveries taken and not yet acked (their publish may still be retrying).
     in_flight: usize,
     draining: bool,
@@ -74,10 +76,18 @@ impl HandoverRelay {
             prefetch,
             failures: 0,
             control: None,
+            also_blocked: None,
             in_flight: 0,
             draining: false,
             drained: Vec::new(),
         }
+    }
+
+    /// Takes no handovers while `blocked` (the local broker's publishing, where they go) says
+    /// so: each would wait, unacked, for the alarm to clear.
+    pub fn pause_while(mut self, blocked: Option<tokio::sync::watch::Receiver<bool>>) -> Self {
+        self.also_blocked = blocked;
+        self
     }
 
     fn settle_if_drained(&mut self) {
@@ -146,7 +156,13 @@ impl Actor for HandoverRelay {
                 Ok(subscription) => {
                     info!(queue = %act.queue, "relaying handovers from the cluster broker");
                     act.control = Some(Arc::from(subscription.control));
-                    ctx.add_stream(subscription.deliveries);
+                    let deliveries = match act.also_blocked.clone() {
+                        Some(blocked) => {
+                            crate::broker::paused_while(subscription.deliveries, blocked)
+                        }
+                        None => subscription.deliveries,
+                    };
+                    ctx.add_stream(deliveries);
                 }
                 Err(error) => {
                     act.failures += 1;

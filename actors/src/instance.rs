@@ -71,6 +71,18 @@ pub struct Instance {
     pub reload_requests: tokio::sync::watch::Receiver<u64>,
 }
 
+/// `publishing`'s blocked state for a consumer of `consuming`, when they are two brokers (a
+/// broker's own consumers already pause while it blocks).
+fn blocked_elsewhere(
+    publishing: &SharedBroker,
+    consuming: &SharedBroker,
+) -> Option<tokio::sync::watch::Receiver<bool>> {
+    if Arc::ptr_eq(publishing, consuming) {
+        return None;
+    }
+    publishing.publishing_blocked()
+}
+
 impl Instance {
     /// Declares the queues, then starts the actors on the current arbiter. `local` holds the
     /// outbox and the deliver/failure/retry queues, `cluster` the cluster exchange and the
@@ -146,7 +158,8 @@ impl Instance {
             router.clone().recipient(),
             stats.clone(),
             settings.warmup,
-        );
+        )
+        .pause_while(blocked_elsewhere(&cluster, &local));
         let consumer = Supervisor::start(move |_| consumer);
         let config = RegistryConfig {
             local: local.clone(),
@@ -183,7 +196,8 @@ impl Instance {
             settings.prefetch,
             settings.quorum_queues,
             stats.clone(),
-        );
+        )
+        .pause_while(blocked_elsewhere(&local, &cluster));
         let relay = Supervisor::start(move |_| relay);
         let presence = PresenceResponder::new(
             local.clone(),

@@ -18,7 +18,9 @@ use actix::prelude::*;
 use tracing::{debug, info, warn};
 
 use crate::backoff;
-use crate::broker::{Acker, BrokerError, ConsumerControl, Delivery, QueueSpec, SharedBroker};
+use crate::broker::{
+    Acker, BrokerError, ConsumerControl, Delivery, QueueSpec, SharedBroker, paused_while,
+};
 use crate::messages::{ClusterHeard, Drain, Pause, Reconfigure, Route, Settled, Unconfirmed};
 use crate::stats::{Stats, bump};
 
@@ -36,6 +38,9 @@ pub struct OutboxConsumer {
     /// connection, so after a reconnect it must be declared anew.
     presence: QueueSpec,
     prefetch: u16,
+    /// The cluster broker's publishing state, when it is another broker: handovers are
+    /// published there, so the consumer takes nothing while it blocks (see `pause_while`).
+    also_blocked: Option<tokio::sync::watch::Receiver<bool>>,
     router: Recipient<Route>,
     stats: Arc<Stats>,
     /// Deliveries not yet acked or nacked, in delivery order (ids grow with delivery tags).
@@ -106,6 +111,7 @@ impl OutboxConsumer {
             spec,
             presence,
             prefetch,
+            also_blocked: None,
             router,
             stats,
             in_flight: BTreeMap::new(),
@@ -328,6 +334,14 @@ impl Actor for OutboxConsumer {
 }
 
 impl OutboxConsumer {
+    /// Takes no outbox mail while `blocked` (another broker's publishing, where this
+    /// instance's handovers go) says so, besides while its own broker blocks: a handover
+    /// taken then could only wait, unacked, for the alarm to clear.
+    pub fn pause_while(mut self, blocked: Option<tokio::sync::watch::Receiver<bool>>) -> Self {
+        self.also_blocked = blocked;
+        self
+    }
+
     /// Subscribes after `delay`, unless the gate is closed, a stop or pause wants no
     /// consumer, or one is on its way already.
     fn consume(&mut self, ctx: &mut Context<Self>, delay: std::time::Duration) {
@@ -355,6 +369,7 @@ impl OutboxConsumer {
                 }
                 broker.subscribe(&queue, prefetch).await
             };
+            let also_blocked = act.also_blocked.clone();
             ctx.wait(
                 consume
                     .into_actor(act)
@@ -363,7 +378,11 @@ impl OutboxConsumer {
                             act.subscribing = false;
                             info!(queue = %act.queue, "consuming outbox");
                             act.control = Some(Arc::from(subscription.control));
-                            act.stream = Some(ctx.add_stream(subscription.deliveries));
+                            let deliveries = match also_blocked {
+                                Some(blocked) => paused_while(subscription.deliveries, blocked),
+                                None => subscription.deliveries,
+                            };
+                            act.stream = Some(ctx.add_stream(deliveries));
                         }
                         Err(error) => {
                             act.subscribing = false;

@@ -39,8 +39,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use mailroute_actors::broker::{
-    Acker, Broker, BrokerError, ConsumerControl, Delivery, DeliveryStream, Destination, Message,
-    Published, QueueSpec, Subscription,
+    Acker, Broker, BrokerError, ConsumerControl, Delivery, Destination, Message, Published,
+    QueueSpec, Subscription,
 };
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
@@ -606,26 +606,6 @@ async fn close_when_idle(channel: Arc<Confirming>) {
     }
 }
 
-/// Passes deliveries on only while the broker does not block publishing: the outcome of a
-/// delivery taken now could not be published, and it would wait unacked or time out.
-fn paused_while_blocked(
-    deliveries: DeliveryStream,
-    blocked: tokio::sync::watch::Receiver<bool>,
-) -> DeliveryStream {
-    Box::pin(futures::stream::unfold(
-        (deliveries, blocked),
-        |(mut deliveries, mut blocked)| async move {
-            while *blocked.borrow_and_update() {
-                if blocked.changed().await.is_err() {
-                    break;
-                }
-            }
-            let item = deliveries.next().await?;
-            Some((item, (deliveries, blocked)))
-        },
-    ))
-}
-
 /// RabbitMQ's `PRECONDITION_FAILED - inequivalent arg 'A' for queue 'Q' in vhost 'V': received
 /// X but current is Y`, as an error that says what to do.
 fn inequivalent(queue: &str, error: BrokerError) -> BrokerError {
@@ -810,6 +790,10 @@ impl Broker for AmqpBroker {
         }
     }
 
+    fn publishing_blocked(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        Some(self.blocked.subscribe())
+    }
+
     fn release(&self, to: &Destination) {
         let channel = self
             .publishers_locked()
@@ -864,7 +848,7 @@ impl Broker for AmqpBroker {
                 tag: consumer.tag(),
                 closer: closer.clone(),
             }),
-            deliveries: paused_while_blocked(
+            deliveries: mailroute_actors::broker::paused_while(
                 Box::pin(AmqpConsumer {
                     inner: consumer,
                     _closer: closer,
