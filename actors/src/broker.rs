@@ -261,14 +261,17 @@ impl fmt::Debug for Delivery {
 /// broker requeues its unacked deliveries.
 pub type DeliveryStream = Pin<Box<dyn Stream<Item = Result<Delivery, BrokerError>> + Send>>;
 
-/// Passes deliveries on only while `blocked` says no: a broker that blocks publishing (a
-/// resource alarm) could not take the outcome of a delivery taken now, which would wait
-/// unacked, holding memory, until the alarm clears.
+/// Passes deliveries on only while `blocked` (when given) says no: a broker that blocks
+/// publishing (a resource alarm) could not take the outcome of a delivery taken now, which
+/// would wait unacked, holding memory, until the alarm clears.
 pub fn paused_while(
     deliveries: DeliveryStream,
-    blocked: tokio::sync::watch::Receiver<bool>,
+    blocked: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> DeliveryStream {
     use futures::StreamExt;
+    let Some(blocked) = blocked else {
+        return deliveries;
+    };
     Box::pin(futures::stream::unfold(
         (deliveries, blocked),
         |(mut deliveries, mut blocked)| async move {

@@ -156,12 +156,10 @@ impl Actor for HandoverRelay {
                 Ok(subscription) => {
                     info!(queue = %act.queue, "relaying handovers from the cluster broker");
                     act.control = Some(Arc::from(subscription.control));
-                    let deliveries = match act.also_blocked.clone() {
-                        Some(blocked) => {
-                            crate::broker::paused_while(subscription.deliveries, blocked)
-                        }
-                        None => subscription.deliveries,
-                    };
+                    let deliveries = crate::broker::paused_while(
+                        subscription.deliveries,
+                        act.also_blocked.clone(),
+                    );
                     ctx.add_stream(deliveries);
                 }
                 Err(error) => {

@@ -153,7 +153,6 @@ impl Instance {
         let consumer = OutboxConsumer::new(
             local.clone(),
             crate::broker::QueueSpec::durable_typed(&settings.outbox, settings.quorum_queues),
-            crate::own_queues::presence_queue(&settings.name),
             settings.prefetch,
             router.clone().recipient(),
             stats.clone(),

@@ -34,9 +34,6 @@ pub struct OutboxConsumer {
     queue: String,
     /// Declared again on every start, as this instance declares it.
     spec: QueueSpec,
-    /// This instance's presence queue, declared again with the outbox: it goes with the
-    /// connection, so after a reconnect it must be declared anew.
-    presence: QueueSpec,
     prefetch: u16,
     /// The cluster broker's publishing state, when it is another broker: handovers are
     /// published there, so the consumer takes nothing while it blocks (see `pause_while`).
@@ -99,7 +96,6 @@ impl OutboxConsumer {
     pub fn new(
         broker: SharedBroker,
         spec: QueueSpec,
-        presence: QueueSpec,
         prefetch: u16,
         router: Recipient<Route>,
         stats: Arc<Stats>,
@@ -109,7 +105,6 @@ impl OutboxConsumer {
             broker,
             queue: spec.name.clone(),
             spec,
-            presence,
             prefetch,
             also_blocked: None,
             router,
@@ -356,17 +351,11 @@ impl OutboxConsumer {
             }
             let broker = act.broker.clone();
             let (queue, spec, prefetch) = (act.queue.clone(), act.spec.clone(), act.prefetch);
-            let presence = act.presence.clone();
             // Declared again on every start: if an operator or a broker failure removed the
             // outbox, this instance brings it back instead of sitting idle while peers' handovers
             // to it are returned.
             let consume = async move {
                 broker.declare_queue(&spec).await?;
-                // Only an optimisation for peers (see `own_queues::presence_queue`): a failure
-                // must not keep this instance from consuming.
-                if let Err(error) = broker.declare_queue(&presence).await {
-                    debug!(queue = %presence.name, %error, "presence queue not held");
-                }
                 broker.subscribe(&queue, prefetch).await
             };
             let also_blocked = act.also_blocked.clone();
@@ -378,10 +367,7 @@ impl OutboxConsumer {
                             act.subscribing = false;
                             info!(queue = %act.queue, "consuming outbox");
                             act.control = Some(Arc::from(subscription.control));
-                            let deliveries = match also_blocked {
-                                Some(blocked) => paused_while(subscription.deliveries, blocked),
-                                None => subscription.deliveries,
-                            };
+                            let deliveries = paused_while(subscription.deliveries, also_blocked);
                             act.stream = Some(ctx.add_stream(deliveries));
                         }
                         Err(error) => {

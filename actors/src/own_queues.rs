@@ -19,10 +19,10 @@ pub fn own_queues(settings: &InstanceSettings) -> Vec<QueueSpec> {
 }
 
 /// This instance's presence on its local broker: an exclusive queue, so it exists exactly
-/// while this instance is connected there. A peer that finds it through its own connection
-/// knows this instance's outbox is on the same broker (vhost included), however either of
-/// them spells the address (`localhost` or `127.0.0.1`, one node of a RabbitMQ cluster or
-/// another): see `PeerRegistry`'s broker probe.
+/// while this instance is connected there, held (declared again after every reconnect) and
+/// read by the `PresenceResponder`. A peer whose challenge put there is answered knows this
+/// instance's outbox is on the same broker (vhost included), however either of them spells
+/// the address: see `PeerRegistry::challenge`.
 pub fn presence_queue(name: &str) -> QueueSpec {
     QueueSpec::private(format!("mailroute.instance.{name}"))
 }

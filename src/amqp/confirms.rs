@@ -118,7 +118,8 @@ impl Ledger {
             rx
         };
         // Every outstanding publish resolves (confirmed, or abandoned when it fails), so the
-        // answer comes; a dropped ledger (the channel gone) says nothing was confirmed.
+        // answer comes: the ledger outlives this call (the publish holds its channel), and
+        // only a release drops a waiter's sender, after sending.
         rx.await.unwrap_or(Fate::Routed)
     }
 

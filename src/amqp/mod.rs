@@ -455,9 +455,14 @@ impl AmqpBroker {
                     .await
             })
             .await;
-        let confirmation = match confirmation {
-            Ok(confirmation) => confirmation,
-            Err(error) => {
+        let (carried, ours) = match confirmation {
+            Ok(Confirmation::Ack(carried)) => (carried, Ok(())),
+            Ok(Confirmation::Nack(carried)) => (carried, Err(BrokerError::Nack)),
+            failure => {
+                let error = match failure {
+                    Err(error) => error,
+                    _ => BrokerError::Other("publish channel lost confirm mode".into()),
+                };
                 if let Some(id) = id {
                     confirming.ledger.abandon(id);
                 }
@@ -465,18 +470,6 @@ impl AmqpBroker {
                     self.discard(confirming);
                 }
                 return failed(error);
-            }
-        };
-        let (carried, ours) = match confirmation {
-            Confirmation::Ack(carried) => (carried, Ok(())),
-            Confirmation::Nack(carried) => (carried, Err(BrokerError::Nack)),
-            Confirmation::NotRequested => {
-                if let Some(id) = id {
-                    confirming.ledger.abandon(id);
-                }
-                return failed(BrokerError::Other(
-                    "publish channel lost confirm mode".into(),
-                ));
             }
         };
         let Some(id) = id else {
@@ -853,7 +846,7 @@ impl Broker for AmqpBroker {
                     inner: consumer,
                     _closer: closer,
                 }),
-                self.blocked.subscribe(),
+                Some(self.blocked.subscribe()),
             ),
         })
     }
