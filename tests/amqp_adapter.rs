@@ -124,18 +124,16 @@ async fn a_released_destination_closes_its_confirm_channel() {
     for q in ["p1.outbox", "p2.outbox"] {
         queue_of(&broker, q, 0).await;
         broker
-            .publish_mandatory(&Destination::queue(q), &m)
+            .publish(&Destination::queue(q), &m, true)
             .await
-            .result
             .unwrap();
     }
     assert_eq!(broker.confirm_channels(), 2);
     broker.release(&Destination::queue("p1.outbox"));
     assert_eq!(broker.confirm_channels(), 1);
     broker
-        .publish_mandatory(&Destination::queue("p1.outbox"), &m)
+        .publish(&Destination::queue("p1.outbox"), &m, true)
         .await
-        .result
         .unwrap();
     assert_eq!(broker.confirm_channels(), 2);
     assert_eq!(common::ready(&vhost.broker().await, "p1.outbox").await, 2);
@@ -155,7 +153,7 @@ async fn releasing_a_busy_destination_fails_no_publish() {
     let publishes = futures::stream::iter(0..3000).map(|_| {
         let (broker, to, m, done) = (broker.clone(), to.clone(), m.clone(), done.clone());
         async move {
-            let result = broker.publish_mandatory(&to, &m).await.result;
+            let result = broker.publish(&to, &m, true).await;
             done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             result
         }
@@ -293,22 +291,18 @@ async fn each_publish_of_a_mixed_burst_is_told_its_own_fate() {
                 HeaderValue::LongString(route.as_bytes().to_vec()),
             );
             let m = Message::new(format!("m{i}"), properties);
-            (routed, broker.publish_mandatory(&to, &m).await)
+            (routed, broker.publish(&to, &m, true).await)
         }
     });
     let results = futures::future::join_all(publishes).await;
     let mut wrong = 0;
     for (routed, published) in &results {
         let returned = matches!(
-            published.result,
+            published,
             Err(mailroute_actors::BrokerError::Returned { .. })
         );
-        let told_right = if *routed {
-            published.result.is_ok()
-        } else {
-            returned
-        };
-        wrong += usize::from(!told_right || published.stray.is_some());
+        let told_right = if *routed { published.is_ok() } else { returned };
+        wrong += usize::from(!told_right);
     }
     assert_eq!(wrong, 0, "publishes told another's fate");
     let shared: mailroute_actors::broker::SharedBroker = broker.clone();

@@ -314,22 +314,14 @@ pub trait Broker: Send + Sync + 'static {
         pattern: &str,
     ) -> Result<(), BrokerError>;
     /// Publishes and waits for the confirm. `mandatory`: an unroutable message is `Returned`.
+    /// The answer is this publish's own fate, never another's (AMQP does not say which publish
+    /// a `basic.return` belongs to; an adapter must find out, see `amqp::confirms`).
     async fn publish(
         &self,
         to: &Destination,
         message: &Message,
         mandatory: bool,
     ) -> Result<(), BrokerError>;
-    /// A mandatory publish: `Err(Returned)` when the broker returned this very message. A
-    /// message returned with this publish's confirm (or nack) that is *not* this one comes back
-    /// in [`Published::stray`], whatever happened to ours: its own publisher was told it was
-    /// routed, so whoever receives it must keep it, or it is lost.
-    async fn publish_mandatory(&self, to: &Destination, message: &Message) -> Published {
-        Published {
-            result: self.publish(to, message, true).await,
-            stray: None,
-        }
-    }
     async fn subscribe(&self, queue: &str, prefetch: u16) -> Result<Subscription, BrokerError>;
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<DeliveryStream, BrokerError> {
         self.subscribe(queue, prefetch).await.map(|s| s.deliveries)
@@ -367,32 +359,4 @@ pub fn same_broker(a: &str, b: &str) -> bool {
     a == b
         || a.split(',')
             .any(|node| b.split(',').any(|other| other == node))
-}
-
-/// The broker's answer to one mandatory publish.
-///
-/// AMQP does not say which publish a `basic.return` belongs to; clients pair it with the next
-/// confirm, and when the broker confirms several publishes at once the pairing can be wrong.
-/// So a confirm (or a nack) may come with a message that is not the one published.
-#[derive(Debug)]
-pub struct Published {
-    pub result: Result<(), BrokerError>,
-    pub stray: Option<Box<Returned>>,
-}
-
-impl Published {
-    pub fn routed() -> Self {
-        Published {
-            result: Ok(()),
-            stray: None,
-        }
-    }
-}
-
-/// A message the broker returned (not routed), and where it had been published to.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Returned {
-    pub message: Message,
-    pub to: Destination,
-    pub reply_text: String,
 }

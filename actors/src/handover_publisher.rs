@@ -10,15 +10,12 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
-use tracing::{Instrument, info, warn};
+use tracing::{Instrument, warn};
 
-use crate::backoff;
-use crate::broker::{
-    BrokerError, Destination, HeaderValue, Message, QueueSpec, Returned, SharedBroker,
-};
+use crate::broker::{BrokerError, Destination, HeaderValue, Message, QueueSpec, SharedBroker};
 use crate::handover_relay::handover_queue;
 use crate::message_id::ensure_id;
-use crate::messages::{Dispatch, Outcome, PeersGone, Reconfigure, Settled, Unconfirmed};
+use crate::messages::{Dispatch, Outcome, PeersGone, Reconfigure, Run, Settled, Unconfirmed};
 use crate::own_queues::own_queues;
 use crate::recent_ids::{RecentIds, id_of};
 use crate::routing::{
@@ -224,7 +221,9 @@ impl Targets {
             .find(|q| to.exchange.is_empty() && q.name == to.routing_key)
     }
 
-    async fn execute(self: &Arc<Self>, plan: Plan) -> Result<Outcome, Unconfirmed> {
+    /// `run`: the consumer run the original came with. Once it is over, the original is the
+    /// broker's again, so a returned handover is not held or failed here as well.
+    async fn execute(self: &Arc<Self>, plan: Plan, run: &Run) -> Result<Outcome, Unconfirmed> {
         let Outcome::HandedOver { peer } = &plan.outcome else {
             return self.publish(plan).await;
         };
@@ -236,6 +235,11 @@ impl Targets {
             }
             Err(BrokerError::Returned { reply_text, .. }) => {
                 bump(&self.stats.handover_returned);
+                if run.is_over() {
+                    bump(&self.stats.stale_dropped);
+                    let error = BrokerError::ChannelClosed("the consumer run ended".into());
+                    return Err(unconfirmed(error, &plan.to));
+                }
                 warn!(%peer, to = %plan.to, "handover returned; applying the unroutable policy");
                 let fallback = self.fallback(peer, &reply_text);
                 self.publish(self.plan(fallback, undo_handover(plan.message)))
@@ -273,90 +277,11 @@ impl Targets {
         }
     }
 
-    /// One mandatory publish of the plan: a stray that came with the broker's answer is kept,
-    /// and a confirmed outcome counted (and remembered).
-    async fn attempt(self: &Arc<Self>, plan: &Plan) -> Result<(), BrokerError> {
-        let published = plan.broker.publish_mandatory(&plan.to, &plan.message).await;
-        self.keep_stray(published.stray);
-        if published.result.is_ok() {
-            self.confirmed(plan);
-        }
-        published.result
-    }
-
-    /// A message the broker returned with the confirm of another publish was not routed, and
-    /// its own publisher was told it was, so its original is acked already: it is ours now,
-    /// and is kept until a broker confirms it somewhere. Never dropped: a publish that fails
-    /// is tried again with backoff, for as long as this process lives.
-    fn keep_stray(self: &Arc<Self>, stray: Option<Box<Returned>>) {
-        let Some(stray) = stray else {
-            return;
-        };
-        bump(&self.stats.strays_kept);
-        if self.own_queue(&stray.to).is_none() {
-            bump(&self.stats.handover_returned);
-        }
-        let targets = self.clone();
-        let span = tracing::info_span!("stray", to = %stray.to);
-        actix::spawn(
-            async move {
-                let mut attempt = 0;
-                loop {
-                    let plan = targets.plan_for_stray(&stray);
-                    // Boxed: `publish` may spawn the keeping of yet another stray.
-                    match Box::pin(targets.publish(plan)).await {
-                        Ok(outcome) => {
-                            info!(
-                                ?outcome,
-                                "kept a message the broker returned with another publish's confirm"
-                            );
-                            return;
-                        }
-                        Err(Unconfirmed { error, .. }) => {
-                            attempt += 1;
-                            warn!(%error, attempt, "cannot keep a returned message yet; retrying");
-                            tokio::time::sleep(backoff::delay(attempt)).await;
-                        }
-                    }
-                }
-            }
-            .instrument(span),
-        );
-    }
-
-    /// Where a stray goes: back into the own queue it was published to, or, for a handover
-    /// whose peer outbox is gone, by the unroutable policy on this instance's own broker.
-    fn plan_for_stray(&self, stray: &Returned) -> Plan {
-        if self.own_queue(&stray.to).is_some() {
-            return Plan {
-                broker: self.local.clone(),
-                to: stray.to.clone(),
-                message: stray.message.clone(),
-                outcome: if stray.to.routing_key == self.deliver {
-                    Outcome::Delivered
-                } else if stray.to.routing_key == self.retry {
-                    Outcome::Held
-                } else {
-                    Outcome::Failed {
-                        reason: "kept after a return".into(),
-                    }
-                },
-            };
-        }
-        let ours = stray
-            .message
-            .header(FROM_HEADER)
-            .and_then(HeaderValue::as_str)
-            == Some(self.name.as_str());
-        let message = if ours {
-            undo_handover(stray.message.clone())
-        } else {
-            stray.message.clone()
-        };
-        self.plan(
-            self.fallback(&stray.to.routing_key, &stray.reply_text),
-            message,
-        )
+    /// One mandatory publish of the plan; a confirmed outcome is counted (and remembered).
+    async fn attempt(&self, plan: &Plan) -> Result<(), BrokerError> {
+        plan.broker.publish(&plan.to, &plan.message, true).await?;
+        self.confirmed(plan);
+        Ok(())
     }
 
     /// Counts a confirmed outcome, and remembers the id of mail delivered here so that a
@@ -425,6 +350,11 @@ impl Handler<Dispatch> for HandoverPublisher {
     type Result = ();
 
     fn handle(&mut self, dispatch: Dispatch, _: &mut Context<Self>) {
+        if dispatch.run.is_over() {
+            // Waited in this mailbox while its consumer restarted: redelivered, routed anew.
+            bump(&self.targets.stats.stale_dropped);
+            return;
+        }
         let targets = self.targets.clone();
         // Plain strings, not the Debug of the decision: a span is built for every message, and
         // a log subscriber formats its fields whenever the span is enabled.
@@ -443,12 +373,12 @@ impl Handler<Dispatch> for HandoverPublisher {
             .unwrap_or("-");
         let span = tracing::info_span!("publish", id = dispatch.id, message_id, outcome, peer);
         let plan = targets.plan(dispatch.decision, dispatch.message);
-        let (id, reply) = (dispatch.id, dispatch.reply);
+        let (id, reply, run) = (dispatch.id, dispatch.reply, dispatch.run);
         // Detached from the actor on purpose: a restart here must not drop a publish whose
         // confirm is on its way, or the consumer would wait for it forever.
         // The publish state machine is boxed: tokio moves a task's future several times while
         // spawning it, and this one is large (it copied ~1.5 KB per message).
-        let publish = Box::pin(async move { targets.execute(plan).await });
+        let publish = Box::pin(async move { targets.execute(plan, &run).await });
         actix::spawn(
             async move {
                 let result = publish.await;

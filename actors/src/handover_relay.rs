@@ -12,10 +12,8 @@ use actix::prelude::*;
 use tracing::{Instrument, info, warn};
 
 use crate::backoff;
-use crate::broker::{
-    BrokerError, ConsumerControl, Delivery, Destination, QueueSpec, Returned, SharedBroker,
-};
-use crate::messages::{Drain, Reconfigure};
+use crate::broker::{BrokerError, ConsumerControl, Delivery, Destination, QueueSpec, SharedBroker};
+use crate::messages::{Drain, Reconfigure, Run};
 use crate::stats::{Stats, bump};
 
 /// The durable queue on the cluster broker that peers hand mail for `instance` to, when its
@@ -36,6 +34,9 @@ pub struct HandoverRelay {
     also_blocked: Option<tokio::sync::watch::Receiver<bool>>,
     /// Deliveries taken and not yet acked (their publish may still be retrying).
     in_flight: usize,
+    /// Ended on a restart: a task still retrying a delivery of the old consumer gives up,
+    /// since the broker has requeued that delivery for the new one.
+    run: Run,
     draining: bool,
     drained: Vec<tokio::sync::oneshot::Sender<()>>,
 }
@@ -78,6 +79,7 @@ impl HandoverRelay {
             control: None,
             also_blocked: None,
             in_flight: 0,
+            run: Run::default(),
             draining: false,
             drained: Vec::new(),
         }
@@ -100,18 +102,19 @@ impl HandoverRelay {
 }
 
 impl Links {
-    /// Publishes one message into the outbox until the local broker confirms it. A missing
-    /// outbox is declared again; anything else is retried with backoff, the delivery kept
-    /// unacked meanwhile (the prefetch bounds how many wait).
-    async fn relay(self: &Arc<Self>, message: &crate::broker::Message) {
+    /// Publishes one message into the outbox until the local broker confirms it, and says
+    /// whether it did. A missing outbox is declared again; anything else is retried with
+    /// backoff, the delivery kept unacked meanwhile (the prefetch bounds how many wait), for
+    /// as long as the consumer `run` that took it lasts.
+    async fn relay(self: &Arc<Self>, message: &crate::broker::Message, run: &Run) -> bool {
         let mut attempt = 0;
         loop {
-            let published = self.local.publish_mandatory(&self.outbox, message).await;
-            if let Some(stray) = published.stray {
-                self.keep(*stray);
+            if run.is_over() {
+                bump(&self.stats.stale_dropped);
+                return false;
             }
-            let error = match published.result {
-                Ok(()) => return,
+            let error = match self.local.publish(&self.outbox, message, true).await {
+                Ok(()) => return true,
                 Err(error) => error,
             };
             attempt += 1;
@@ -125,14 +128,6 @@ impl Links {
             }
             tokio::time::sleep(backoff::delay(attempt)).await;
         }
-    }
-
-    /// A message returned with the confirm of another relay publish: that publish was told it
-    /// was routed and its original acked, so this one is ours to keep.
-    fn keep(self: &Arc<Self>, stray: Returned) {
-        bump(&self.stats.strays_kept);
-        let links = self.clone();
-        actix::spawn(async move { Box::pin(links.relay(&stray.message)).await });
     }
 }
 
@@ -176,6 +171,8 @@ impl Supervised for HandoverRelay {
     fn restarting(&mut self, _: &mut Context<Self>) {
         bump(&self.links.stats.restarts);
         self.control = None;
+        self.run.end();
+        self.run = Run::default();
     }
 }
 
@@ -204,9 +201,13 @@ impl StreamHandler<Result<Delivery, BrokerError>> for HandoverRelay {
             .unwrap_or("-")
             .to_owned();
         let span = tracing::info_span!("relay", id, peer = from);
+        let run = self.run.clone();
         actix::spawn(
             async move {
-                links.relay(&delivery.message).await;
+                if !links.relay(&delivery.message, &run).await {
+                    me.do_send(Relayed);
+                    return;
+                }
                 bump(&links.stats.relayed);
                 // A failed ack (the cluster connection dropped) makes the broker redeliver:
                 // a second copy in the outbox, dropped by the router once the first went out.

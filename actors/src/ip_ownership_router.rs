@@ -68,6 +68,15 @@ impl IpOwnershipRouter {
     }
 
     fn route(&mut self, route: Route) {
+        if route.run.is_over() {
+            // Its delivery died with the consumer's channel; the redelivery is routed instead.
+            bump(&self.stats.stale_dropped);
+            debug!(
+                id = route.id,
+                "the consumer run that took it ended; dropped"
+            );
+            return;
+        }
         if id_of(&route.message).is_some_and(|id| self.recent.contains(id)) {
             // Delivered here already: this copy is a redelivery upstream or an injector's retry.
             bump(&self.stats.duplicates_dropped);
@@ -94,11 +103,21 @@ impl IpOwnershipRouter {
                 return;
             }
             bump(&self.stats.deferred);
+            if self.deferred.first().is_some_and(|r| r.run.is_over()) {
+                // The consumer restarted while these waited: what it took is redelivered.
+                let before = self.deferred.len();
+                self.deferred.retain(|r| !r.run.is_over());
+                let dropped = (before - self.deferred.len()) as u64;
+                self.stats
+                    .stale_dropped
+                    .fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
+            }
             self.deferred.push(route);
             return;
         }
         let dispatch = Dispatch {
             id: route.id,
+            run: route.run,
             decision,
             message: route.message,
             reply: route.reply,

@@ -16,8 +16,8 @@ use futures::Stream;
 use tokio::sync::mpsc;
 
 use crate::broker::{
-    Acker, Broker, BrokerError, ConsumerControl, Delivery, Destination, Message, Published,
-    QueueSpec, Subscription,
+    Acker, Broker, BrokerError, ConsumerControl, Delivery, Destination, Message, QueueSpec,
+    Subscription,
 };
 
 #[derive(Clone)]
@@ -122,6 +122,16 @@ impl MemoryBroker {
             .queues
             .get_mut(queue)
             .map(|q| q.ready.drain(..).map(|s| s.message).collect())
+            .unwrap_or_default()
+    }
+
+    /// A copy of every ready message of a queue, left in place.
+    pub fn peek(&self, queue: &str) -> Vec<Message> {
+        let state = self.lock();
+        state
+            .queues
+            .get(queue)
+            .map(|q| q.ready.iter().map(|s| s.message.clone()).collect())
             .unwrap_or_default()
     }
 
@@ -537,13 +547,6 @@ impl Broker for MemoryBroker {
         mandatory: bool,
     ) -> Result<(), BrokerError> {
         self.publish_now(to, message, mandatory)
-    }
-
-    async fn publish_mandatory(&self, to: &Destination, message: &Message) -> Published {
-        Published {
-            result: self.publish_now(to, message, true),
-            stray: None,
-        }
     }
 
     async fn subscribe(&self, queue: &str, prefetch: u16) -> Result<Subscription, BrokerError> {

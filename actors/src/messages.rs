@@ -10,12 +10,31 @@ use crate::broker::{BrokerError, Message as AmqpMessage};
 use crate::routing::{Decision, PeerRoute};
 use crate::wire::Announcement;
 
+/// One run of a consumer: from its subscribe until its channel is gone. When a run ends
+/// without settling what it took, the broker has requeued those deliveries and sends them
+/// again, so whoever still holds a message of that run drops it instead of publishing a
+/// second copy beside the redelivered original.
+#[derive(Debug, Clone, Default)]
+pub struct Run(Arc<std::sync::atomic::AtomicBool>);
+
+impl Run {
+    pub fn end(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_over(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// OutboxConsumer → IpOwnershipRouter: decide where this outbox message goes.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Route {
     /// Unique per consumer run; the consumer keeps the delivery's acker under it.
     pub id: u64,
+    /// The consumer run that took it: once over, the message is the broker's again.
+    pub run: Run,
     pub message: AmqpMessage,
     /// Who settles the original once the outcome is confirmed.
     pub reply: Recipient<Settled>,
@@ -26,6 +45,7 @@ pub struct Route {
 #[rtype(result = "()")]
 pub struct Dispatch {
     pub id: u64,
+    pub run: Run,
     pub decision: Decision,
     pub message: AmqpMessage,
     pub reply: Recipient<Settled>,

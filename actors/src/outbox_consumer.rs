@@ -21,7 +21,7 @@ use crate::backoff;
 use crate::broker::{
     Acker, BrokerError, ConsumerControl, Delivery, QueueSpec, SharedBroker, paused_while,
 };
-use crate::messages::{ClusterHeard, Drain, Pause, Reconfigure, Route, Settled, Unconfirmed};
+use crate::messages::{ClusterHeard, Drain, Pause, Reconfigure, Route, Run, Settled, Unconfirmed};
 use crate::stats::{Stats, bump};
 
 /// How long the oldest unsettled delivery may hold back the acks of those behind it.
@@ -51,6 +51,8 @@ pub struct OutboxConsumer {
     acking: usize,
     /// Never reset, so a `Settled` from before a restart cannot settle a newer delivery.
     next_id: u64,
+    /// Ended on a restart, so the router and publisher drop what this run took.
+    run: Run,
     failures: u32,
     /// Per destination, when its current run of unconfirmed outcomes began and when it last
     /// failed. A message that fails again waits about half as long as its destination has been
@@ -114,6 +116,7 @@ impl OutboxConsumer {
             flush_scheduled: false,
             acking: 0,
             next_id: 0,
+            run: Run::default(),
             failures: 0,
             failing: HashMap::new(),
             draining: false,
@@ -392,8 +395,10 @@ impl Supervised for OutboxConsumer {
         }
         self.subscribing = false;
         // The old consumer was dropped with the old context, so the broker requeues all that
-        // was unacked; the old ackers are dead.
+        // was unacked; the old ackers are dead, and what the router still holds is stale.
         self.in_flight.clear();
+        self.run.end();
+        self.run = Run::default();
         self.ack_busy = false;
         self.flush_scheduled = false;
         self.acking = 0;
@@ -435,6 +440,7 @@ impl StreamHandler<Result<Delivery, BrokerError>> for OutboxConsumer {
         );
         let route = Route {
             id,
+            run: self.run.clone(),
             message: delivery.message,
             reply: self.reply(ctx),
         };

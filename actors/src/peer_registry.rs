@@ -560,9 +560,8 @@ impl PeerRegistry {
             let to = to.clone();
             let send = async move {
                 broker
-                    .publish_mandatory(&to, &Message::new(body, properties))
+                    .publish(&to, &Message::new(body, properties), true)
                     .await
-                    .result
             };
             let peer = peer.to_owned();
             ctx.spawn(send.into_actor(self).map(move |result, act, _| {

@@ -16,10 +16,11 @@ pub struct Stats {
     pub failed: AtomicU64,
     /// Handovers the broker returned (peer outbox missing); re-routed by the unroutable policy.
     pub handover_returned: AtomicU64,
-    /// Messages the broker returned with another publish's confirm, kept by this instance.
-    pub strays_kept: AtomicU64,
     /// Second copies of messages already delivered or failed here, acked without routing.
     pub duplicates_dropped: AtomicU64,
+    /// Outbox messages dropped before their publish because the consumer run that took them
+    /// ended (its channel closed): the broker had requeued them, and routes the redelivery.
+    pub stale_dropped: AtomicU64,
     /// Messages whose IPs nobody known owns, kept back while the cluster was not heard (after
     /// a reconnect or a reload) instead of being held, failed or sent from here.
     pub deferred: AtomicU64,
@@ -127,8 +128,8 @@ pub struct StatsSnapshot {
     pub held: u64,
     pub failed: u64,
     pub handover_returned: u64,
-    pub strays_kept: u64,
     pub duplicates_dropped: u64,
+    pub stale_dropped: u64,
     pub deferred: u64,
     pub publish_errors: u64,
     pub queues_redeclared: u64,
@@ -185,8 +186,8 @@ impl Stats {
             held: get(&self.held),
             failed: get(&self.failed),
             handover_returned: get(&self.handover_returned),
-            strays_kept: get(&self.strays_kept),
             duplicates_dropped: get(&self.duplicates_dropped),
+            stale_dropped: get(&self.stale_dropped),
             deferred: get(&self.deferred),
             publish_errors: get(&self.publish_errors),
             queues_redeclared: get(&self.queues_redeclared),

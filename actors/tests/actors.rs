@@ -484,9 +484,9 @@ async fn a_multiple_ack_never_covers_a_requeued_delivery() {
 }
 
 #[actix::test]
-async fn a_return_reported_with_another_confirm_is_kept() {
-    let memory = MemoryBroker::new("misattributed");
-    let broker: SharedBroker = Arc::new(TweakedBroker::misattributing(&memory));
+async fn a_returned_handover_is_held_with_its_hop_undone() {
+    let memory = MemoryBroker::new("returned");
+    let broker: SharedBroker = Arc::new(memory.clone());
     let mut s = settings_with_ghosts("a", &["10.0.0.1"]);
     s.prefetch = 1; // one at a time, so the order of publishes is known
     let a = Instance::start(s, broker.clone(), broker).await.unwrap();

@@ -7,14 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailroute_actors::Instance;
-use mailroute_actors::broker::{
-    Broker, Destination, HeaderValue, Message, QueueSpec, SharedBroker,
-};
+use mailroute_actors::broker::{Broker, Destination, HeaderValue, Message, QueueSpec};
 use mailroute_actors::memory::MemoryBroker;
-use mailroute_actors::routing::{
-    FROM_HEADER, HELD_SINCE_HEADER, ID_HEADER, REASON_HEADER, Unroutable,
-};
-use mailroute_actors::testkit::traffic::{mailerq_json, test_id, test_message};
+use mailroute_actors::messages::HearingNow;
+use mailroute_actors::routing::{HELD_SINCE_HEADER, ID_HEADER, REASON_HEADER, Unroutable};
+use mailroute_actors::testkit::traffic::{mailerq_json, test_id};
 use mailroute_actors::testkit::wait_for;
 use mailroute_actors::wire::{ClusterMessage, now_ms};
 use support::*;
@@ -23,107 +20,6 @@ fn header_str(m: &Message, name: &str) -> Option<String> {
     m.header(name)
         .and_then(HeaderValue::as_str)
         .map(str::to_string)
-}
-
-/// 1. A handover returned with another publish's confirm has had its original acked already:
-/// it must be kept on this instance's own broker (not the cluster broker that carried it), and
-/// kept even when that publish fails a few times.
-#[actix::test]
-async fn a_stray_return_is_kept_on_the_local_broker_until_confirmed() {
-    let local = MemoryBroker::new("stray-local");
-    let cluster_memory = MemoryBroker::new("stray-cluster");
-    let cluster: SharedBroker = Arc::new(TweakedBroker::misattributing(&cluster_memory));
-    cluster_memory
-        .declare_queue(&QueueSpec::durable("h.outbox"))
-        .await
-        .unwrap();
-    let mut s = settings_with_ghosts("a", &["10.0.0.1"]);
-    s.prefetch = 1; // one at a time: the stray rides on the next handover's confirm
-    let a = Instance::start(s, Arc::new(local.clone()), cluster)
-        .await
-        .unwrap();
-    wait_listening(&a).await;
-    announce_ghost(&cluster_memory, "g", "10.0.0.7", "g.missing-outbox").await;
-    announce_ghost(&cluster_memory, "h", "10.0.0.8", "h.outbox").await;
-    wait_peers(&[&a], 2).await;
-    wait_proven(&a, &["10.0.0.7", "10.0.0.8"]).await;
-    // The first attempts to hold the stray fail; it must be retried, not dropped.
-    local.fail_next_publishes("a.retry", 3);
-    inject(&local, "a.outbox", "to-g", &["10.0.0.7"]).await;
-    inject(&local, "a.outbox", "to-h", &["10.0.0.8"]).await;
-    wait_for("the stray held locally", LIMIT, || async {
-        local.depth("a.retry") == 1 && cluster_memory.depth("h.outbox") == 1
-    })
-    .await
-    .unwrap();
-    let held = local.drain("a.retry");
-    assert_eq!(test_id(&held[0]).as_deref(), Some("to-g"));
-    assert_eq!(header_str(&held[0], FROM_HEADER), None, "the hop is undone");
-    assert_eq!(local.depth("a.outbox"), 0);
-    let s = a.stats.snapshot();
-    // The broker reported both handovers routed, so both count as handed over.
-    assert_eq!(
-        (s.strays_kept, s.handover_returned, s.held, s.handed_over),
-        (1, 1, 1, 2),
-        "{s:?}"
-    );
-}
-
-/// 1. A stray that was a delivery (its own queue was recreated while publishes were in flight)
-/// goes back to that queue untouched: no hop undone, no `x-mailroute-from` of an earlier hop
-/// stripped.
-#[actix::test]
-async fn a_stray_delivery_goes_back_to_its_queue_untouched() {
-    let memory = MemoryBroker::new("stray-deliver");
-    let broker: SharedBroker = Arc::new(TweakedBroker::misattributing(&memory));
-    let mut s = settings("a", &["10.0.0.1"]);
-    s.prefetch = 1;
-    let a = Instance::start(s, broker.clone(), broker).await.unwrap();
-    wait_listening(&a).await;
-    // The deliver queue is gone: the first delivery is returned (and reported routed), the
-    // queue comes back, and the second delivery's confirm carries the first one's return.
-    memory.delete_queue("a.deliver").await.unwrap();
-    let mut handed = test_message(
-        "from-b",
-        mailerq_json("from-b", Some(&[ip("10.0.0.1")]), 256),
-    );
-    {
-        let headers = &mut handed.properties_mut().headers;
-        headers.insert(FROM_HEADER.into(), HeaderValue::LongString(b"b".to_vec()));
-        headers.insert("x-mailroute-hops".into(), HeaderValue::I64(1));
-    }
-    memory
-        .publish(&Destination::queue("a.outbox"), &handed, true)
-        .await
-        .unwrap();
-    wait_for("first settled", LIMIT, || async {
-        memory.depth("a.outbox") == 0
-    })
-    .await
-    .unwrap();
-    memory
-        .declare_queue(&QueueSpec::durable("a.deliver"))
-        .await
-        .unwrap();
-    inject(&memory, "a.outbox", "local", &["10.0.0.1"]).await;
-    wait_for("both delivered", LIMIT, || async {
-        memory.depth("a.deliver") == 2
-    })
-    .await
-    .unwrap();
-    let delivered = memory.drain("a.deliver");
-    let from_b = delivered
-        .iter()
-        .find(|m| test_id(m).as_deref() == Some("from-b"))
-        .expect("the stray was delivered");
-    assert_eq!(header_str(from_b, FROM_HEADER).as_deref(), Some("b"));
-    assert_eq!(
-        from_b
-            .header("x-mailroute-hops")
-            .and_then(HeaderValue::as_i64),
-        Some(1)
-    );
-    assert_eq!(memory.depth("a.retry"), 0);
 }
 
 /// 2. When *this* instance cannot hear the cluster (its cluster link is cut for longer than
@@ -452,4 +348,120 @@ async fn a_second_copy_of_delivered_mail_is_dropped() {
     .unwrap();
     assert_eq!(broker.depth("a.deliver"), 1);
     assert_eq!(a.stats.snapshot().delivered, 1);
+}
+
+/// #18: mail waiting in the router (the cluster not heard) when the outbox consumer restarts
+/// went back to the outbox with the old consumer's channel, and comes again. The router drops
+/// the old run's copies, so each message is held once, from its redelivery, not twice.
+#[actix::test]
+async fn a_consumer_restart_drops_the_old_runs_mail_from_the_router() {
+    let local_memory = MemoryBroker::new("rerun-local");
+    let local = Arc::new(TweakedBroker::new(&local_memory));
+    let cluster_memory = MemoryBroker::new("rerun-cluster");
+    let cluster = Arc::new(TweakedBroker::new(&cluster_memory));
+    let a = Instance::start(settings("a", &["10.0.0.1"]), local.clone(), cluster.clone())
+        .await
+        .unwrap();
+    wait_listening(&a).await;
+    cluster.set_cut(true);
+    wait_for("deaf", LIMIT, || async {
+        a.registry.send(HearingNow).await.map(|h| h.0) == Ok(false)
+    })
+    .await
+    .unwrap();
+    const WAITING: usize = 20;
+    for i in 0..WAITING {
+        inject(&local_memory, "a.outbox", &format!("w{i}"), &["192.0.2.1"]).await;
+    }
+    wait_for("all waiting in the router", LIMIT, || async {
+        a.stats.snapshot().deferred == WAITING as u64
+    })
+    .await
+    .unwrap();
+    // The outbox link drops: the broker takes the deliveries back and sends them again.
+    local.set_cut(true);
+    wait_for("requeued", LIMIT, || async {
+        local_memory.peek("a.outbox").len() == WAITING
+    })
+    .await
+    .unwrap();
+    local.set_cut(false);
+    wait_for("redelivered and waiting", LIMIT, || async {
+        a.stats.snapshot().deferred == 2 * WAITING as u64
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {:?} outbox {}",
+            a.stats.snapshot(),
+            local_memory.depth("a.outbox")
+        )
+    });
+    cluster.set_cut(false);
+    wait_for("heard again", LIMIT, || async {
+        a.registry.send(HearingNow).await.map(|h| h.0) == Ok(true)
+    })
+    .await
+    .unwrap();
+    // Routed after whatever waited: once it is held, the rest is too.
+    inject(&local_memory, "a.outbox", "last", &["192.0.2.1"]).await;
+    wait_for("the last one held", LIMIT, || async {
+        local_memory
+            .peek("a.retry")
+            .iter()
+            .any(|m| test_id(m).as_deref() == Some("last"))
+    })
+    .await
+    .unwrap();
+    let held = ids(&local_memory.drain("a.retry"));
+    assert_eq!(held.len(), WAITING + 1, "{held:?}");
+    let twice: Vec<_> = held.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "held twice: {twice:?}");
+    assert_eq!(local_memory.depth("a.outbox"), 0);
+}
+
+/// #18: a relay publish still retrying when the relay's consumer restarts gives up: the broker
+/// requeued its delivery for the new consumer, and one copy reaches the outbox, not two.
+#[actix::test]
+async fn a_relay_restart_ends_the_old_runs_retries() {
+    let local = MemoryBroker::new("relay-rerun-local");
+    let cluster_memory = MemoryBroker::new("relay-rerun-cluster");
+    let cluster = Arc::new(TweakedBroker::new(&cluster_memory));
+    let a = Instance::start(
+        settings("a", &["10.0.0.1"]),
+        Arc::new(local.clone()),
+        cluster.clone(),
+    )
+    .await
+    .unwrap();
+    wait_listening(&a).await;
+    local.fail_next_publishes("a.outbox", 3);
+    inject(
+        &cluster_memory,
+        "mailroute.handover.a",
+        "handed",
+        &["10.0.0.1"],
+    )
+    .await;
+    wait_for("the relay retrying", LIMIT, || async {
+        a.stats.snapshot().publish_errors >= 1
+    })
+    .await
+    .unwrap();
+    cluster.set_cut(true);
+    wait_for("requeued", LIMIT, || async {
+        cluster_memory.peek("mailroute.handover.a").len() == 1
+    })
+    .await
+    .unwrap();
+    cluster.set_cut(false);
+    wait_for("relayed once, the old retry ended", LIMIT, || async {
+        let s = a.stats.snapshot();
+        s.relayed + s.stale_dropped >= 2 && local.depth("a.deliver") == 1
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:?}", a.stats.snapshot()));
+    let s = a.stats.snapshot();
+    assert_eq!((s.relayed, s.duplicates_dropped), (1, 0), "{s:?}");
+    assert_eq!(local.depth("a.outbox"), 0);
 }

@@ -5,14 +5,11 @@
 //! reused only while it is connected (as in vector's AMQP sink). Each consumer gets its own
 //! channel, closed when its stream is dropped so RabbitMQ requeues whatever it had unacked.
 //!
-//! Why a channel per destination: RabbitMQ may confirm several publishes with one `multiple`
-//! ack, and lapin attaches a preceding `basic.return` to whichever of those confirms it
-//! completes first (HashMap order). On a shared channel, a returned handover could be reported
-//! confirmed while a delivery is reported returned: lost mail. When every publish in flight on
-//! a channel goes to the same queue, they are either all returned or all routed, and a return
-//! lands on a publish of the same fate. The one case left (the queue created or deleted while
-//! publishes to it are in flight) is detected by comparing the returned message with the one
-//! published, and surfaced as `Published::stray` so the caller keeps the returned copy.
+//! Each mandatory publish learns its fate from its own id, never from lapin's pairing: RabbitMQ
+//! may confirm several publishes with one `multiple` ack, and lapin attaches a preceding
+//! `basic.return` to whichever of those confirms it completes first (see `confirms`). A
+//! channel per destination keeps one slow or missing queue from holding up the confirms of
+//! the others.
 //!
 //! Consumers and publishers use separate connections: when RabbitMQ blocks publishing
 //! connections (a memory or disk alarm), the outbox consumer's acks must still go through.
@@ -39,8 +36,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use mailroute_actors::broker::{
-    Acker, Broker, BrokerError, ConsumerControl, Delivery, Destination, Message, Published,
-    QueueSpec, Subscription,
+    Acker, Broker, BrokerError, ConsumerControl, Delivery, Destination, Message, QueueSpec,
+    Subscription,
 };
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
@@ -423,7 +420,7 @@ impl AmqpBroker {
         to: &Destination,
         message: &Message,
         mandatory: bool,
-    ) -> Published {
+    ) -> Result<(), BrokerError> {
         let options = BasicPublishOptions {
             mandatory,
             ..BasicPublishOptions::default()
@@ -469,17 +466,14 @@ impl AmqpBroker {
                 if matches!(error, BrokerError::Timeout(_)) {
                     self.discard(confirming);
                 }
-                return failed(error);
+                return Err(error);
             }
         };
         let Some(id) = id else {
-            return Published {
-                result: ours,
-                stray: None,
-            };
+            return ours;
         };
         let carried = carried.as_ref().map(confirms::Carried::from_lapin);
-        let result = match confirming.ledger.confirmed(id, carried).await {
+        match confirming.ledger.confirmed(id, carried).await {
             confirms::Fate::Routed => ours,
             confirms::Fate::Returned {
                 reply_code,
@@ -488,10 +482,6 @@ impl AmqpBroker {
                 reply_code,
                 reply_text,
             }),
-        };
-        Published {
-            result,
-            stray: None,
         }
     }
 
@@ -646,13 +636,6 @@ fn inequivalent(queue: &str, error: BrokerError) -> BrokerError {
     }
 }
 
-fn failed(error: BrokerError) -> Published {
-    Published {
-        result: Err(error),
-        stray: None,
-    }
-}
-
 #[async_trait]
 impl Broker for AmqpBroker {
     fn identity(&self) -> String {
@@ -762,25 +745,11 @@ impl Broker for AmqpBroker {
         mandatory: bool,
     ) -> Result<(), BrokerError> {
         if mandatory {
-            let published = self.publish_mandatory(to, message).await;
-            return match published.stray {
-                None => published.result,
-                // A caller of plain `publish` cannot keep the other message: say so loudly.
-                Some(stray) => Err(BrokerError::Other(format!(
-                    "the broker returned another message with this confirm ({})",
-                    stray.reply_text
-                ))),
-            };
+            let channel = self.publisher(Some(to)).await?;
+            return self.publish_on(&channel, to, message, true).await;
         }
         let channel = self.publisher(None).await?;
-        self.publish_on(&channel, to, message, false).await.result
-    }
-
-    async fn publish_mandatory(&self, to: &Destination, message: &Message) -> Published {
-        match self.publisher(Some(to)).await {
-            Ok(channel) => self.publish_on(&channel, to, message, true).await,
-            Err(error) => failed(error),
-        }
+        self.publish_on(&channel, to, message, false).await
     }
 
     fn publishing_blocked(&self) -> Option<tokio::sync::watch::Receiver<bool>> {

@@ -100,6 +100,11 @@ pub async fn scrape(state: web::Data<ConsoleState>) -> HttpResponse {
         counter(&s.relayed),
     );
     registry.register(
+        "stale_dropped",
+        "Messages dropped before their publish because the consumer run that took them ended (the broker redelivers them)",
+        counter(&s.stale_dropped),
+    );
+    registry.register(
         "publish_errors",
         "Outcomes the broker did not confirm (the original was requeued)",
         counter(&s.publish_errors),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use mailroute_actors::broker::{
-    Acker, Broker, Destination, Message, Published, QueueSpec, Returned, SharedBroker, Subscription,
+    Acker, Broker, Destination, Message, QueueSpec, SharedBroker, Subscription,
 };
 use mailroute_actors::memory::MemoryBroker;
 use mailroute_actors::routing::{Owner, Via};
@@ -153,10 +153,6 @@ pub fn ids(messages: &[Message]) -> HashMap<String, usize> {
 /// test, and a link that can be cut as a network or a broker user can be.
 pub struct TweakedBroker {
     inner: MemoryBroker,
-    /// Plays lapin's pairing of returns with confirms gone wrong: the return of a handover is
-    /// reported on the confirm of the next publish, and the handover itself as routed.
-    pub misattribute_returns: bool,
-    stolen: std::sync::Mutex<Option<Returned>>,
     /// A nack takes this long to reach the broker, as when its frame waits behind others.
     pub nack_delay: Duration,
     cut: tokio::sync::watch::Sender<bool>,
@@ -172,18 +168,9 @@ impl TweakedBroker {
         }
     }
 
-    pub fn misattributing(inner: &MemoryBroker) -> Self {
-        TweakedBroker {
-            misattribute_returns: true,
-            ..Self::new(inner)
-        }
-    }
-
     pub fn new(inner: &MemoryBroker) -> Self {
         TweakedBroker {
             inner: inner.clone(),
-            misattribute_returns: false,
-            stolen: Default::default(),
             nack_delay: Duration::ZERO,
             cut: tokio::sync::watch::channel(false).0,
             released: Default::default(),
@@ -250,31 +237,6 @@ impl Broker for TweakedBroker {
     ) -> Result<(), BrokerError> {
         self.check()?;
         self.inner.publish(to, m, mandatory).await
-    }
-    async fn publish_mandatory(&self, to: &Destination, m: &Message) -> Published {
-        if let Err(error) = self.check() {
-            return Published {
-                result: Err(error),
-                stray: None,
-            };
-        }
-        if !self.misattribute_returns {
-            return self.inner.publish_mandatory(to, m).await;
-        }
-        match self.inner.publish(to, m, true).await {
-            Err(BrokerError::Returned { .. }) => {
-                *self.stolen.lock().unwrap() = Some(Returned {
-                    message: m.clone(),
-                    to: to.clone(),
-                    reply_text: "NO_ROUTE".into(),
-                });
-                Published::routed()
-            }
-            other => Published {
-                result: other,
-                stray: self.stolen.lock().unwrap().take().map(Box::new),
-            },
-        }
     }
     async fn subscribe(&self, q: &str, prefetch: u16) -> Result<Subscription, BrokerError> {
         self.check()?;
