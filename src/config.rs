@@ -107,6 +107,9 @@ pub struct Config {
     pub www_url: Option<String>,
     /// Bearer token the console's operator actions require; unset: actions off.
     pub www_token: Option<Secret>,
+    /// `www-read-token`: needed to read the console's page and API (probes and metrics stay
+    /// open). `None`: reading is open.
+    pub www_read_token: Option<Secret>,
     /// Keys that were set but mean nothing to mailroute (e.g. MailerQ's own).
     pub unknown_keys: Vec<(String, Origin)>,
     /// Short hash of the settings every instance of a cluster must share, announced so that
@@ -156,6 +159,7 @@ impl fmt::Debug for Config {
             .field("www_address", &self.www_address)
             .field("www_url", &self.www_url)
             .field("www_token", &self.www_token)
+            .field("www_read_token", &self.www_read_token)
             .field("unknown_keys", &self.unknown_keys)
             .field("hash", &self.hash)
             .finish()
@@ -259,6 +263,7 @@ const KEYS: &[&str] = &[
     "www-address",
     "www-url",
     "www-token",
+    "www-read-token",
 ];
 
 type Raw = BTreeMap<String, (String, Origin)>;
@@ -349,6 +354,14 @@ pub fn apply_env(raw: &mut Raw, vars: impl IntoIterator<Item = (String, String)>
 }
 
 impl Config {
+    /// The console's tokens as configured.
+    pub fn console_tokens(&self) -> crate::console::access::Tokens {
+        crate::console::access::Tokens {
+            action: self.www_token.clone(),
+            read: self.www_read_token.clone(),
+        }
+    }
+
     /// File, then the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let shown = path.display().to_string();
@@ -468,9 +481,17 @@ impl Config {
             www_address: Some(values.string("www-address", "")?).filter(|s| !s.is_empty()),
             www_url: match values.string("www-url", "")?.as_str() {
                 "" => default_www_url(&values.string("www-address", "")?),
-                url => Some(url.to_string()),
+                url if crate::console::links::web_url(url).is_some() => Some(url.to_string()),
+                _ => {
+                    return Err(values.error(
+                        "www-url",
+                        "expected an http:// or https:// URL with a host (peers show it as a link)"
+                            .into(),
+                    ));
+                }
             },
             www_token: values.token("www-token")?,
+            www_read_token: values.token("www-read-token")?,
             unknown_keys: raw
                 .iter()
                 .filter(|(k, _)| !KEYS.contains(&k.as_str()))
@@ -1009,6 +1030,20 @@ mod tests {
             assert!(!e.contains("short-one") && !e.contains("chars here"), "{e}");
         }
         assert_eq!(load("").unwrap().www_token, None);
+        for bad in [
+            "www-url: javascript:document.title='pwned'//\n",
+            "www-url: /relative\n",
+            "www-url: http://user:pw@host/\n",
+        ] {
+            let e = load(bad).unwrap_err().to_string();
+            assert!(e.contains("www-url"), "{e}");
+        }
+        assert!(load("www-url: https://console.example.net/\n").is_ok());
+        let c = load("www-read-token: read-only-token-0123456789\n").unwrap();
+        assert_eq!(
+            c.console_tokens().read.as_ref().map(Secret::expose),
+            Some("read-only-token-0123456789")
+        );
     }
 
     #[test]

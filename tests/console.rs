@@ -70,7 +70,7 @@ async fn json(port: u16, path: &str) -> serde_json::Value {
 #[actix::test]
 async fn every_console_lists_the_cluster_and_counts_what_was_sent() {
     let ports: Vec<u16> = NAMES.iter().map(|_| common::free_port()).collect();
-    let mut cluster = Cluster::start_with_consoles("console", &ports, None).await;
+    let mut cluster = Cluster::start_with_consoles("console", &ports, None, "").await;
     for (i, port) in ports.iter().enumerate() {
         let (status, _) = get_async(*port, "/livez").await;
         assert_eq!(status, 200);
@@ -170,13 +170,18 @@ async fn every_console_lists_the_cluster_and_counts_what_was_sent() {
     let (status, page) = get_async(a, "/").await;
     assert_eq!(status, 200);
     for (i, name) in NAMES.iter().enumerate() {
-        let link = format!("<a href=\"http://127.0.0.1:{}/\">{name}</a>", ports[i]);
+        let link = format!(
+            "<a href=\"http://127.0.0.1:{}/\" rel=\"noreferrer\">{name}</a>",
+            ports[i]
+        );
         assert!(page.contains(&link), "{link} missing: {page}");
     }
     assert!(
         page.contains("a.outbox") && page.contains("handed over"),
         "{page}"
     );
+    // No cluster-secret: announced console URLs are not fetched, and the page says why.
+    assert!(page.contains("id=\"no-peer-counters\""), "{page}");
     // No www-token: the actions are off, and say so.
     assert!(page.contains("Operator actions are off"), "{page}");
     let (status, body) = post(a, "/api/v1/drain", Some("anything-anything-1"), "").await;
@@ -217,7 +222,7 @@ async fn wait_states(ports: &[u16], state: &str) {
 #[actix::test]
 async fn drain_and_resume_the_whole_cluster_from_one_console() {
     let ports: Vec<u16> = NAMES.iter().map(|_| common::free_port()).collect();
-    let mut cluster = Cluster::start_with_consoles("console-drain", &ports, Some(TOKEN)).await;
+    let mut cluster = Cluster::start_with_consoles("console-drain", &ports, Some(TOKEN), "").await;
     // A tap on the cluster exchange: every cluster message, to look for the token in.
     let tap = format!("{}.tap", cluster.vhost.name);
     let spec = mailroute_actors::broker::QueueSpec::private(&tap);
@@ -308,7 +313,7 @@ async fn drain_and_resume_the_whole_cluster_from_one_console() {
     acc.assert_complete(&cluster.logs());
     let logs = cluster.logs();
     assert!(
-        logs.contains("console action refused"),
+        logs.contains("console token refused"),
         "refusals are logged"
     );
     assert!(!seen.contains(TOKEN), "the token in a page or API answer");

@@ -1,7 +1,8 @@
 //! The console in a real browser: headless Chromium, driven through ChromeDriver (fantoccini),
 //! loads a's page on three `serve` processes (real RabbitMQ), finds b and c with working
 //! links and follows one, then drains the whole cluster with the page's button and sees every
-//! instance's state change, and resumes. A screenshot goes to `target/console.png`.
+//! instance's state change, and resumes. A peer announcing a `javascript:` console URL is
+//! shown as text and nothing runs. A screenshot goes to `target/console.png`.
 //! `scripts/test` installs Debian's `chromium` and `chromium-driver` when missing.
 
 mod common;
@@ -12,12 +13,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::Expect;
-use common::scenario::{Cluster, NAMES, ips};
+use common::scenario::{Cluster, NAMES, announce_forever, ips};
 use fantoccini::{Client, ClientBuilder, Locator};
 use mailroute_actors::testkit::traffic::{mailerq_json, test_message};
 use mailroute_actors::testkit::wait_for;
+use mailroute_actors::wire::{Announcement, Codec};
 
 const TOKEN: &str = "browser-test-token-5d1e8b7a";
+const SECRET: &str = "browser-test-cluster-secret-0c4d";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
 const LIMIT: Duration = Duration::from_secs(30);
@@ -113,7 +116,25 @@ async fn state_of(client: &Client, name: &str, want: &str) {
 #[actix::test]
 async fn a_browser_follows_the_links_and_drains_the_cluster_from_the_page() {
     let ports: Vec<u16> = NAMES.iter().map(|_| common::free_port()).collect();
-    let mut cluster = Cluster::start_with_consoles("console-browser", &ports, Some(TOKEN)).await;
+    // With a secret: the page fetches the peers' counters only from verified announcements.
+    let extra = format!("cluster-secret: {SECRET}\n");
+    let mut cluster =
+        Cluster::start_with_consoles("console-browser", &ports, Some(TOKEN), &extra).await;
+    // A peer (one that knows the secret) announcing a script as its console URL.
+    let xss = announce_forever(
+        cluster.client.clone(),
+        Announcement {
+            name: "xss".into(),
+            version: "phantom".into(),
+            started_at: 7,
+            local_ips: vec![std::net::IpAddr::from([10, 78, 0, 1])],
+            outbox: "xss.outbox".into(),
+            broker: "elsewhere:5672//".into(),
+            console_url: Some("javascript:document.title='pwned'//".into()),
+            ..Default::default()
+        },
+        Codec::new(Some(SECRET), Duration::from_secs(30)),
+    );
     // Some mail first, so the page has counters to show: 120 from a to b, 60 kept by c.
     let mut expected = HashMap::new();
     let mut messages = Vec::new();
@@ -145,6 +166,31 @@ async fn a_browser_follows_the_links_and_drains_the_cluster_from_the_page() {
         );
         state_of(&client, name, "alive").await;
     }
+    // The script's row: its URL is text, not a link, and clicking it runs nothing.
+    state_of(&client, "xss", "alive").await;
+    let links = client
+        .find_all(Locator::Css("tr[data-instance=\"xss\"] a"))
+        .await
+        .expect("searched");
+    assert!(links.is_empty(), "the javascript: URL is a link");
+    let shown = text(&client, "tr[data-instance=\"xss\"] td:first-child").await;
+    assert!(
+        shown
+            .as_deref()
+            .is_some_and(|t| t.contains("javascript:document.title")),
+        "{shown:?}"
+    );
+    click(
+        &client,
+        Locator::Css("tr[data-instance=\"xss\"] td:first-child code"),
+        "the URL's text",
+    )
+    .await;
+    let title = client
+        .execute("return document.title", Vec::new())
+        .await
+        .expect("title read");
+    assert_eq!(title, serde_json::json!("mailroute: a"), "the script ran");
     // Peers' counters come from their own consoles: b delivered the 120.
     wait_text(&client, "tr[data-instance=\"b\"] td:nth-child(7)", "120").await;
     click(
@@ -209,6 +255,7 @@ async fn a_browser_follows_the_links_and_drains_the_cluster_from_the_page() {
         state_of(&client, name, "alive").await;
     }
     client.close().await.expect("browser closed");
+    xss.abort();
     let acc = cluster.account(&expected).await;
     acc.assert_complete(&cluster.logs());
 }

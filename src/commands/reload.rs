@@ -51,6 +51,7 @@ fn shown(c: &Config) -> Vec<(&'static str, bool, String)> {
         // Read by `cluster list` / `inject` each time they run.
         ("cluster-timeout", true, format!("{:?}", c.cluster_timeout)),
         ("www-token", true, masked(&c.www_token)),
+        ("www-read-token", true, masked(&c.www_read_token)),
         (
             "rabbitmq-address",
             false,
@@ -135,6 +136,12 @@ pub fn diff(running: &Config, file: &Config) -> Vec<Change> {
             &file.cluster_secret,
         ),
         ("www-token", true, &running.www_token, &file.www_token),
+        (
+            "www-read-token",
+            true,
+            &running.www_read_token,
+            &file.www_read_token,
+        ),
     ] {
         if old != new && !changes.iter().any(|c| c.key == key) {
             changes.push(Change {
@@ -163,6 +170,7 @@ pub fn merge(running: &Config, file: &Config) -> Config {
     next.log_level = file.log_level.clone();
     next.cluster_timeout = file.cluster_timeout;
     next.www_token = file.www_token.clone();
+    next.www_read_token = file.www_read_token.clone();
     next.hash = cluster_hash(&next);
     next
 }

@@ -36,7 +36,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
             let state = std::sync::Arc::new(mailroute::console::ConsoleState::of(
                 &instance,
                 local.clone(),
-                config.www_token.clone(),
+                config.console_tokens(),
             ));
             let handle = mailroute::console::start(address, state.clone())
                 .with_context(|| format!("www-address: cannot listen on {address}"))?;
@@ -75,7 +75,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
             }
         }
         if let Some((_, state)) = &console {
-            state.update(&instance.settings, config.www_token.clone());
+            state.update(&instance.settings, config.console_tokens());
         }
     }
     instance.shutdown(GRACE).await;

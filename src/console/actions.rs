@@ -2,14 +2,13 @@
 //! `/api/v1/drain`, `/api/v1/resume`, `/api/v1/reload`, with an optional JSON body
 //! `{"cluster": true}` to act on every instance (as MailerQ's REST pauses take it).
 //! Without a token configured the actions are off (403, saying so); a missing or wrong token
-//! gets 401 and changes nothing.
+//! gets 401 and changes nothing, and a burst of them 429 (see `access`).
 
-use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use mailroute_actors::wire::ClusterMessage;
 use serde::Deserialize;
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info};
 
 use super::ConsoleState;
 
@@ -65,46 +64,12 @@ fn error(response: &mut actix_web::HttpResponseBuilder, message: &str) -> HttpRe
     response.json(json!({ "error": message }))
 }
 
-/// Equal without telling, through timing, how much of a guess was right.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The answer refusing `req`, or `None` if it carries the token.
-fn refusal(state: &ConsoleState, req: &HttpRequest) -> Option<HttpResponse> {
-    let token = state
-        .token
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
-    let Some(token) = token else {
-        return Some(error(
-            &mut HttpResponse::Forbidden(),
-            "operator actions are off: set www-token in the config to enable them",
-        ));
-    };
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
-        Some(presented) if same(presented.as_bytes(), token.expose().as_bytes()) => None,
-        _ => Some(error(
-            HttpResponse::Unauthorized()
-                .insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"mailroute\"")),
-            "missing or wrong bearer token (www-token)",
-        )),
-    }
-}
-
 async fn act(action: Action, state: &ConsoleState, req: &HttpRequest, body: &[u8]) -> HttpResponse {
     let peer = req
         .peer_addr()
         .map_or_else(|| "-".to_string(), |a| a.to_string());
-    if let Some(refused) = refusal(state, req) {
-        warn!(action = action.name(), %peer, status = refused.status().as_u16(), "console action refused");
+    if let Some(refused) = super::access::refuse_action(&state.tokens(), &state.limiter, req) {
+        debug!(action = action.name(), %peer, status = refused.status().as_u16(), "console action refused");
         return refused;
     }
     let scope: Scope = if body.iter().all(u8::is_ascii_whitespace) {

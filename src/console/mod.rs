@@ -2,7 +2,9 @@
 //! probes, a versioned JSON API, Prometheus metrics, and the operator actions (drain, resume,
 //! reload) behind `www-token`.
 
+pub mod access;
 mod actions;
+pub mod links;
 mod metrics;
 mod page;
 mod peers;
@@ -17,7 +19,8 @@ use mailroute_actors::stats::Stats;
 use mailroute_actors::wire::now_ms;
 use mailroute_actors::{Controls, Instance, InstanceSettings, SharedBroker};
 
-use crate::config::Secret;
+use access::{Limiter, Tokens};
+use actix_web::HttpRequest;
 use serde_json::json;
 
 /// What the handlers read; shared by the server's workers.
@@ -29,8 +32,12 @@ pub struct ConsoleState {
     pub registry: Addr<PeerRegistry>,
     /// This instance's broker, for its queue depths.
     pub local: SharedBroker,
-    /// `www-token` as it runs now (a reload may change it); `None`: actions are off.
-    pub token: RwLock<Option<Secret>>,
+    /// `www-token` and `www-read-token` as they run now (a reload may change them).
+    pub tokens: RwLock<Tokens>,
+    /// Wrong tokens per client address.
+    pub limiter: Limiter,
+    /// The peers' counters as last fetched, at most once per interval each.
+    pub peer_counters: peers::PeerCounters,
     pub controls: Controls,
     /// A local reload (`POST /api/v1/reload` without `cluster`): whoever runs the instance
     /// re-reads its config file, as on SIGHUP.
@@ -38,29 +45,43 @@ pub struct ConsoleState {
 }
 
 impl ConsoleState {
-    pub fn of(instance: &Instance, local: SharedBroker, token: Option<Secret>) -> ConsoleState {
+    pub fn of(instance: &Instance, local: SharedBroker, tokens: Tokens) -> ConsoleState {
         ConsoleState {
             settings: Arc::new(RwLock::new(instance.settings.clone())),
             started_at: instance.started_at,
             stats: instance.stats.clone(),
             registry: instance.registry.clone(),
             local,
-            token: RwLock::new(token),
+            tokens: RwLock::new(tokens),
+            limiter: Limiter::default(),
+            peer_counters: peers::PeerCounters::default(),
             controls: instance.controls(),
             reload: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
-    /// After a reload: the settings and token that run now.
-    pub fn update(&self, settings: &InstanceSettings, token: Option<Secret>) {
+    /// After a reload: the settings and tokens that run now.
+    pub fn update(&self, settings: &InstanceSettings, tokens: Tokens) {
         *self
             .settings
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = settings.clone();
         *self
-            .token
+            .tokens
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = token;
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = tokens;
+    }
+
+    pub fn tokens(&self) -> Tokens {
+        self.tokens
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// `None` if `req` may read the page and the API (see `access`).
+    fn refuse_read(&self, req: &HttpRequest) -> Option<HttpResponse> {
+        access::refuse_read(&self.tokens(), &self.limiter, req)
     }
 
     fn paused(&self) -> bool {
@@ -97,7 +118,10 @@ pub fn start(address: &str, state: Arc<ConsoleState>) -> std::io::Result<ServerH
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .wrap(security_headers())
             .route("/", web::get().to(page::render))
+            .route("/console.js", web::get().to(script))
+            .route("/console.css", web::get().to(style))
             .route("/livez", web::get().to(livez))
             .route("/readyz", web::get().to(readyz))
             .route("/api/v1/instance", web::get().to(instance))
@@ -118,6 +142,34 @@ pub fn start(address: &str, state: Arc<ConsoleState>) -> std::io::Result<ServerH
     Ok(handle)
 }
 
+/// The page's policy: its script and style come from this origin only (no inline code, so an
+/// announced string that slipped into the page could not run), it talks to this origin only,
+/// and no other site may frame it or learn its URL.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+style-src 'self'; img-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; \
+form-action 'none'; frame-ancestors 'none'";
+
+fn security_headers() -> actix_web::middleware::DefaultHeaders {
+    actix_web::middleware::DefaultHeaders::new()
+        .add(("Content-Security-Policy", CONTENT_SECURITY_POLICY))
+        .add(("X-Frame-Options", "DENY"))
+        .add(("X-Content-Type-Options", "nosniff"))
+        .add(("Referrer-Policy", "no-referrer"))
+        .add(("Cache-Control", "no-store"))
+}
+
+async fn script() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .body(page::SCRIPT)
+}
+
+async fn style() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/css; charset=utf-8")
+        .body(page::STYLE)
+}
+
 async fn livez() -> HttpResponse {
     HttpResponse::Ok().body("ok\n")
 }
@@ -135,7 +187,10 @@ async fn readyz(state: web::Data<ConsoleState>) -> HttpResponse {
     }
 }
 
-async fn instance(state: web::Data<ConsoleState>) -> HttpResponse {
+async fn instance(state: web::Data<ConsoleState>, req: HttpRequest) -> HttpResponse {
+    if let Some(refused) = state.refuse_read(&req) {
+        return refused;
+    }
     let s = state.settings();
     HttpResponse::Ok().json(json!({
         "name": s.name,
@@ -150,12 +205,18 @@ async fn instance(state: web::Data<ConsoleState>) -> HttpResponse {
     }))
 }
 
-async fn stats(state: web::Data<ConsoleState>) -> HttpResponse {
+async fn stats(state: web::Data<ConsoleState>, req: HttpRequest) -> HttpResponse {
+    if let Some(refused) = state.refuse_read(&req) {
+        return refused;
+    }
     HttpResponse::Ok().json(state.stats.snapshot())
 }
 
 /// The peers as this instance's registry sees them, those that left or expired lately too.
-async fn cluster(state: web::Data<ConsoleState>) -> HttpResponse {
+async fn cluster(state: web::Data<ConsoleState>, req: HttpRequest) -> HttpResponse {
+    if let Some(refused) = state.refuse_read(&req) {
+        return refused;
+    }
     let peers = state.registry.send(ListMembers).await.unwrap_or_default();
     let me = state.settings();
     let peers: Vec<_> = peers

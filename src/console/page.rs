@@ -8,15 +8,16 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use actix_web::web;
+use actix_web::{HttpRequest, HttpResponse};
 use mailroute_actors::messages::{ListMembers, PeerState};
 use mailroute_actors::stats::StatsSnapshot;
 use mailroute_actors::wire::now_ms;
-use maud::{DOCTYPE, Markup, PreEscaped, html};
+use maud::{DOCTYPE, Markup, html};
 
-use super::{ConsoleState, peers};
+use super::{ConsoleState, links};
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1rem;color:#222}\
+/// Served as `/console.css`: the page's policy allows no inline style or script.
+pub const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1rem;color:#222}\
 table{border-collapse:collapse;width:100%;font-size:.9rem}\
 th,td{border-bottom:1px solid #ddd;padding:.35rem .5rem;text-align:left;vertical-align:top}\
 th{background:#f4f4f4}.conflict{color:#b00;font-weight:bold}.drift{color:#b60}\
@@ -25,9 +26,10 @@ th{background:#f4f4f4}.conflict{color:#b00;font-weight:bold}.drift{color:#b60}\
 .gone{color:#888}.actions{margin:1rem 0;display:flex;flex-wrap:wrap;gap:.5rem;align-items:center}\
 button{padding:.4rem .9rem}input[type=password]{padding:.3rem}";
 
-/// Refreshes the page unless the operator is typing the token; stores the token for this
-/// browser session only; sends the actions with it and shows the answer.
-const SCRIPT: &str = r#"
+/// Served as `/console.js`. Refreshes the page unless the operator is typing the token;
+/// stores the token for this browser session only; sends the actions with it and shows the
+/// answer.
+pub const SCRIPT: &str = r#"
 const token = document.getElementById('token');
 if (token) {
   token.value = sessionStorage.getItem('mailroute-token') || '';
@@ -68,8 +70,21 @@ fn live(state: PeerState) -> bool {
     !matches!(state, PeerState::Left | PeerState::Expired)
 }
 
-pub async fn render(state: web::Data<ConsoleState>) -> Markup {
+pub async fn render(state: actix_web::web::Data<ConsoleState>, req: HttpRequest) -> HttpResponse {
+    if let Some(refused) = state.refuse_read(&req) {
+        return refused;
+    }
+    let markup = draw(&state).await;
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(markup.into_string())
+}
+
+async fn draw(state: &ConsoleState) -> Markup {
     let me = state.settings();
+    let tokens = state.tokens();
+    // Announced URLs are fetched only when announcements are verified (see `peers`).
+    let fetch_counters = me.codec.is_signed();
     let members = state.registry.send(ListMembers).await.unwrap_or_default();
     let now = now_ms();
     let mine = state.stats.snapshot();
@@ -113,31 +128,31 @@ pub async fn render(state: web::Data<ConsoleState>) -> Markup {
             *claims.entry(*ip).or_default() += 1;
         }
     }
-    let consoles: Vec<String> = rows
+    let consoles: Vec<url::Url> = rows
         .iter()
-        .filter(|r| !r.me && live(r.state))
-        .filter_map(|r| r.console.clone())
+        .filter(|r| fetch_counters && !r.me && live(r.state))
+        .filter_map(|r| r.console.as_deref().and_then(links::web_url))
         .collect();
-    let counters = peers::stats(consoles).await;
+    let counters = state
+        .peer_counters
+        .stats(consoles, tokens.read.clone())
+        .await;
     let counters_of = |row: &Row| -> Option<Option<StatsSnapshot>> {
         if row.me {
             return Some(Some(mine));
         }
-        if !live(row.state) {
+        if !live(row.state) || !fetch_counters {
             return None;
         }
         Some(
             row.console
-                .as_ref()
-                .and_then(|c| counters.get(c).copied().flatten()),
+                .as_deref()
+                .and_then(links::web_url)
+                .and_then(|c| counters.get(c.as_str()).copied().flatten()),
         )
     };
     let depths = state.queue_depths().await;
-    let actions_on = state
-        .token
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .is_some();
+    let actions_on = tokens.action.is_some();
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -146,7 +161,7 @@ pub async fn render(state: web::Data<ConsoleState>) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 noscript { meta http-equiv="refresh" content="5"; }
                 title { "mailroute: " (me.name) }
-                style { (STYLE) }
+                link rel="stylesheet" href="/console.css";
             }
             body {
                 h1 { "mailroute cluster, seen from " (me.name) }
@@ -158,8 +173,11 @@ pub async fn render(state: web::Data<ConsoleState>) -> Markup {
                     @for row in &rows {
                         tr class=[row.me.then_some("me").or((!live(row.state)).then_some("gone"))] data-instance=(row.name) {
                             td {
-                                @match &row.console {
-                                    Some(url) if live(row.state) => a href=(url) { (row.name) },
+                                @match row.console.as_deref().map(|c| (c, links::web_url(c))) {
+                                    Some((_, Some(url))) if live(row.state) => a href=(url) rel="noreferrer" { (row.name) },
+                                    Some((text, None)) => {
+                                        (row.name) " " span.drift title="only http(s) URLs are links" { "console URL not a web address: " code { (text) } }
+                                    }
                                     _ => (row.name),
                                 }
                                 @if row.drift { " " span.drift title="its cluster settings differ from this instance's" { "settings differ" } }
@@ -187,6 +205,9 @@ pub async fn render(state: web::Data<ConsoleState>) -> Markup {
                         }
                     }
                 } }
+                @if !fetch_counters {
+                    p.gone #no-peer-counters { "Peers' counters are shown once cluster-secret is set: without it, anyone who can publish to the cluster exchange can announce a console URL, and this page does not fetch unverified ones." }
+                }
                 p.gone { "Handed over: sent to the IP's owner. Taken over: handed over to this instance through the cluster broker's handover queue (private brokers)." }
                 h2 { "Actions" }
                 @if actions_on {
@@ -214,7 +235,7 @@ pub async fn render(state: web::Data<ConsoleState>) -> Markup {
                     a href="/api/v1/cluster" { "/api/v1/cluster" } ", "
                     a href="/api/v1/stats" { "/api/v1/stats" } ", "
                     a href="/metrics" { "/metrics" } }
-                script { (PreEscaped(SCRIPT)) }
+                script src="/console.js" {}
             }
         }
     }

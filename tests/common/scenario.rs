@@ -68,9 +68,14 @@ impl Cluster {
     }
 
     /// With consoles: the i-th on `127.0.0.1:ports[i]`, all with `token` as `www-token` if given
-    /// (through the environment, as an operator may set them).
-    pub async fn start_with_consoles(label: &str, ports: &[u16], token: Option<&str>) -> Cluster {
-        Self::start_with_env(label, "", |i| {
+    /// (through the environment, as an operator may set them); `extra`: more config lines.
+    pub async fn start_with_consoles(
+        label: &str,
+        ports: &[u16],
+        token: Option<&str>,
+        extra: &str,
+    ) -> Cluster {
+        Self::start_with_env(label, extra, |i| {
             let mut env = vec![(
                 "MAILROUTE_WWW_ADDRESS".to_string(),
                 format!("127.0.0.1:{}", ports[i]),
@@ -227,6 +232,31 @@ pub fn phantom_peer_on(
                 futures::future::join(answering, announce).await;
             }
             Err(_) => announce.await,
+        }
+    })
+}
+
+/// Announces `announcement` on the `cluster` exchange every 300 ms, encoded by `codec` (signed
+/// when it has a secret), until aborted: a peer that exists only in what it says.
+pub fn announce_forever(
+    broker: SharedBroker,
+    mut announcement: Announcement,
+    codec: wire::Codec,
+) -> actix_rt::task::JoinHandle<()> {
+    actix_rt::spawn(async move {
+        loop {
+            announcement.sequence += 1;
+            let message = ClusterMessage::Announcement(announcement.clone());
+            if let Ok(body) = codec.encode(&message, wire::now_ms()) {
+                let _ = broker
+                    .publish(
+                        &Destination::exchange("cluster", message.routing_key()),
+                        &Message::new(body, Default::default()),
+                        false,
+                    )
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
     })
 }
