@@ -19,6 +19,7 @@ pub mod own_queues;
 pub mod peer_registry;
 pub mod presence_responder;
 pub mod recent_ids;
+pub mod replay_guard;
 pub mod routing;
 pub mod settings;
 pub mod stats;

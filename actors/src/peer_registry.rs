@@ -27,6 +27,7 @@ use crate::messages::{
     OwnershipChanged, Pause, PeerCount, PeerInfo, PeerNames, PeerState, PeersGone, Reconfigure,
 };
 use crate::own_queues::presence_queue;
+use crate::replay_guard::ReplayGuard;
 use crate::routing::{PeerRoute, Via};
 use crate::settings::ClusterProtocol;
 use crate::stats::{Stats, bump};
@@ -44,6 +45,9 @@ pub struct PeerRegistry {
     rejoin_window: Duration,
     announce_interval: Duration,
     codec: Codec,
+    /// Signed commands acted on lately: a copy of one is dropped. Survives restarts (the
+    /// supervisor reuses this struct), so a reconnect does not open a window for replays.
+    replays: ReplayGuard,
     protocol: ClusterProtocol,
     /// The listener queue, where answers to this instance's `Ask` come.
     queue: Option<String>,
@@ -199,6 +203,7 @@ impl PeerRegistry {
             rejoin_window: (config.announce_interval * 2).min(config.peer_timeout),
             peer_timeout: config.peer_timeout,
             announce_interval: config.announce_interval,
+            replays: ReplayGuard::new(config.codec.freshness()),
             codec: config.codec,
             protocol: config.protocol,
             queue: None,
@@ -1023,9 +1028,26 @@ impl StreamHandler<Result<Delivery, BrokerError>> for PeerRegistry {
             }
             info!("hearing the cluster again");
         }
-        if let Some(message) = crate::cluster_frame::take(delivery, &self.codec, &self.stats) {
-            self.on_message(message, ctx);
+        let Some((message, tag)) =
+            crate::cluster_frame::take_tagged(delivery, &self.codec, &self.stats)
+        else {
+            return;
+        };
+        let command = matches!(
+            message,
+            ClusterMessage::Drain { .. }
+                | ClusterMessage::Resume { .. }
+                | ClusterMessage::Reload { .. }
+                | ClusterMessage::ReloadOne { .. }
+        );
+        if let (true, Some(tag)) = (command, tag) {
+            if !self.replays.first_time(tag, crate::wire::now_ms()) {
+                self.stats.dropped("replayed");
+                warn!(kind = %message.routing_key(), "a copy of a signed command already acted on; dropped");
+                return;
+            }
         }
+        self.on_message(message, ctx);
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {

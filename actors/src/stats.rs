@@ -64,6 +64,8 @@ pub struct Stats {
     /// Well-formed frames this instance would not act on (a challenge with a foreign reply
     /// address or over the answer budget, an answer to no challenge of ours).
     pub dropped_refused: AtomicU64,
+    /// Copies of a signed command already acted on (see `replay_guard`).
+    pub dropped_replayed: AtomicU64,
     pub reloads: AtomicU64,
     pub restarts: AtomicU64,
     /// 1 while paused for maintenance (no outbox consumer), else 0.
@@ -172,6 +174,7 @@ impl Stats {
             "bad_signature" => &self.dropped_bad_signature,
             "stale" => &self.dropped_stale,
             "refused" => &self.dropped_refused,
+            "replayed" => &self.dropped_replayed,
             _ => &self.dropped_garbage,
         });
     }
@@ -213,7 +216,8 @@ impl Stats {
                 + get(&self.dropped_garbage)
                 + get(&self.dropped_unsigned)
                 + get(&self.dropped_bad_signature)
-                + get(&self.dropped_stale),
+                + get(&self.dropped_stale)
+                + get(&self.dropped_replayed),
             reloads: get(&self.reloads),
             restarts: get(&self.restarts),
             paused: get(&self.paused) == 1,

@@ -31,7 +31,7 @@ pub const VERSION: u8 = 1;
 pub const MAX_FRAME: usize = 65536;
 const SIGNED: u8 = 0x01;
 const HEADER: usize = 2 + 1 + 1 + 8;
-const TAG: usize = 32;
+pub const TAG: usize = 32;
 
 /// One instance telling the cluster who it is and what it owns.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -258,13 +258,25 @@ impl Codec {
     }
 
     pub fn decode(&self, frame: &[u8], now_ms: u64) -> Result<ClusterMessage, DecodeError> {
+        self.decode_tagged(frame, now_ms)
+            .map(|(message, _)| message)
+    }
+
+    /// As [`Codec::decode`], with the frame's verified tag when this codec checks signatures:
+    /// it names this very frame (its content and the instant it was sent), so a receiver can
+    /// tell a replayed copy from a new command that says the same.
+    pub fn decode_tagged(
+        &self,
+        frame: &[u8],
+        now_ms: u64,
+    ) -> Result<(ClusterMessage, Option<[u8; TAG]>), DecodeError> {
         if frame.len() > MAX_FRAME {
             return Err(DecodeError::Oversized(frame.len()));
         }
         if let Some(json) = operator_json(frame) {
             return match self.key {
                 Some(_) => Err(DecodeError::Unsigned),
-                None => json,
+                None => json.map(|message| (message, None)),
             };
         }
         if !frame.starts_with(&MAGIC) {
@@ -294,6 +306,7 @@ impl Codec {
         } else {
             frame.len()
         };
+        let mut tag = None;
         match (&self.key, signed) {
             (Some(_), false) => return Err(DecodeError::Unsigned),
             (Some(key), true) => {
@@ -308,6 +321,7 @@ impl Codec {
                 if age_ms.unsigned_abs() > self.freshness.as_millis() as u64 {
                     return Err(DecodeError::Stale { age_ms });
                 }
+                tag = <[u8; TAG]>::try_from(&frame[body_end..]).ok();
             }
             // Without a secret a signed frame is read unchecked: it lets a cluster roll the
             // secret out one instance at a time.
@@ -315,7 +329,7 @@ impl Codec {
         }
         let payload = &frame[HEADER..body_end];
         // What follows the fields this version knows is a later version's additions.
-        match bincode::serde::decode_from_slice(payload, config()) {
+        let message = match bincode::serde::decode_from_slice(payload, config()) {
             Ok((message, _used)) => Ok(message),
             // An announcement from 0.1 ends before the fields added since.
             Err(error) => {
@@ -328,7 +342,13 @@ impl Codec {
                     _ => Err(DecodeError::Garbage(error.to_string())),
                 }
             }
-        }
+        }?;
+        Ok((message, tag))
+    }
+
+    /// How far a signed frame's timestamp may be from the receiver's clock.
+    pub fn freshness(&self) -> Duration {
+        self.freshness
     }
 }
 

@@ -8,7 +8,10 @@ use mailroute_actors::Instance;
 use mailroute_actors::memory::MemoryBroker;
 use mailroute_actors::messages::PeerState;
 use mailroute_actors::testkit::wait_for;
-use mailroute_actors::wire::ClusterMessage;
+use std::time::Duration;
+
+use mailroute_actors::broker::{Broker, Destination, Message};
+use mailroute_actors::wire::{self, ClusterMessage};
 use support::*;
 
 async fn state_seen_by(viewer: &Instance, peer: &str) -> Option<PeerState> {
@@ -147,4 +150,67 @@ async fn peers_that_leave_or_fall_silent_stay_listed_as_such() {
     wait_state(&a, "ghost", PeerState::Alive).await;
     wait_state(&a, "ghost", PeerState::Expired).await;
     assert!(a.peers().await.is_empty(), "gone peers are not live peers");
+}
+
+/// #19: a signed command copied off the cluster exchange and published again within the
+/// freshness window is acted on once. A drain, a resume, then the drain's copy: the
+/// instance stays resumed, and the copy is counted as replayed.
+#[actix::test]
+async fn a_replayed_signed_command_is_acted_on_once() {
+    let broker = MemoryBroker::new("replayed-command");
+    let codec = wire::Codec::new(Some("replay-test-secret"), Duration::from_secs(30));
+    let mut s = settings("a", &["10.0.0.1"]);
+    s.codec = codec.clone();
+    let a = start(&broker, s).await;
+    wait_listening(&a).await;
+    let frame = |message: &ClusterMessage| {
+        let body = codec.encode(message, wire::now_ms()).unwrap();
+        (message.routing_key(), body)
+    };
+    let send = |(key, body): (String, Vec<u8>)| {
+        let broker = broker.clone();
+        async move {
+            broker
+                .publish(
+                    &Destination::exchange("cluster", key),
+                    &Message::new(body, Default::default()),
+                    false,
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let paused = || a.stats.snapshot().paused;
+    let drain = frame(&ClusterMessage::Drain {
+        from: Some("operator".into()),
+    });
+    send(drain.clone()).await;
+    wait_for("drained", LIMIT, || async { paused() })
+        .await
+        .unwrap();
+    send(frame(&ClusterMessage::Resume {
+        from: Some("operator".into()),
+    }))
+    .await;
+    wait_for("resumed", LIMIT, || async { !paused() })
+        .await
+        .unwrap();
+    send(drain).await;
+    wait_for("the copy dropped", LIMIT, || async {
+        a.stats
+            .dropped_replayed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await
+    .unwrap();
+    assert!(!paused(), "the replayed drain was acted on");
+    // A new drain, same content, another moment: a command of its own.
+    send(frame(&ClusterMessage::Drain {
+        from: Some("operator".into()),
+    }))
+    .await;
+    wait_for("drained again", LIMIT, || async { paused() })
+        .await
+        .unwrap();
 }

@@ -159,6 +159,7 @@ pub async fn scrape(state: web::Data<ConsoleState>) -> HttpResponse {
             ("bad_signature", &s.dropped_bad_signature),
             ("stale", &s.dropped_stale),
             ("refused", &s.dropped_refused),
+            ("replayed", &s.dropped_replayed),
         ],
         |reason| Reason { reason },
     );
