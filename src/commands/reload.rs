@@ -272,8 +272,8 @@ mod tests {
              cluster-exchange: x1\ncluster-secret: s1\ncluster-freshness: 10s\n\
              cluster-name: n1\nstartup-timeout: 10s\nwarmup: 1s\nlog-summary-interval: 10s\n\
              duplicate-memory: 10\nduplicate-window: 10s\nwww-address: 127.0.0.1:1\n\
-             www-url: http://one/\nwww-token: token-one-0123456789\nlocal-ips: 10.0.0.1\n\
-             default-ips: 10.0.1.1\nunroutable: hold\nmax-hops: 2\nhold-time: 10s\n\
+             www-url: http://one/\nwww-token: token-one-0123456789\nwww-read-token: read-one-0123456789\n\
+             local-ips: 10.0.0.1\ndefault-ips: 10.0.1.1\nunroutable: hold\nmax-hops: 2\nhold-time: 10s\n\
              max-hold: 1h\nannounce-interval: 1s\npeer-timeout: 5s\nlog-level: info\n\
              cluster-timeout: 1s\ncluster-protocol: mesh\nrabbitmq-heartbeat: 5\ncluster-heartbeat: 6\n",
         );
@@ -284,8 +284,8 @@ mod tests {
              cluster-exchange: x2\ncluster-secret: s2\ncluster-freshness: 20s\n\
              cluster-name: n2\nstartup-timeout: 20s\nwarmup: 2s\nlog-summary-interval: 20s\n\
              duplicate-memory: 20\nduplicate-window: 20s\nwww-address: 127.0.0.1:2\n\
-             www-url: http://two/\nwww-token: token-two-0123456789\nlocal-ips: 10.0.0.2\n\
-             default-ips: 10.0.1.2\nunroutable: fail\nmax-hops: 3\nhold-time: 20s\n\
+             www-url: http://two/\nwww-token: token-two-0123456789\nwww-read-token: read-two-0123456789\n\
+             local-ips: 10.0.0.2\ndefault-ips: 10.0.1.2\nunroutable: fail\nmax-hops: 3\nhold-time: 20s\n\
              max-hold: 2h\nannounce-interval: 2s\npeer-timeout: 10s\nlog-level: debug\n\
              cluster-timeout: 2s\ncluster-protocol: digest\nrabbitmq-heartbeat: 15\ncluster-heartbeat: 16\n",
         );
@@ -297,6 +297,7 @@ mod tests {
             let unseen = [
                 "cluster-secret",
                 "www-token",
+                "www-read-token",
                 "rabbitmq-ca",
                 "cluster-ca",
                 "rabbitmq-cert",
@@ -319,6 +320,7 @@ mod tests {
         }
         // Secrets show as *** either way: compared by value.
         assert_eq!(merged.www_token, file.www_token);
+        assert_eq!(merged.www_read_token, file.www_read_token);
         assert_eq!(merged.cluster_secret, running.cluster_secret);
     }
 
