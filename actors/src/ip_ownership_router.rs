@@ -117,7 +117,6 @@ impl IpOwnershipRouter {
         }
         let dispatch = Dispatch {
             id: route.id,
-            run: route.run,
             decision,
             message: route.message,
             reply: route.reply,
