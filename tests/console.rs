@@ -5,8 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use common::scenario::{Cluster, NAMES, ips};
@@ -21,26 +19,9 @@ fn get(port: u16, path: &str) -> (u16, String) {
 
 /// One HTTP/1.0 request, with a bearer token if given: the status code and the body.
 fn request(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("console answers");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout set");
-    let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: localhost\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("request sent");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response read");
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_string())
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let answer = common::http::call(port, method, path, auth.as_deref(), body);
+    (answer.status, answer.body)
 }
 
 async fn get_async(port: u16, path: &str) -> (u16, String) {

@@ -11,11 +11,12 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::http::{Answer, call};
 use common::scenario::{Cluster, announce_forever};
 use mailroute_actors::testkit::wait_for;
 use mailroute_actors::wire::{Announcement, Codec};
@@ -30,42 +31,9 @@ const HEADERS: [&str; 4] = [
     "referrer-policy: no-referrer",
 ];
 
-struct Answer {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-/// One HTTP/1.0 request with an optional `Authorization` value.
-fn call(port: u16, method: &str, path: &str, auth: Option<&str>) -> Answer {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("console answers");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout set");
-    let auth = auth.map_or_else(String::new, |a| format!("Authorization: {a}\r\n"));
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: localhost\r\n{auth}Content-Length: 0\r\n\r\n"
-    )
-    .expect("request sent");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response read");
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Answer {
-        status,
-        head: head.to_ascii_lowercase(),
-        body: body.to_string(),
-    }
-}
-
 async fn call_async(port: u16, method: &str, path: &str, auth: Option<String>) -> Answer {
     let (method, path) = (method.to_string(), path.to_string());
-    tokio::task::spawn_blocking(move || call(port, &method, &path, auth.as_deref()))
+    tokio::task::spawn_blocking(move || call(port, &method, &path, auth.as_deref(), ""))
         .await
         .expect("request ran")
 }

@@ -51,7 +51,7 @@ pub struct OutboxConsumer {
     acking: usize,
     /// Never reset, so a `Settled` from before a restart cannot settle a newer delivery.
     next_id: u64,
-    /// Ended on a restart, so the router and publisher drop what this run took.
+    /// Ended on a restart, so the router drops what this run took and still holds.
     run: Run,
     failures: u32,
     /// Per destination, when its current run of unconfirmed outcomes began and when it last

@@ -43,10 +43,9 @@ impl ReplayGuard {
             if now_ms.saturating_sub(at) < self.keep_ms && self.order.len() < REMEMBERED {
                 break;
             }
+            // A tag is in `order` once: it is only inserted again after it left both.
             self.order.pop_front();
-            if self.seen.get(&old) == Some(&at) {
-                self.seen.remove(&old);
-            }
+            self.seen.remove(&old);
         }
         if self.seen.contains_key(&tag) {
             return false;

@@ -62,6 +62,8 @@ struct Row {
     state: PeerState,
     ips: Vec<IpAddr>,
     console: Option<String>,
+    /// `console` if it is a web address (see `links`): a link, and fetched.
+    link: Option<url::Url>,
     drift: bool,
     me: bool,
 }
@@ -100,6 +102,7 @@ async fn draw(state: &ConsoleState) -> Markup {
         },
         ips: me.local_ips.clone(),
         console: me.console_url.clone(),
+        link: me.console_url.as_deref().and_then(links::web_url),
         drift: false,
         me: true,
     }];
@@ -118,6 +121,7 @@ async fn draw(state: &ConsoleState) -> Markup {
             state: p.state,
             ips: a.local_ips.clone(),
             console: a.console_url.clone(),
+            link: a.console_url.as_deref().and_then(links::web_url),
             drift: !a.config_hash.is_empty() && a.config_hash != me.config_hash,
             me: false,
         }
@@ -131,7 +135,7 @@ async fn draw(state: &ConsoleState) -> Markup {
     let consoles: Vec<url::Url> = rows
         .iter()
         .filter(|r| fetch_counters && !r.me && live(r.state))
-        .filter_map(|r| r.console.as_deref().and_then(links::web_url))
+        .filter_map(|r| r.link.clone())
         .collect();
     let counters = state
         .peer_counters
@@ -145,9 +149,8 @@ async fn draw(state: &ConsoleState) -> Markup {
             return None;
         }
         Some(
-            row.console
-                .as_deref()
-                .and_then(links::web_url)
+            row.link
+                .as_ref()
                 .and_then(|c| counters.get(c.as_str()).copied().flatten()),
         )
     };
@@ -173,9 +176,9 @@ async fn draw(state: &ConsoleState) -> Markup {
                     @for row in &rows {
                         tr class=[row.me.then_some("me").or((!live(row.state)).then_some("gone"))] data-instance=(row.name) {
                             td {
-                                @match row.console.as_deref().map(|c| (c, links::web_url(c))) {
-                                    Some((_, Some(url))) if live(row.state) => a href=(url) rel="noreferrer" { (row.name) },
-                                    Some((text, None)) => {
+                                @match (&row.link, row.console.as_deref()) {
+                                    (Some(url), _) if live(row.state) => a href=(url) rel="noreferrer" { (row.name) },
+                                    (None, Some(text)) => {
                                         (row.name) " " span.drift title="only http(s) URLs are links" { "console URL not a web address: " code { (text) } }
                                     }
                                     _ => (row.name),

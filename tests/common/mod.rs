@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod http;
 pub mod private;
 pub mod proxy;
 pub mod rq_cluster;
