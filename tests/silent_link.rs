@@ -22,7 +22,7 @@ const AFTER_HEAL: Duration = Duration::from_secs(30);
 #[actix::test]
 async fn a_link_that_goes_silent_delays_mail_by_seconds_and_forgets_nobody() {
     let vhost = TestVhost::new("silent");
-    let proxy = SilentProxy::start("127.0.0.1:5672").await;
+    let proxy = SilentProxy::start("127.0.0.1:5672");
     let direct = vhost.instance_address();
     let through_proxy = direct.replace("127.0.0.1:5672", &format!("127.0.0.1:{}", proxy.port));
     let dir = std::env::temp_dir().join(&vhost.name);

@@ -15,7 +15,7 @@ use tracing::{Instrument, warn};
 use crate::broker::{BrokerError, Destination, HeaderValue, Message, QueueSpec, SharedBroker};
 use crate::handover_relay::handover_queue;
 use crate::message_id::ensure_id;
-use crate::messages::{Dispatch, Outcome, PeersGone, Reconfigure, Settled, Unconfirmed};
+use crate::messages::{Dispatch, Outcome, PeersGone, Reconfigure, Run, Settled, Unconfirmed};
 use crate::own_queues::own_queues;
 use crate::recent_ids::{RecentIds, id_of};
 use crate::routing::{
@@ -221,7 +221,9 @@ impl Targets {
             .find(|q| to.exchange.is_empty() && q.name == to.routing_key)
     }
 
-    async fn execute(self: &Arc<Self>, plan: Plan) -> Result<Outcome, Unconfirmed> {
+    /// `run`: the consumer run the original came with. Once it is over, the original is the
+    /// broker's again, so a returned handover is not held or failed here as well.
+    async fn execute(self: &Arc<Self>, plan: Plan, run: &Run) -> Result<Outcome, Unconfirmed> {
         let Outcome::HandedOver { peer } = &plan.outcome else {
             return self.publish(plan).await;
         };
@@ -233,6 +235,11 @@ impl Targets {
             }
             Err(BrokerError::Returned { reply_text, .. }) => {
                 bump(&self.stats.handover_returned);
+                if run.is_over() {
+                    bump(&self.stats.stale_dropped);
+                    let error = BrokerError::ChannelClosed("the consumer run ended".into());
+                    return Err(unconfirmed(error, &plan.to));
+                }
                 warn!(%peer, to = %plan.to, "handover returned; applying the unroutable policy");
                 let fallback = self.fallback(peer, &reply_text);
                 self.publish(self.plan(fallback, undo_handover(plan.message)))
@@ -343,6 +350,11 @@ impl Handler<Dispatch> for HandoverPublisher {
     type Result = ();
 
     fn handle(&mut self, dispatch: Dispatch, _: &mut Context<Self>) {
+        if dispatch.run.is_over() {
+            // Waited in this mailbox while its consumer restarted: redelivered, routed anew.
+            bump(&self.targets.stats.stale_dropped);
+            return;
+        }
         let targets = self.targets.clone();
         // Plain strings, not the Debug of the decision: a span is built for every message, and
         // a log subscriber formats its fields whenever the span is enabled.
@@ -361,12 +373,12 @@ impl Handler<Dispatch> for HandoverPublisher {
             .unwrap_or("-");
         let span = tracing::info_span!("publish", id = dispatch.id, message_id, outcome, peer);
         let plan = targets.plan(dispatch.decision, dispatch.message);
-        let (id, reply) = (dispatch.id, dispatch.reply);
+        let (id, reply, run) = (dispatch.id, dispatch.reply, dispatch.run);
         // Detached from the actor on purpose: a restart here must not drop a publish whose
         // confirm is on its way, or the consumer would wait for it forever.
         // The publish state machine is boxed: tokio moves a task's future several times while
         // spawning it, and this one is large (it copied ~1.5 KB per message).
-        let publish = Box::pin(async move { targets.execute(plan).await });
+        let publish = Box::pin(async move { targets.execute(plan, &run).await });
         actix::spawn(
             async move {
                 let result = publish.await;

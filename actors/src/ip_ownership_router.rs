@@ -117,6 +117,7 @@ impl IpOwnershipRouter {
         }
         let dispatch = Dispatch {
             id: route.id,
+            run: route.run,
             decision,
             message: route.message,
             reply: route.reply,

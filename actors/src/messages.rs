@@ -45,6 +45,7 @@ pub struct Route {
 #[rtype(result = "()")]
 pub struct Dispatch {
     pub id: u64,
+    pub run: Run,
     pub decision: Decision,
     pub message: AmqpMessage,
     pub reply: Recipient<Settled>,

@@ -51,7 +51,7 @@ pub struct OutboxConsumer {
     acking: usize,
     /// Never reset, so a `Settled` from before a restart cannot settle a newer delivery.
     next_id: u64,
-    /// Ended on a restart, so the router drops what this run took and still holds.
+    /// Ended on a restart, so the router and the publisher drop what this run took and still hold.
     run: Run,
     failures: u32,
     /// Per destination, when its current run of unconfirmed outcomes began and when it last
@@ -395,7 +395,7 @@ impl Supervised for OutboxConsumer {
         }
         self.subscribing = false;
         // The old consumer was dropped with the old context, so the broker requeues all that
-        // was unacked; the old ackers are dead, and what the router still holds is stale.
+        // was unacked; the old ackers are dead, and what the router and the publisher still hold is stale.
         self.in_flight.clear();
         self.run.end();
         self.run = Run::default();

@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 use mailroute_actors::Instance;
 use mailroute_actors::broker::{Broker, Destination, HeaderValue, Message, QueueSpec};
 use mailroute_actors::memory::MemoryBroker;
-use mailroute_actors::messages::HearingNow;
-use mailroute_actors::routing::{HELD_SINCE_HEADER, ID_HEADER, REASON_HEADER, Unroutable};
-use mailroute_actors::testkit::traffic::{mailerq_json, test_id};
+use mailroute_actors::messages::{Dispatch, HearingNow, Run, Settled};
+use mailroute_actors::routing::{
+    Decision, HELD_SINCE_HEADER, ID_HEADER, REASON_HEADER, Unroutable, Via,
+};
+use mailroute_actors::testkit::traffic::{mailerq_json, test_id, test_message};
 use mailroute_actors::testkit::wait_for;
 use mailroute_actors::wire::{ClusterMessage, now_ms};
 use support::*;
@@ -464,4 +466,140 @@ async fn a_relay_restart_ends_the_old_runs_retries() {
     let s = a.stats.snapshot();
     assert_eq!((s.relayed, s.duplicates_dropped), (1, 0), "{s:?}");
     assert_eq!(local.depth("a.outbox"), 0);
+}
+
+/// Takes the publisher's answers: which ids it settled.
+struct Answers(tokio::sync::mpsc::UnboundedSender<(u64, bool)>);
+
+impl actix::Actor for Answers {
+    type Context = actix::Context<Self>;
+}
+
+impl actix::Handler<Settled> for Answers {
+    type Result = ();
+
+    fn handle(&mut self, settled: Settled, _: &mut actix::Context<Self>) {
+        let _ = self.0.send((settled.id, settled.result.is_ok()));
+    }
+}
+
+/// A publisher of instance "a", and where its answers go.
+struct UnderTest {
+    publisher: actix::Addr<mailroute_actors::handover_publisher::HandoverPublisher>,
+    reply: actix::Recipient<Settled>,
+    /// Each settled id, and whether it was confirmed.
+    settled: tokio::sync::mpsc::UnboundedReceiver<(u64, bool)>,
+    stats: Arc<mailroute_actors::stats::Stats>,
+}
+
+fn publisher_on(broker: mailroute_actors::broker::SharedBroker) -> UnderTest {
+    use actix::Actor;
+    let stats = Arc::new(mailroute_actors::stats::Stats::default());
+    let recent = Arc::new(mailroute_actors::recent_ids::RecentIds::new(
+        100,
+        Duration::from_secs(60),
+    ));
+    let publisher = mailroute_actors::handover_publisher::HandoverPublisher::new(
+        &settings("a", &["10.0.0.1"]),
+        broker.clone(),
+        broker,
+        stats.clone(),
+        recent,
+    )
+    .start();
+    let (tx, settled) = tokio::sync::mpsc::unbounded_channel();
+    UnderTest {
+        publisher,
+        reply: Answers(tx).start().recipient(),
+        settled,
+        stats,
+    }
+}
+
+fn dispatch(id: u64, run: &Run, decision: Decision, reply: &actix::Recipient<Settled>) -> Dispatch {
+    Dispatch {
+        id,
+        run: run.clone(),
+        decision,
+        message: test_message(&format!("m{id}"), mailerq_json("m", None, 64)),
+        reply: reply.clone(),
+    }
+}
+
+/// #18: an outcome that waited in the publisher's mailbox while its consumer restarted is not
+/// published: the broker has requeued its delivery, and the new run routes it again. (Before,
+/// the old run's copy was published too: two copies in the deliver queue here, or one beside
+/// a handover of the redelivered original.)
+#[actix::test]
+async fn the_publisher_drops_the_outcomes_of_an_ended_consumer_run() {
+    let memory = MemoryBroker::new("stale-dispatch");
+    memory
+        .declare_queue(&QueueSpec::durable("a.deliver"))
+        .await
+        .unwrap();
+    let UnderTest {
+        publisher,
+        reply,
+        mut settled,
+        stats,
+    } = publisher_on(Arc::new(memory.clone()));
+    let (ended, live) = (Run::default(), Run::default());
+    ended.end();
+    publisher.do_send(dispatch(1, &ended, Decision::Deliver, &reply));
+    publisher.do_send(dispatch(2, &live, Decision::Deliver, &reply));
+    // One mailbox, in order: once the second is settled the first was handled.
+    let first = tokio::time::timeout(LIMIT, settled.recv()).await.unwrap();
+    assert_eq!(
+        first,
+        Some((2, true)),
+        "only the live run's outcome is settled"
+    );
+    let delivered = ids(&memory.drain("a.deliver"));
+    assert_eq!(delivered, [("m2".to_string(), 1)].into(), "{delivered:?}");
+    assert_eq!(stats.snapshot().stale_dropped, 1);
+}
+
+/// #18: a handover returned after its consumer run ended is neither held nor failed here: the
+/// original is redelivered and routed again, so a held copy would be a second one.
+#[actix::test]
+async fn a_handover_returned_after_its_run_ended_is_not_held() {
+    let memory = MemoryBroker::new("stale-return");
+    memory
+        .declare_queue(&QueueSpec::durable("a.retry"))
+        .await
+        .unwrap();
+    let broker = Arc::new(TweakedBroker::new(&memory));
+    let UnderTest {
+        publisher,
+        reply,
+        mut settled,
+        stats,
+    } = publisher_on(broker.clone());
+    let run = Run::default();
+    *broker.ends_on_publish.lock().unwrap() = Some(run.clone());
+    // b's outbox is not there: the broker returns the handover.
+    let peer = mailroute_actors::routing::PeerRoute {
+        name: "b".into(),
+        outbox: "b.outbox".into(),
+        broker: "elsewhere".into(),
+        via: Via::LocalBroker,
+    };
+    publisher.do_send(dispatch(
+        1,
+        &run,
+        Decision::Handover(Arc::new(peer)),
+        &reply,
+    ));
+    let answer = tokio::time::timeout(LIMIT, settled.recv()).await.unwrap();
+    assert_eq!(
+        answer,
+        Some((1, false)),
+        "not confirmed: the original is the broker's"
+    );
+    assert_eq!(memory.depth("a.retry"), 0, "nothing held");
+    let stats = stats.snapshot();
+    assert_eq!(
+        (stats.handover_returned, stats.stale_dropped, stats.held),
+        (1, 1, 0)
+    );
 }

@@ -31,31 +31,23 @@ impl State {
 
 impl SilentProxy {
     /// Listens on a free loopback port and forwards to `upstream` (host:port).
-    pub async fn start(upstream: &str) -> SilentProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy port");
+    ///
+    /// On a thread and runtime of its own: a test that blocks its own thread (waiting for a
+    /// process to exit, say) must not freeze the links that the test did not freeze. On the
+    /// test's runtime, b's drain at SIGTERM could not send its acks, and what it had delivered
+    /// went back to its outbox as a second copy.
+    pub fn start(upstream: &str) -> SilentProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy port");
+        listener.set_nonblocking(true).expect("proxy socket");
         let port = listener.local_addr().expect("proxy address").port();
         let state = Arc::new(State::default());
         let (upstream, shared) = (upstream.to_string(), state.clone());
-        actix_rt::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let id = shared.next.fetch_add(1, Ordering::SeqCst);
-                let (upstream, state) = (upstream.clone(), shared.clone());
-                actix_rt::spawn(async move {
-                    if state.frozen.load(Ordering::SeqCst) {
-                        // Held open, never answered.
-                        let _held = &client;
-                        std::future::pending::<()>().await;
-                    }
-                    let Ok(server) = TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    let (client_read, client_write) = client.into_split();
-                    let (server_read, server_write) = server.into_split();
-                    let up = pump(client_read, server_write, id, state.clone());
-                    let down = pump(server_read, client_write, id, state);
-                    futures::future::join(up, down).await;
-                });
-            }
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("proxy runtime");
+            runtime.block_on(serve(listener, upstream, shared));
         });
         SilentProxy { port, state }
     }
@@ -72,6 +64,29 @@ impl SilentProxy {
         let next = self.state.next.load(Ordering::SeqCst);
         self.state.cutoff.store(next, Ordering::SeqCst);
         self.state.frozen.store(false, Ordering::SeqCst);
+    }
+}
+
+async fn serve(listener: std::net::TcpListener, upstream: String, state: Arc<State>) {
+    let listener = TcpListener::from_std(listener).expect("proxy listener");
+    while let Ok((client, _)) = listener.accept().await {
+        let id = state.next.fetch_add(1, Ordering::SeqCst);
+        let (upstream, state) = (upstream.clone(), state.clone());
+        tokio::spawn(async move {
+            if state.frozen.load(Ordering::SeqCst) {
+                // Held open, never answered.
+                let _held = &client;
+                std::future::pending::<()>().await;
+            }
+            let Ok(server) = TcpStream::connect(&upstream).await else {
+                return;
+            };
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            let up = pump(client_read, server_write, id, state.clone());
+            let down = pump(server_read, client_write, id, state);
+            futures::future::join(up, down).await;
+        });
     }
 }
 

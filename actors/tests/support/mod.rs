@@ -13,6 +13,7 @@ use mailroute_actors::broker::{
     Acker, Broker, Destination, Message, QueueSpec, SharedBroker, Subscription,
 };
 use mailroute_actors::memory::MemoryBroker;
+use mailroute_actors::messages::Run;
 use mailroute_actors::routing::{Owner, Via};
 use mailroute_actors::testkit::traffic::{mailerq_json, test_id, test_message};
 use mailroute_actors::testkit::wait_for;
@@ -158,6 +159,8 @@ pub struct TweakedBroker {
     cut: tokio::sync::watch::Sender<bool>,
     /// Destinations the instance released (a peer left).
     pub released: std::sync::Mutex<Vec<Destination>>,
+    /// A consumer run that ends while the next publish is on its way (a restart meanwhile).
+    pub ends_on_publish: std::sync::Mutex<Option<Run>>,
 }
 
 impl TweakedBroker {
@@ -174,6 +177,7 @@ impl TweakedBroker {
             nack_delay: Duration::ZERO,
             cut: tokio::sync::watch::channel(false).0,
             released: Default::default(),
+            ends_on_publish: Default::default(),
         }
     }
 
@@ -236,6 +240,14 @@ impl Broker for TweakedBroker {
         mandatory: bool,
     ) -> Result<(), BrokerError> {
         self.check()?;
+        let ending = self
+            .ends_on_publish
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(run) = ending {
+            run.end();
+        }
         self.inner.publish(to, m, mandatory).await
     }
     async fn subscribe(&self, q: &str, prefetch: u16) -> Result<Subscription, BrokerError> {
