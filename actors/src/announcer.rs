@@ -23,6 +23,8 @@ pub struct Announcer {
     exchange: String,
     announcement: Announcement,
     interval: Duration,
+    /// Digest mode: how long a heartbeat may wait in the queue and still count.
+    peer_timeout: Duration,
     stats: Arc<Stats>,
     codec: Codec,
     protocol: ClusterProtocol,
@@ -60,6 +62,7 @@ impl Announcer {
             exchange: exchange.into(),
             announcement,
             interval,
+            peer_timeout: interval,
             stats,
             codec,
             protocol,
@@ -69,6 +72,24 @@ impl Announcer {
             last: None,
             requested: false,
         }
+    }
+
+    /// Digest mode: the members' `peer-timeout`, which bounds how long a heartbeat counts.
+    pub fn with_peer_timeout(mut self, peer_timeout: Duration) -> Self {
+        self.peer_timeout = peer_timeout;
+        self
+    }
+
+    /// A heartbeat that waited in the queue longer than this is dropped unread: read later it
+    /// would make a member that died meanwhile look alive. One interval was too short: a
+    /// leader starved of CPU read most heartbeats after their TTL, and the digests forgot
+    /// their live senders (fifty instances on a loaded machine). What waited less than
+    /// `peer-timeout` less an interval keeps its sender listed at most that much longer, and
+    /// only while the leader lags.
+    fn heartbeat_ttl(&self) -> Duration {
+        self.peer_timeout
+            .saturating_sub(self.interval)
+            .max(self.interval)
     }
 
     fn announce(&mut self, ctx: &mut Context<Self>) {
@@ -107,9 +128,7 @@ impl Announcer {
             sequence: self.announcement.sequence,
         };
         let to = Destination::queue(heartbeat_queue(&self.exchange).name);
-        // Worth nothing after an interval, when the next one is due: a heartbeat that waited
-        // in the queue (a frozen leader) must not make its sender look alive when it is read.
-        let ttl = Some(self.interval);
+        let ttl = Some(self.heartbeat_ttl());
         self.send(ctx, to, message, ttl, |stats| &stats.heartbeats_sent);
     }
 
@@ -205,8 +224,12 @@ impl Actor for Announcer {
                     // listens. Announcing before would race the peers' own start: each could
                     // speak before the other listens, and only a digest (an interval later)
                     // would bring them together.
-                    if act.protocol == ClusterProtocol::Mesh {
-                        act.announce(ctx);
+                    match act.protocol {
+                        ClusterProtocol::Mesh => act.announce(ctx),
+                        // Peers that hear of this instance by its announcement forget it
+                        // unless a digest lists it within a peer-timeout: the leader must
+                        // hear it now, not an interval from now.
+                        ClusterProtocol::Digest => act.heartbeat(ctx),
                     }
                     act.tick(ctx);
                 }
@@ -263,6 +286,7 @@ impl Handler<Reconfigure> for Announcer {
             || self.announcement.config_hash != live.config_hash;
         self.announcement.local_ips = live.local_ips.clone();
         self.announcement.config_hash = live.config_hash.clone();
+        self.peer_timeout = live.peer_timeout;
         if self.interval != live.announce_interval {
             self.interval = live.announce_interval;
             if self.ticker.is_some() {

@@ -213,6 +213,18 @@ impl DigestLeader {
             self.leading = false;
             return;
         }
+        // This instance is alive, whatever its own heartbeat's place in the queue: after a
+        // stall it sits behind everyone's backlog, and a digest without the leader made every
+        // registry forget it while it was leading.
+        let now = Instant::now();
+        self.heard
+            .entry(self.me.clone())
+            .and_modify(|h| h.at = now)
+            .or_insert(Heard {
+                started_at: self.started_at,
+                sequence: 0,
+                at: now,
+            });
         let timeout = self.peer_timeout;
         self.heard.retain(|_, h| h.at.elapsed() < timeout);
         let entries = self.heard.iter().map(|(name, h)| DigestEntry {

@@ -148,7 +148,8 @@ impl Instance {
             stats.clone(),
             settings.codec.clone(),
             settings.protocol,
-        );
+        )
+        .with_peer_timeout(settings.peer_timeout);
         let announcer = Supervisor::start(move |_| announcer);
         let consumer = OutboxConsumer::new(
             local.clone(),

@@ -11,6 +11,7 @@ pub mod handover_publisher;
 pub mod handover_relay;
 pub mod instance;
 pub mod ip_ownership_router;
+pub mod membership;
 pub mod memory;
 pub mod message_id;
 pub mod messages;
