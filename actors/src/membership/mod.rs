@@ -12,6 +12,7 @@
 //! re-validated (kept while they re-announce within the window), not forgotten first.
 
 mod announcements;
+mod hearing;
 mod ownership;
 mod presence;
 mod roster;
@@ -22,7 +23,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::messages::{PeerInfo, PeerState};
 use crate::routing::{PeerRoute, Via};
@@ -73,9 +74,6 @@ pub struct MembershipConfig {
     /// proven on either, so challenges go to both.
     pub two_brokers: bool,
 }
-
-/// At most one ownership publish per this, so a burst of announcements costs one.
-const OWNERSHIP_GAP: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Rejoin {
@@ -365,6 +363,10 @@ impl Membership {
         self.roster.live.len()
     }
 
+    pub fn knows(&self, name: &str) -> bool {
+        self.roster.live.contains_key(name)
+    }
+
     pub fn peer_names(&self) -> Vec<String> {
         self.roster.live.keys().cloned().collect()
     }
@@ -376,178 +378,6 @@ impl Membership {
     /// The live peers and the ones gone lately.
     pub fn members(&self, now: Instant) -> Vec<PeerInfo> {
         self.roster.members(now)
-    }
-
-    fn reload(&mut self, from: Option<String>, now: Instant, effects: &mut Vec<Effect>) {
-        info!(
-            from = from.as_deref().unwrap_or("operator"),
-            peers = self.roster.live.len(),
-            "cluster reload: re-validating peers and re-reading the config"
-        );
-        bump(&self.stats.reloads);
-        effects.push(Effect::Reload);
-        // A peer that does not re-announce within the window is forgotten then. Forgetting
-        // all first would hold or fail mail for live peers.
-        self.start_rejoin(Rejoin::Reload, now, effects);
-        self.liveness.on_reload(effects);
-    }
-
-    /// After a reconnect or a reload: every known peer must be heard again within the window,
-    /// and until the cluster is heard, unowned mail waits in the router.
-    fn start_rejoin(&mut self, why: Rejoin, now: Instant, effects: &mut Vec<Effect>) {
-        self.rejoining = self.roster.live.keys().cloned().collect();
-        self.rejoin = Some((now + self.rejoin_window, why));
-        self.set_heard(false, now, effects);
-        effects.push(Effect::Wake(self.rejoin_window));
-    }
-
-    fn end_rejoin(&mut self, why: Rejoin, now: Instant, effects: &mut Vec<Effect>) {
-        let mut silent: Vec<String> = self.rejoining.drain().collect();
-        silent.sort();
-        // After a reconnect, a peer still silent may itself be reconnecting: it has a whole
-        // peer-timeout from the reconnect. After a reload everyone is listening and announces
-        // at once, so silence within the window means gone (in digest mode only while digests
-        // come).
-        let counts = self.unguarded || self.liveness.silence_counts_after_reload(self.timing, now);
-        if why == Rejoin::Reload && !silent.is_empty() && counts {
-            let mut gone = Vec::new();
-            for name in &silent {
-                warn!(peer = %name, "peer did not re-announce after a reload or reconnect; forgotten");
-                bump(&self.stats.peers_expired);
-                gone.extend(self.roster.forget(name, PeerState::Expired, now));
-            }
-            self.remove_from_ownership(now, effects);
-            released(gone, effects);
-        }
-        self.set_heard(true, now, effects);
-    }
-
-    /// A peer known before a reconnect or reload was heard again.
-    fn heard_from(&mut self, name: &str, now: Instant, effects: &mut Vec<Effect>) {
-        if self.rejoining.remove(name) && self.rejoining.is_empty() && !self.heard {
-            // Everyone known before has answered: no need to wait out the window.
-            self.set_heard(true, now, effects);
-        }
-    }
-
-    fn set_heard(&mut self, heard: bool, now: Instant, effects: &mut Vec<Effect>) {
-        if heard {
-            // The router routes what it kept back as soon as it hears this: with the table
-            // as it is now, not as it was before the last gap.
-            self.flush_ownership(now, effects);
-        }
-        if self.heard != heard {
-            self.heard = heard;
-            if heard {
-                info!(peers = self.roster.live.len(), "cluster heard");
-            }
-            effects.push(Effect::Hearing(heard));
-        }
-    }
-
-    fn expire(&mut self, now: Instant, effects: &mut Vec<Effect>) {
-        if !self.unguarded {
-            if !self.ears.listening {
-                // Silence is this instance's own deafness, not the peers' death.
-                return;
-            }
-            let timing = self.timing;
-            if self
-                .liveness
-                .silence_says_nothing(&mut self.ears, timing, &self.stats, now)
-            {
-                return;
-            }
-        }
-        let timeout = self.timing.peer_timeout;
-        let mut silent: Vec<String> = self
-            .roster
-            .live
-            .iter()
-            .filter(|(_, peer)| {
-                let timeout = if peer.vouched { timeout } else { timeout * 2 };
-                now.saturating_duration_since(peer.last_seen) >= timeout
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
-        silent.sort();
-        if silent.is_empty() {
-            return;
-        }
-        let mut gone = Vec::new();
-        for name in silent {
-            warn!(peer = %name, ?timeout, "peer fell silent; forgotten");
-            bump(&self.stats.peers_expired);
-            gone.extend(self.roster.forget(&name, PeerState::Expired, now));
-        }
-        self.remove_from_ownership(now, effects);
-        released(gone, effects);
-    }
-
-    /// Ownership changed: told at once, unless it was told within [`OWNERSHIP_GAP`]; then
-    /// once at the end of it, for all the changes together. Each telling goes over every
-    /// peer and makes the router rebuild its table: when N peers announce at once (a cluster
-    /// start) that was N² work for every instance.
-    fn ownership_changed(&mut self, now: Instant, effects: &mut Vec<Effect>) {
-        self.ownership_dirty = true;
-        if self.ownership_due.is_some() {
-            return;
-        }
-        let wait = self.ownership_published.map_or(Duration::ZERO, |at| {
-            OWNERSHIP_GAP.saturating_sub(now.saturating_duration_since(at))
-        });
-        if wait.is_zero() {
-            self.flush_ownership(now, effects);
-        } else {
-            self.ownership_due = Some(now + wait);
-            effects.push(Effect::Wake(wait));
-        }
-    }
-
-    /// A peer is gone: the router stops handing it mail now, not at the end of a gap (mail
-    /// handed to a peer that left waits in its outbox until it is back).
-    fn remove_from_ownership(&mut self, now: Instant, effects: &mut Vec<Effect>) {
-        self.ownership_dirty = true;
-        self.flush_ownership(now, effects);
-    }
-
-    fn flush_ownership(&mut self, now: Instant, effects: &mut Vec<Effect>) {
-        if !self.ownership_dirty {
-            return;
-        }
-        self.ownership_dirty = false;
-        self.ownership_published = Some(now);
-        let found = ownership::claims(self.roster.live.values(), &self.local_ips);
-        self.stats.ip_conflicts.store(
-            found.conflicts.len() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        if found.conflicts != self.conflicts {
-            for conflict in found.conflicts.difference(&self.conflicts) {
-                bump(&self.stats.ownership_conflicts);
-                warn!(%conflict, "IP conflict: two instances send from one IP");
-            }
-            self.conflicts = found.conflicts;
-            self.conflicts_told = now;
-        }
-        if self.last_claims.as_ref() != Some(&found.claims) {
-            self.last_claims = Some(found.claims.clone());
-            effects.push(Effect::Ownership(found.claims));
-        }
-    }
-
-    /// While a conflict lasts it is said again now and then (not on every announcement): mail
-    /// for that IP goes out from whichever instance has it.
-    fn remind_conflicts(&mut self, now: Instant) {
-        if !self.conflicts.is_empty()
-            && now.saturating_duration_since(self.conflicts_told) >= self.remind_every
-        {
-            self.conflicts_told = now;
-            bump(&self.stats.conflict_reminders);
-            for conflict in &self.conflicts {
-                warn!(%conflict, "IP conflict still there: two instances send from one IP");
-            }
-        }
     }
 }
 
