@@ -11,9 +11,10 @@ use actix::prelude::*;
 use tracing::{debug, warn};
 
 use crate::backoff;
-use crate::broker::{BrokerError, Destination, Message, Properties, SharedBroker};
-use crate::digest_leader::heartbeat_queue;
+use crate::broker::{BrokerError, Destination, SharedBroker};
+use crate::cluster_frame::{publish, publish_to};
 use crate::messages::{AnnounceNow, AnswerAsk, Broadcast, Departing, Leave, Pause, Reconfigure};
+use crate::own_queues::heartbeat_queue;
 use crate::settings::ClusterProtocol;
 use crate::stats::{Stats, bump};
 use crate::wire::{Announcement, ClusterMessage, Codec};
@@ -158,39 +159,6 @@ impl Announcer {
                 }),
         );
     }
-}
-
-/// Publishes one cluster message with confirm. Cluster messages are state, not mail: they are
-/// not persistent, and a lost one is repaired by the next announcement.
-pub async fn publish(
-    broker: SharedBroker,
-    exchange: String,
-    codec: Codec,
-    message: ClusterMessage,
-) -> Result<(), BrokerError> {
-    let to = Destination::exchange(exchange, message.routing_key());
-    publish_to(broker, to, codec, message, None).await
-}
-
-/// [`publish`] to any destination (a queue, through the default exchange); with `ttl`, the
-/// broker drops it unread after that long (`expiration`).
-pub async fn publish_to(
-    broker: SharedBroker,
-    to: Destination,
-    codec: Codec,
-    message: ClusterMessage,
-    ttl: Option<Duration>,
-) -> Result<(), BrokerError> {
-    let body = codec
-        .encode(&message, crate::wire::now_ms())
-        .map_err(|e| BrokerError::Other(e.to_string()))?;
-    let properties = Properties {
-        expiration: ttl.map(|ttl| ttl.as_millis().max(1).to_string()),
-        ..Properties::default()
-    };
-    broker
-        .publish(&to, &Message::new(body, properties), false)
-        .await
 }
 
 impl Actor for Announcer {

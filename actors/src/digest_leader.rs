@@ -13,32 +13,17 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tracing::{debug, info, warn};
 
-use crate::announcer::publish;
 use crate::backoff;
-use crate::broker::{BrokerError, ConsumerControl, Delivery, QueueSpec, SharedBroker};
-use crate::messages::{Drain, ListPeers, Reconfigure};
+use crate::broker::{BrokerError, ConsumerControl, Delivery, SharedBroker};
+use crate::cluster_frame::publish;
+use crate::messages::{ListPeers, Reconfigure, Stop};
+use crate::own_queues::heartbeat_queue;
 use crate::settings::InstanceSettings;
 use crate::stats::{Stats, bump};
 use crate::wire::{ClusterMessage, Codec, DigestEntry, MAX_FRAME};
 
-/// Heartbeats are worth nothing once older than any peer-timeout in use: a member whose
-/// heartbeat waited that long in the queue (no leader) is not known to be alive by it.
-const HEARTBEAT_TTL: Duration = Duration::from_secs(30);
-/// The queue goes this long after the last instance stopped consuming it.
-const QUEUE_EXPIRES: Duration = Duration::from_secs(600);
 /// Digest entries per broadcast are capped so that one frame stays well under `MAX_FRAME`.
 const DIGEST_BYTES: usize = MAX_FRAME * 3 / 4;
-
-/// The heartbeat queue of the cluster on `exchange`, on the cluster broker: one per cluster,
-/// so clusters sharing a broker do not hear each other.
-pub fn heartbeat_queue(exchange: &str) -> QueueSpec {
-    QueueSpec {
-        single_active_consumer: true,
-        message_ttl: Some(HEARTBEAT_TTL),
-        expires: Some(QUEUE_EXPIRES),
-        ..QueueSpec::durable(format!("mailroute.heartbeats.{exchange}"))
-    }
-}
 
 /// Splits a digest into frames that each stay under [`DIGEST_BYTES`] encoded.
 fn chunked(entries: impl Iterator<Item = DigestEntry>) -> Vec<Vec<DigestEntry>> {
@@ -363,10 +348,10 @@ impl Handler<Reconfigure> for DigestLeader {
 
 /// A graceful stop: the next consumer of the heartbeat queue takes over now, not when this
 /// instance's connection closes.
-impl Handler<Drain> for DigestLeader {
+impl Handler<Stop> for DigestLeader {
     type Result = ();
 
-    fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) {
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
         self.stopped = true;
         self.leading = false;
         if let Some(ticker) = self.ticker.take() {

@@ -13,9 +13,9 @@ use actix::prelude::*;
 use tracing::{Instrument, warn};
 
 use crate::broker::{BrokerError, Destination, HeaderValue, Message, QueueSpec, SharedBroker};
-use crate::handover_relay::handover_queue;
 use crate::message_id::ensure_id;
 use crate::messages::{Dispatch, Outcome, PeersGone, Reconfigure, Run, Settled, Unconfirmed};
+use crate::own_queues::handover_queue;
 use crate::own_queues::own_queues;
 use crate::recent_ids::{RecentIds, id_of};
 use crate::routing::{

@@ -13,14 +13,9 @@ use tracing::{Instrument, info, warn};
 
 use crate::backoff;
 use crate::broker::{BrokerError, ConsumerControl, Delivery, Destination, QueueSpec, SharedBroker};
-use crate::messages::{Drain, Reconfigure, Run};
+use crate::messages::{Reconfigure, Run, Stop};
+use crate::own_queues::handover_queue;
 use crate::stats::{Stats, bump};
-
-/// The durable queue on the cluster broker that peers hand mail for `instance` to, when its
-/// outbox is not on a broker they share. It outlives its instance, keeping mail for its return.
-pub fn handover_queue(instance: &str) -> String {
-    format!("mailroute.handover.{instance}")
-}
 
 pub struct HandoverRelay {
     cluster: SharedBroker,
@@ -252,10 +247,10 @@ impl Handler<Reconfigure> for HandoverRelay {
     }
 }
 
-impl Handler<Drain> for HandoverRelay {
+impl Handler<Stop> for HandoverRelay {
     type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: Stop, _: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.drained.push(tx);
         self.draining = true;

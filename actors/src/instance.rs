@@ -13,8 +13,8 @@ use crate::handover_publisher::HandoverPublisher;
 use crate::handover_relay::HandoverRelay;
 use crate::ip_ownership_router::IpOwnershipRouter;
 use crate::messages::{
-    Broadcast, Departing, Drain, Leave, ListMembers, ListPeers, Pause, PeerInfo, Reconfigure,
-    ReleaseDeferred,
+    Broadcast, Departing, Leave, ListMembers, ListPeers, Pause, PeerInfo, Reconfigure,
+    ReleaseDeferred, Stop,
 };
 use crate::outbox_consumer::OutboxConsumer;
 use crate::own_queues::declare_queues;
@@ -288,9 +288,9 @@ impl Instance {
         info!(instance = %self.settings.name, "draining");
         self.announcer.do_send(Departing);
         if let Some(leader) = &self.leader {
-            leader.do_send(Drain);
+            leader.do_send(Stop);
         }
-        let drain = futures::future::join(self.consumer.send(Drain), self.relay.send(Drain));
+        let drain = futures::future::join(self.consumer.send(Stop), self.relay.send(Stop));
         // Mail waiting for the cluster to be heard goes back to the outbox now.
         self.router.do_send(ReleaseDeferred);
         if tokio::time::timeout(grace, drain).await.is_err() {

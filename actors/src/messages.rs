@@ -133,7 +133,7 @@ pub struct Leave;
 /// → OutboxConsumer: stop taking new messages; resolves once every routed one is settled.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
-pub struct Drain;
+pub struct Stop;
 
 /// → PeerRegistry: whether it listens to the cluster and has heard it since (re)connecting.
 #[derive(Message, Debug, Clone, Copy)]

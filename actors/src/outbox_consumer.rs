@@ -21,7 +21,7 @@ use crate::backoff;
 use crate::broker::{
     Acker, BrokerError, ConsumerControl, Delivery, QueueSpec, SharedBroker, paused_while,
 };
-use crate::messages::{ClusterHeard, Drain, Pause, Reconfigure, Route, Run, Settled, Unconfirmed};
+use crate::messages::{ClusterHeard, Pause, Reconfigure, Route, Run, Settled, Stop, Unconfirmed};
 use crate::stats::{Stats, bump};
 
 /// How long the oldest unsettled delivery may hold back the acks of those behind it.
@@ -508,10 +508,10 @@ impl Handler<Settled> for OutboxConsumer {
     }
 }
 
-impl Handler<Drain> for OutboxConsumer {
+impl Handler<Stop> for OutboxConsumer {
     type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.drained.push(tx);
         // A stop wins over a pause or a prefetch change in progress.

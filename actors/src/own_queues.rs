@@ -1,4 +1,8 @@
-//! The queues an instance owns on its local broker: outbox, deliver, failure and retry.
+//! Every queue name mailroute uses: the queues an instance owns on its local broker (outbox,
+//! deliver, failure and retry), its presence queue, its handover queue on the cluster broker,
+//! and the cluster's heartbeat queue.
+
+use std::time::Duration;
 
 use crate::broker::{BrokerError, QueueSpec, SharedBroker};
 use crate::settings::InstanceSettings;
@@ -37,4 +41,27 @@ pub async fn declare_queues(
         local.declare_queue(&spec).await?;
     }
     Ok(())
+}
+
+/// The durable queue on the cluster broker that peers hand mail for `instance` to, when its
+/// outbox is not on a broker they share. It outlives its instance, keeping mail for its return.
+pub fn handover_queue(instance: &str) -> String {
+    format!("mailroute.handover.{instance}")
+}
+
+/// Heartbeats are worth nothing once older than any peer-timeout in use: a member whose
+/// heartbeat waited that long in the queue (no leader) is not known to be alive by it.
+const HEARTBEAT_TTL: Duration = Duration::from_secs(30);
+/// The queue goes this long after the last instance stopped consuming it.
+const QUEUE_EXPIRES: Duration = Duration::from_secs(600);
+
+/// The heartbeat queue of the cluster on `exchange`, on the cluster broker: one per cluster,
+/// so clusters sharing a broker do not hear each other.
+pub fn heartbeat_queue(exchange: &str) -> QueueSpec {
+    QueueSpec {
+        single_active_consumer: true,
+        message_ttl: Some(HEARTBEAT_TTL),
+        expires: Some(QUEUE_EXPIRES),
+        ..QueueSpec::durable(format!("mailroute.heartbeats.{exchange}"))
+    }
 }

@@ -155,7 +155,7 @@ impl PeerRegistry {
             reply_to,
             names,
         };
-        let send = crate::announcer::publish(
+        let send = crate::cluster_frame::publish(
             self.broker.clone(),
             self.exchange.clone(),
             self.codec.clone(),
@@ -224,7 +224,7 @@ impl PeerRegistry {
             broker.declare_queue(&QueueSpec::private(&queue)).await?;
             broker.bind_queue(&queue, &exchange, "#").await?;
             let stream = broker.consume(&queue, 256).await?;
-            crate::announcer::publish(broker, exchange, codec, hello).await?;
+            crate::cluster_frame::publish(broker, exchange, codec, hello).await?;
             Ok::<_, BrokerError>((stream, queue))
         };
         ctx.wait(

@@ -128,7 +128,7 @@ impl StreamHandler<Result<Delivery, BrokerError>> for PresenceResponder {
             debug!("challenge over the answer budget; not answered");
             return;
         }
-        let send = crate::announcer::publish_to(
+        let send = crate::cluster_frame::publish_to(
             self.cluster.clone(),
             to,
             self.codec.clone(),

@@ -6,9 +6,9 @@ mod support;
 use std::sync::Arc;
 
 use mailroute_actors::broker::SharedBroker;
-use mailroute_actors::handover_relay::handover_queue;
 use mailroute_actors::memory::MemoryBroker;
-use mailroute_actors::messages::Drain;
+use mailroute_actors::messages::Stop;
+use mailroute_actors::own_queues::handover_queue;
 use mailroute_actors::routing::{FROM_HEADER, HOPS_HEADER};
 use mailroute_actors::testkit::traffic::test_id;
 use mailroute_actors::testkit::wait_for;
@@ -117,7 +117,7 @@ async fn the_handover_queue_keeps_mail_while_its_owner_is_away() {
     // b's relay stops, as if b had died: still a known peer (within its peer-timeout, its
     // announcer still runs), so a keeps handing over to b's queue.
     let b = p.instances.pop().unwrap();
-    b.relay.send(Drain).await.unwrap();
+    b.relay.send(Stop).await.unwrap();
     for i in 0..20 {
         inject(&p.locals[0], "a.outbox", &format!("m-{i}"), &["10.0.0.2"]).await;
     }

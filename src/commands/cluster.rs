@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
-use mailroute_actors::announcer;
 use mailroute_actors::broker::{BrokerError, QueueSpec, SharedBroker};
+use mailroute_actors::cluster_frame;
 use mailroute_actors::settings::ClusterProtocol;
 use mailroute_actors::wire::{Announcement, ClusterMessage, Codec, now_ms};
 use rand::Rng;
@@ -18,7 +18,7 @@ async fn publish(
     codec: &Codec,
     message: ClusterMessage,
 ) -> anyhow::Result<()> {
-    announcer::publish(broker.clone(), exchange.to_string(), codec.clone(), message)
+    cluster_frame::publish(broker.clone(), exchange.to_string(), codec.clone(), message)
         .await
         .context("cannot publish to the cluster exchange")
 }
