@@ -152,13 +152,6 @@ impl DigestLeader {
         let ask = self.registry.send(ListPeers);
         ctx.spawn(ask.into_actor(self).map(|peers, act, ctx| {
             let now = Instant::now();
-            // Itself: alive, whenever its own heartbeat comes through the queue. Sequence 0
-            // never reads as newer news than what a registry holds.
-            act.heard.entry(act.me.clone()).or_insert(Heard {
-                started_at: act.started_at,
-                sequence: 0,
-                at: now,
-            });
             for peer in peers.unwrap_or_default() {
                 let a = peer.announcement;
                 if peer.last_seen >= act.peer_timeout || act.heard.contains_key(&a.name) {
@@ -200,7 +193,8 @@ impl DigestLeader {
         }
         // This instance is alive, whatever its own heartbeat's place in the queue: after a
         // stall it sits behind everyone's backlog, and a digest without the leader made every
-        // registry forget it while it was leading.
+        // registry forget it while it was leading. Sequence 0 never reads as newer news than
+        // what a registry holds.
         let now = Instant::now();
         self.heard
             .entry(self.me.clone())

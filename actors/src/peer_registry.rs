@@ -38,8 +38,6 @@ pub struct PeerRegistry {
     /// supervisor reuses this struct), so a reconnect does not open a window for replays.
     replays: ReplayGuard,
     core: Membership,
-    /// The listener queue, where answers to this instance's `Ask` come.
-    queue: Option<String>,
     links: RegistryLinks,
     /// The core's tick, rescheduled when a reload changes `peer-timeout`.
     sweep: Option<SpawnHandle>,
@@ -108,7 +106,6 @@ impl PeerRegistry {
             replays: ReplayGuard::new(config.codec.freshness()),
             codec: config.codec,
             core,
-            queue: None,
             links,
             sweep: None,
             stats,
@@ -124,8 +121,13 @@ impl PeerRegistry {
                 Effect::Hearing(heard) => self.links.hearing.do_send(Hearing(heard)),
                 Effect::Announce => self.links.announcer.do_send(AnnounceNow),
                 Effect::AnswerAsk { reply_to } => self.links.answer.do_send(AnswerAsk { reply_to }),
-                Effect::Ask { names } => self.ask(names, ctx),
-                Effect::Challenge { peer, via, nonce } => self.challenge(peer, via, nonce, ctx),
+                Effect::Ask { reply_to, names } => self.ask(reply_to, names, ctx),
+                Effect::Challenge {
+                    peer,
+                    via,
+                    nonce,
+                    reply_to,
+                } => self.challenge(peer, via, nonce, reply_to, ctx),
                 Effect::Released(routes) => self.links.released.do_send(PeersGone(routes)),
                 Effect::Pause(pause) => {
                     for to in &self.links.pause {
@@ -146,10 +148,7 @@ impl PeerRegistry {
     }
 
     /// Asks the named instances to send their announcement to this registry's queue alone.
-    fn ask(&mut self, names: Vec<String>, ctx: &mut Context<Self>) {
-        let Some(reply_to) = self.queue.clone() else {
-            return;
-        };
+    fn ask(&mut self, reply_to: String, names: Vec<String>, ctx: &mut Context<Self>) {
         let message = ClusterMessage::Ask {
             from: self.me.clone(),
             reply_to,
@@ -169,10 +168,14 @@ impl PeerRegistry {
     }
 
     /// Puts the core's challenge into the peer's presence queue on the broker `via` names.
-    fn challenge(&mut self, peer: String, via: Via, nonce: u64, ctx: &mut Context<Self>) {
-        let Some(reply_to) = self.queue.clone() else {
-            return;
-        };
+    fn challenge(
+        &mut self,
+        peer: String,
+        via: Via,
+        nonce: u64,
+        reply_to: String,
+        ctx: &mut Context<Self>,
+    ) {
         let broker = match via {
             Via::ClusterBroker => self.broker.clone(),
             Via::LocalBroker | Via::HandoverQueue => self.local.clone(),
@@ -233,7 +236,6 @@ impl PeerRegistry {
                 .map(|result, act, ctx| match result {
                     Ok((stream, queue)) => {
                         info!(exchange = %act.exchange, "listening to the cluster");
-                        act.queue = Some(queue.clone());
                         ctx.add_stream(stream);
                         let effects = act.core.listening(queue, Instant::now());
                         act.apply(effects, ctx);
@@ -265,7 +267,6 @@ impl Supervised for PeerRegistry {
     fn restarting(&mut self, ctx: &mut Context<Self>) {
         bump(&self.stats.restarts);
         self.sweep = None;
-        self.queue = None;
         let effects = self.core.listener_lost(Instant::now());
         self.apply(effects, ctx);
     }

@@ -394,19 +394,18 @@ impl Sim {
     /// where expiry happens).
     fn check_dead_are_forgotten(&self, node: usize) -> Result<(), Violation> {
         let bound = PEER_TIMEOUT + SWEEP + Duration::from_millis(self.max_delay) + INTERVAL;
-        for dead in self.nodes.iter().filter(|n| !n.alive) {
+        let n = &self.nodes[node];
+        // A `Leaving` may be lost: then it expires like a silent death.
+        let heard_since = n.hears_since.max(n.slow_until);
+        for dead in self.nodes.iter().filter(|d| !d.alive) {
             let Some(gone_at) = dead.gone_at else {
                 continue;
             };
-            for n in std::iter::once(&self.nodes[node]) {
-                // A `Leaving` may be lost: then it expires like a silent death.
-                let since = gone_at.max(n.hears_since).max(n.slow_until);
-                if self.now > since + bound && n.core.knows(&dead.name) {
-                    return Err(format!(
-                        "at {:?}: {} still lists {} (gone at {gone_at:?})",
-                        self.now, n.name, dead.name
-                    ));
-                }
+            if self.now > gone_at.max(heard_since) + bound && n.core.knows(&dead.name) {
+                return Err(format!(
+                    "at {:?}: {} still lists {} (gone at {gone_at:?})",
+                    self.now, n.name, dead.name
+                ));
             }
         }
         Ok(())

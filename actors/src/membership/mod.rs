@@ -46,10 +46,18 @@ pub enum Effect {
     /// Send this instance's announcement to `reply_to` alone (digest mode).
     AnswerAsk { reply_to: String },
     /// Ask the named instances for their announcements, into this listener's queue.
-    Ask { names: Vec<String> },
+    Ask {
+        reply_to: String,
+        names: Vec<String>,
+    },
     /// Put a challenge with `nonce` into `peer`'s presence queue, on the broker `via` names;
     /// tell [`Membership::challenge_failed`] if the broker returns it.
-    Challenge { peer: String, via: Via, nonce: u64 },
+    Challenge {
+        peer: String,
+        via: Via,
+        nonce: u64,
+        reply_to: String,
+    },
     /// Peer outboxes this instance will not publish to any more.
     Released(Vec<Arc<PeerRoute>>),
     /// The cluster asks for a maintenance pause (`true`) or its end.
@@ -210,6 +218,8 @@ impl Membership {
     pub fn listener_lost(&mut self, now: Instant) -> Vec<Effect> {
         let mut effects = Vec::new();
         self.ears.listening = false;
+        // Answers to the old queue's asks and challenges go nowhere now.
+        self.queue = None;
         self.rejoin = None;
         self.ownership_due = None;
         self.set_heard(false, now, &mut effects);
@@ -281,12 +291,15 @@ impl Membership {
                 for name in &news.heard {
                     self.heard_from(name, now, &mut effects);
                 }
-                if !news.wanted.is_empty() && self.queue.is_some() {
+                if let (false, Some(reply_to)) = (news.wanted.is_empty(), self.queue.clone()) {
                     tracing::debug!(
                         count = news.wanted.len(),
                         "asking for announcements the digest says are newer"
                     );
-                    effects.push(Effect::Ask { names: news.wanted });
+                    effects.push(Effect::Ask {
+                        reply_to,
+                        names: news.wanted,
+                    });
                 }
             }
             ClusterMessage::Ask {

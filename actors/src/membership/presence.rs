@@ -54,9 +54,9 @@ impl Membership {
     ) {
         // Without a listener there is nowhere to answer: every unproven peer is challenged
         // when it listens (see `listening`).
-        if self.queue.is_none() {
+        let Some(reply_to) = self.queue.clone() else {
             return;
-        }
+        };
         let mut ways = vec![Via::LocalBroker];
         if self.two_brokers {
             ways.push(Via::ClusterBroker);
@@ -78,6 +78,7 @@ impl Membership {
                 peer: peer.to_owned(),
                 via,
                 nonce,
+                reply_to: reply_to.clone(),
             });
         }
     }
