@@ -32,6 +32,13 @@ async fn announcements_reach_every_peer() {
         .map(|p| p.announcement.name)
         .collect();
     assert_eq!(names, ["b", "c"]);
+    // The registry lists a peer at once; the router's table follows within the ownership gap
+    // (20 ms), through a message of its own.
+    let routed = wait_for("c's IP in a's table", LIMIT, || async {
+        a.table.owner(&ip("2001:db8::3")).is_some()
+    })
+    .await;
+    assert!(routed.is_ok(), "{routed:?}");
     match a.table.owner(&ip("2001:db8::3")) {
         Some(Owner::Peer(p)) => assert_eq!(p.outbox, "c.outbox"),
         other => panic!("expected c to own the IP, got {other:?}"),
