@@ -68,6 +68,7 @@ impl Membership {
                 if peer.announcement.started_at != a.started_at {
                     info!(peer = %a.name, "peer restarted");
                     peer.vouched = self.liveness.announcement_vouches();
+                    self.next_expiry = None;
                 }
                 peer.last_seen = now;
                 let mut moved = None;
@@ -88,6 +89,7 @@ impl Membership {
             None => {
                 info!(peer = %a.name, ips = a.local_ips.len(), outbox = %a.outbox, broker = %a.broker, "peer joined");
                 self.roster.joined(&a.name);
+                self.next_expiry = None;
                 check_drift(&self.stats, &self.config_hash, &a);
                 self.roster.live.insert(
                     a.name.clone(),

@@ -91,17 +91,21 @@ impl Membership {
                 return;
             }
         }
+        if self.next_expiry.is_some_and(|at| now < at) {
+            return;
+        }
         let timeout = self.timing.peer_timeout;
-        let mut silent: Vec<String> = self
-            .roster
-            .live
-            .iter()
-            .filter(|(_, peer)| {
-                let timeout = if peer.vouched { timeout } else { timeout * 2 };
-                now.saturating_duration_since(peer.last_seen) >= timeout
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
+        let mut silent: Vec<String> = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (name, peer) in &self.roster.live {
+            let deadline = peer.last_seen + if peer.vouched { timeout } else { timeout * 2 };
+            if now >= deadline {
+                silent.push(name.clone());
+            } else {
+                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+            }
+        }
+        self.next_expiry = next;
         silent.sort();
         if silent.is_empty() {
             return;

@@ -13,6 +13,7 @@
 
 mod announcements;
 mod hearing;
+pub mod leader;
 mod ownership;
 mod presence;
 mod roster;
@@ -120,6 +121,9 @@ pub struct Membership {
     ownership_published: Option<Instant>,
     ownership_due: Option<Instant>,
     presence: presence::Challenges,
+    /// No peer can fall silent before this (a lower bound, so a sweep over every peer runs
+    /// only when one may): forgotten whenever a deadline may have come closer.
+    next_expiry: Option<Instant>,
     /// Test seam: a core without the guard that keeps a deaf or digest-less registry from
     /// expiring peers, which the simulator must catch.
     unguarded: bool,
@@ -166,6 +170,7 @@ impl Membership {
             ownership_published: None,
             ownership_due: None,
             presence: presence::Challenges::new(nonces),
+            next_expiry: None,
             unguarded: false,
         }
     }
@@ -288,6 +293,9 @@ impl Membership {
                     self.timing,
                     now,
                 );
+                if news.vouched {
+                    self.next_expiry = None;
+                }
                 for name in &news.heard {
                     self.heard_from(name, now, &mut effects);
                 }
@@ -361,6 +369,7 @@ impl Membership {
         };
         self.rejoin_window = rejoin_window(self.timing);
         self.remind_every = remind_every(self.timing);
+        self.next_expiry = None;
         // A peer's claim on an IP that was this instance's is valid now, and the reverse.
         let mut effects = Vec::new();
         self.ownership_changed(now, &mut effects);

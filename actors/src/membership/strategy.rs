@@ -31,6 +31,8 @@ pub struct Ears {
 pub struct DigestNews {
     pub heard: Vec<String>,
     pub wanted: Vec<String>,
+    /// A member was vouched for the first time: its deadline came closer.
+    pub vouched: bool,
 }
 
 /// The timings a strategy decides by.
@@ -267,6 +269,7 @@ impl Liveness for Digest {
         // A digest is its sender's proof of life, whatever the entries say of it.
         if let Some(leader) = roster.live.get_mut(&from) {
             leader.last_seen = now;
+            news.vouched |= !leader.vouched;
             leader.vouched = true;
             news.heard.push(from.clone());
         }
@@ -303,6 +306,7 @@ impl Liveness for Digest {
             match roster.live.get_mut(&entry.name) {
                 Some(peer) if peer.announcement.started_at == entry.started_at => {
                     peer.last_seen = peer.last_seen.max(heard_at);
+                    news.vouched |= !peer.vouched;
                     peer.vouched = true;
                     let stale = entry.sequence > peer.announcement.sequence;
                     news.heard.push(entry.name.clone());
