@@ -2,6 +2,7 @@
 //! the route decision and ownership table, the cluster wire format, the Broker port and an
 //! in-memory broker.
 
+pub mod ack_frontier;
 pub mod announcer;
 pub mod backoff;
 pub mod broker;

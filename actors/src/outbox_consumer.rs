@@ -1,22 +1,17 @@
 //! OutboxConsumer: reads the local outbox and settles each delivery only once its outcome is
 //! confirmed. Unsettled deliveries stay unacked at the broker, so a crash or restart anywhere
-//! downstream makes the broker redeliver them: nothing is lost.
-//!
-//! Acks go out as AMQP `multiple` acks, one at a time: while one is on its way, the deliveries
-//! confirmed meanwhile wait for the next. Under load one frame settles a whole run of them; when
-//! idle, each is acked at once. A delivery can only be covered once every earlier one is
-//! confirmed (or its nack was sent), so a `multiple` ack never settles a message it should not.
-//! A delivery that stays unsettled long (a requeue waiting out its backoff, mail waiting for
-//! the cluster to be heard) does not hold back the others: those behind it are acked one by
-//! one instead.
+//! downstream makes the broker redeliver them: nothing is lost. What to ack when is the
+//! [`AckFrontier`]'s; what the broker consumer is doing is one [`Link`] state, and what the
+//! instance wants of it one [`Intent`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tracing::{debug, info, warn};
 
+use crate::ack_frontier::{AckFrontier, Acks, STALL};
 use crate::backoff;
 use crate::broker::{
     Acker, BrokerError, ConsumerControl, Delivery, QueueSpec, SharedBroker, paused_while,
@@ -24,8 +19,6 @@ use crate::broker::{
 use crate::messages::{ClusterHeard, Pause, Reconfigure, Route, Run, Settled, Stop, Unconfirmed};
 use crate::stats::{Stats, bump};
 
-/// How long the oldest unsettled delivery may hold back the acks of those behind it.
-const STALL: Duration = Duration::from_millis(250);
 /// A destination's failures count as one run while they come less than this far apart.
 const FAILURE_GAP: Duration = Duration::from_secs(10);
 
@@ -40,10 +33,8 @@ pub struct OutboxConsumer {
     also_blocked: Option<tokio::sync::watch::Receiver<bool>>,
     router: Recipient<Route>,
     stats: Arc<Stats>,
-    /// Deliveries not yet acked or nacked, in delivery order (ids grow with delivery tags).
-    in_flight: BTreeMap<u64, Pending>,
-    /// An ack is on its way; deliveries confirmed meanwhile go in the next one.
-    ack_busy: bool,
+    /// Deliveries not yet acked or nacked, and what to ack next.
+    frontier: AckFrontier<Box<dyn Acker>>,
     /// A flush is scheduled for when the oldest unsettled delivery counts as stalled.
     flush_scheduled: bool,
     /// Acks and nacks sent but not yet answered: a drain waits for them, since closing the
@@ -59,39 +50,43 @@ pub struct OutboxConsumer {
     /// failing before it is requeued (100 ms to 10 s): a destination that stays broken is
     /// retried every few seconds, never in a loop, and mail for the others flows meanwhile.
     failing: HashMap<String, (Instant, Instant)>,
-    /// The consumer is being cancelled and what it delivered settled: for a stop, a pause,
-    /// or a new prefetch. Unless stopping or paused, a new consumer follows once drained.
-    draining: bool,
-    /// A graceful stop: nothing subscribes again.
-    stopping: bool,
-    /// Paused for maintenance (`Pause(true)`): no consumer until `Pause(false)`.
-    paused: bool,
-    /// A subscribe is scheduled or on its way, so a resume does not start a second one.
-    subscribing: bool,
-    /// The broker has stopped sending (or this consumer never started).
-    cancelled: bool,
+    intent: Intent,
+    link: Link,
     drained: Vec<tokio::sync::oneshot::Sender<()>>,
     warmup: Duration,
-    /// Closed until the registry first listens to the cluster: routing before the peers are
-    /// known would hold mail that a peer owns.
-    gate_open: bool,
     stream: Option<SpawnHandle>,
     control: Option<Arc<dyn ConsumerControl>>,
     /// This actor as the `Settled` recipient, made once: it travels with every message.
     me: Option<Recipient<Settled>>,
 }
 
-enum Pending {
-    /// With the router or the publisher; `redelivered` as the broker said.
-    Routed {
-        acker: Box<dyn Acker>,
-        redelivered: bool,
-        since: Instant,
+/// What the instance wants of the outbox consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Intent {
+    Consume,
+    /// Maintenance (`Pause(true)`): no consumer until `Pause(false)`.
+    Pause,
+    /// A graceful stop: nothing subscribes again.
+    Stop,
+}
+
+/// Where the broker consumer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// Not before the registry first listens to the cluster: routing before the peers are
+    /// known would hold mail that a peer owns.
+    Gated,
+    /// No consumer.
+    Idle,
+    /// A subscribe is scheduled or on its way, so a resume does not start a second one.
+    Subscribing,
+    Consuming,
+    /// Being cancelled and what it delivered settled: for a stop, a pause or a new prefetch.
+    /// `cancelled`: the broker has stopped sending. Unless stopping or paused, a new
+    /// consumer follows once drained.
+    Draining {
+        cancelled: bool,
     },
-    /// Its outcome is confirmed: to be acked with the next `multiple` ack.
-    Confirmed(Box<dyn Acker>),
-    /// Its nack is waiting or being sent; a `multiple` ack must not pass it until then.
-    Nacking,
 }
 
 impl OutboxConsumer {
@@ -111,22 +106,17 @@ impl OutboxConsumer {
             also_blocked: None,
             router,
             stats,
-            in_flight: BTreeMap::new(),
-            ack_busy: false,
+            frontier: AckFrontier::default(),
             flush_scheduled: false,
             acking: 0,
             next_id: 0,
             run: Run::default(),
             failures: 0,
             failing: HashMap::new(),
-            draining: false,
-            stopping: false,
-            paused: false,
-            subscribing: false,
-            cancelled: false,
+            intent: Intent::Consume,
+            link: Link::Gated,
             drained: Vec::new(),
             warmup,
-            gate_open: false,
             stream: None,
             control: None,
             me: None,
@@ -139,66 +129,24 @@ impl OutboxConsumer {
             .clone()
     }
 
-    /// Sends one `multiple` ack for the confirmed deliveries at the front, unless one is on its
-    /// way already (its completion calls this again). When the front is held by a delivery
-    /// that has stalled, the confirmed ones behind it are acked one by one instead.
+    /// Sends what the frontier says is due, or looks again once the front has stalled.
     fn flush_acks(&mut self, ctx: &mut Context<Self>) {
-        if self.ack_busy {
-            return;
-        }
-        let mut last = None;
-        while let Some(entry) = self.in_flight.first_entry() {
-            if !matches!(entry.get(), Pending::Confirmed(_)) {
-                break;
+        match self.frontier.next_acks(Instant::now()) {
+            Acks::Through(acker) => self.send_acks(ctx, vec![acker], true),
+            Acks::Each(ackers) => self.send_acks(ctx, ackers, false),
+            Acks::Later if !self.flush_scheduled => {
+                self.flush_scheduled = true;
+                ctx.run_later(STALL, |act, ctx| {
+                    act.flush_scheduled = false;
+                    act.flush_acks(ctx);
+                });
             }
-            if let Pending::Confirmed(acker) = entry.remove() {
-                last = Some(acker);
-            }
-        }
-        if let Some(acker) = last {
-            self.send_acks(ctx, vec![acker], true);
-            return;
-        }
-        let stalled = match self.in_flight.values().next() {
-            None => return,
-            Some(Pending::Nacking) => true,
-            Some(Pending::Routed { since, .. }) => since.elapsed() >= STALL,
-            Some(Pending::Confirmed(_)) => false,
-        };
-        let waiting = self
-            .in_flight
-            .values()
-            .any(|p| matches!(p, Pending::Confirmed(_)));
-        if !waiting {
-            return;
-        }
-        if stalled {
-            let ids: Vec<u64> = self
-                .in_flight
-                .iter()
-                .filter(|(_, p)| matches!(p, Pending::Confirmed(_)))
-                .map(|(id, _)| *id)
-                .collect();
-            let ackers = ids
-                .into_iter()
-                .filter_map(|id| match self.in_flight.remove(&id) {
-                    Some(Pending::Confirmed(acker)) => Some(acker),
-                    _ => None,
-                })
-                .collect();
-            self.send_acks(ctx, ackers, false);
-        } else if !self.flush_scheduled {
-            self.flush_scheduled = true;
-            ctx.run_later(STALL, |act, ctx| {
-                act.flush_scheduled = false;
-                act.flush_acks(ctx);
-            });
+            Acks::Later | Acks::None => {}
         }
     }
 
     /// `multiple`: one ack through the last of `ackers` (there is one); else each on its own.
     fn send_acks(&mut self, ctx: &mut Context<Self>, ackers: Vec<Box<dyn Acker>>, multiple: bool) {
-        self.ack_busy = true;
         self.acking += 1;
         let acks = async move {
             let mut result = Ok(());
@@ -213,7 +161,7 @@ impl OutboxConsumer {
             result
         };
         ctx.spawn(acks.into_actor(self).map(|result, act, ctx| {
-            act.ack_busy = false;
+            act.frontier.ack_done();
             act.acking = act.acking.saturating_sub(1);
             if let Err(error) = result {
                 // The channel died; the broker redelivers, and duplicates beat loss.
@@ -224,7 +172,7 @@ impl OutboxConsumer {
         }));
     }
 
-    /// Hands a delivery back to the broker after `delay`. It stays in `in_flight` until the
+    /// Hands a delivery back to the broker after `delay`. It stays in the frontier until the
     /// nack is sent, so a later `multiple` ack cannot settle it first.
     fn requeue(
         &mut self,
@@ -233,7 +181,7 @@ impl OutboxConsumer {
         delay: Duration,
         ctx: &mut Context<Self>,
     ) {
-        self.in_flight.insert(id, Pending::Nacking);
+        self.frontier.nacking(id);
         self.acking += 1;
         let nack = async move {
             if !delay.is_zero() {
@@ -246,7 +194,7 @@ impl OutboxConsumer {
             if let Err(error) = result {
                 debug!(%error, "requeue failed; the broker redelivers it anyway");
             }
-            act.in_flight.remove(&id);
+            act.frontier.nacked(id);
             act.flush_acks(ctx);
             act.settle_if_drained(ctx);
         }));
@@ -278,35 +226,42 @@ impl OutboxConsumer {
     }
 
     fn settle_if_drained(&mut self, ctx: &mut Context<Self>) {
-        if self.draining && self.cancelled && self.in_flight.is_empty() && self.acking == 0 {
-            for waiter in self.drained.drain(..) {
-                let _ = waiter.send(());
-            }
-            // Only now may the channel close: every ack has been answered, so nothing that was
-            // settled comes back. No `ctx.stop()`: the supervisor would consume again.
-            self.control = None;
-            if let Some(handle) = self.stream.take() {
-                ctx.cancel_future(handle);
-            }
-            if !self.stopping {
-                // A pause or a new prefetch: ready for the next consumer.
-                self.draining = false;
-                self.cancelled = false;
-                if self.paused {
-                    info!(queue = %self.queue, "paused: taking no outbox mail");
-                } else {
-                    info!(queue = %self.queue, prefetch = self.prefetch, "consuming again");
-                    self.consume(ctx, Duration::ZERO);
-                }
+        let cancelled = self.link == Link::Draining { cancelled: true };
+        if !(cancelled && self.frontier.is_empty() && self.acking == 0) {
+            return;
+        }
+        for waiter in self.drained.drain(..) {
+            let _ = waiter.send(());
+        }
+        // Only now may the channel close: every ack has been answered, so nothing that was
+        // settled comes back. No `ctx.stop()`: the supervisor would consume again.
+        self.control = None;
+        if let Some(handle) = self.stream.take() {
+            ctx.cancel_future(handle);
+        }
+        self.link = Link::Idle;
+        match self.intent {
+            Intent::Stop => {}
+            Intent::Pause => info!(queue = %self.queue, "paused: taking no outbox mail"),
+            // A new prefetch: ready for the next consumer.
+            Intent::Consume => {
+                info!(queue = %self.queue, prefetch = self.prefetch, "consuming again");
+                self.consume(ctx, Duration::ZERO);
             }
         }
+    }
+
+    /// Starts a drain: the consumer is cancelled, and what it delivered settled.
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        self.link = Link::Draining { cancelled: false };
+        self.cancel_consumer(ctx);
     }
 
     /// Stops the broker sending more, keeping what it sent: those are settled (or requeued,
     /// if not routed yet) on the open channel before it closes.
     fn cancel_consumer(&mut self, ctx: &mut Context<Self>) {
         let Some(control) = self.control.clone() else {
-            self.cancelled = true;
+            self.link = Link::Draining { cancelled: true };
             self.settle_if_drained(ctx);
             return;
         };
@@ -317,7 +272,9 @@ impl OutboxConsumer {
                 debug!(%error, "cancelling the outbox consumer failed");
             }
             info!(queue = %act.queue, "outbox consumer cancelled");
-            act.cancelled = true;
+            if let Link::Draining { .. } = act.link {
+                act.link = Link::Draining { cancelled: true };
+            }
             act.settle_if_drained(ctx);
         }));
     }
@@ -341,15 +298,18 @@ impl OutboxConsumer {
     }
 
     /// Subscribes after `delay`, unless the gate is closed, a stop or pause wants no
-    /// consumer, or one is on its way already.
+    /// consumer, or one is there or on its way already.
     fn consume(&mut self, ctx: &mut Context<Self>, delay: std::time::Duration) {
-        if !self.gate_open || self.draining || self.stopping || self.paused || self.subscribing {
+        if self.link != Link::Idle || self.intent != Intent::Consume {
             return;
         }
-        self.subscribing = true;
+        self.link = Link::Subscribing;
         ctx.run_later(delay, |act, ctx| {
-            if act.stopping || act.paused {
-                act.subscribing = false;
+            if act.link != Link::Subscribing {
+                return;
+            }
+            if act.intent != Intent::Consume {
+                act.link = Link::Idle;
                 return;
             }
             let broker = act.broker.clone();
@@ -367,14 +327,14 @@ impl OutboxConsumer {
                     .into_actor(act)
                     .map(|result, act, ctx| match result {
                         Ok(subscription) => {
-                            act.subscribing = false;
+                            act.link = Link::Consuming;
                             info!(queue = %act.queue, "consuming outbox");
                             act.control = Some(Arc::from(subscription.control));
                             let deliveries = paused_while(subscription.deliveries, also_blocked);
                             act.stream = Some(ctx.add_stream(deliveries));
                         }
                         Err(error) => {
-                            act.subscribing = false;
+                            act.link = Link::Idle;
                             act.failures += 1;
                             warn!(queue = %act.queue, %error, "cannot consume outbox; restarting");
                             ctx.stop();
@@ -388,18 +348,16 @@ impl OutboxConsumer {
 impl Supervised for OutboxConsumer {
     fn restarting(&mut self, _: &mut Context<Self>) {
         bump(&self.stats.restarts);
-        if !self.stopping {
-            // The restart subscribes anew (unless paused), with the current prefetch.
-            self.draining = false;
-            self.cancelled = false;
+        // The restart subscribes anew (unless paused, stopping, or not yet let through), with
+        // the current prefetch.
+        if self.link != Link::Gated {
+            self.link = Link::Idle;
         }
-        self.subscribing = false;
         // The old consumer was dropped with the old context, so the broker requeues all that
         // was unacked; the old ackers are dead, and what the router and the publisher still hold is stale.
-        self.in_flight.clear();
+        self.frontier.clear();
         self.run.end();
         self.run = Run::default();
-        self.ack_busy = false;
         self.flush_scheduled = false;
         self.acking = 0;
         self.stream = None;
@@ -424,20 +382,14 @@ impl StreamHandler<Result<Delivery, BrokerError>> for OutboxConsumer {
         self.failures = 0;
         self.next_id += 1;
         let id = self.next_id;
-        if self.draining {
+        if let Link::Draining { .. } = self.link {
             // Sent before the cancel took effect, not routed: hand it back untouched.
             self.requeue(id, delivery.acker, Duration::ZERO, ctx);
             return;
         }
         bump(&self.stats.consumed);
-        self.in_flight.insert(
-            id,
-            Pending::Routed {
-                acker: delivery.acker,
-                redelivered: delivery.redelivered,
-                since: Instant::now(),
-            },
-        );
+        self.frontier
+            .routed(id, delivery.acker, delivery.redelivered, Instant::now());
         let route = Route {
             id,
             run: self.run.clone(),
@@ -449,7 +401,7 @@ impl StreamHandler<Result<Delivery, BrokerError>> for OutboxConsumer {
             self.router.do_send(route);
         } else {
             warn!("router gone; requeueing");
-            if let Some(Pending::Routed { acker, .. }) = self.in_flight.remove(&id) {
+            if let Some((acker, _)) = self.frontier.settle(id) {
                 self.requeue(id, acker, Duration::ZERO, ctx);
             }
         }
@@ -458,7 +410,7 @@ impl StreamHandler<Result<Delivery, BrokerError>> for OutboxConsumer {
     fn finished(&mut self, ctx: &mut Context<Self>) {
         // lapin ends the stream when the broker cancels the consumer (queue deleted, node
         // restart): consume again rather than sit idle. A drain's own cancel ends it too.
-        if !self.draining {
+        if !matches!(self.link, Link::Draining { .. }) {
             warn!(queue = %self.queue, "outbox consumer cancelled by the broker; consuming again");
             self.failures += 1;
             ctx.stop();
@@ -470,8 +422,8 @@ impl Handler<ClusterHeard> for OutboxConsumer {
     type Result = ();
 
     fn handle(&mut self, _: ClusterHeard, ctx: &mut Context<Self>) {
-        if !self.gate_open {
-            self.gate_open = true;
+        if self.link == Link::Gated {
+            self.link = Link::Idle;
             self.consume(ctx, self.warmup);
         }
     }
@@ -481,21 +433,13 @@ impl Handler<Settled> for OutboxConsumer {
     type Result = ();
 
     fn handle(&mut self, settled: Settled, ctx: &mut Context<Self>) {
-        let (acker, redelivered) = match self.in_flight.remove(&settled.id) {
-            Some(Pending::Routed {
-                acker, redelivered, ..
-            }) => (acker, redelivered),
-            other => {
-                if let Some(pending) = other {
-                    self.in_flight.insert(settled.id, pending);
-                }
-                debug!(id = settled.id, "settled twice or after a restart; ignored");
-                return;
-            }
+        let Some((acker, redelivered)) = self.frontier.settle(settled.id) else {
+            debug!(id = settled.id, "settled twice or after a restart; ignored");
+            return;
         };
         match settled.result {
             Ok(_) => {
-                self.in_flight.insert(settled.id, Pending::Confirmed(acker));
+                self.frontier.confirmed(settled.id, acker);
                 self.flush_acks(ctx);
             }
             Err(Unconfirmed { error, destination }) => {
@@ -515,12 +459,11 @@ impl Handler<Stop> for OutboxConsumer {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.drained.push(tx);
         // A stop wins over a pause or a prefetch change in progress.
-        self.stopping = true;
-        if !self.draining {
-            self.draining = true;
+        self.intent = Intent::Stop;
+        if !matches!(self.link, Link::Draining { .. }) {
             // Cancel first: a consumer that stays subscribed is handed every requeued message
             // straight back, and with a full outbox a drain would spin until its grace ran out.
-            self.cancel_consumer(ctx);
+            self.drain(ctx);
         }
         self.settle_if_drained(ctx);
         Box::pin(async move {
@@ -540,12 +483,10 @@ impl Handler<Reconfigure> for OutboxConsumer {
             return;
         }
         self.prefetch = live.prefetch;
-        if self.draining || self.control.is_none() {
-            // Draining, paused or not consuming yet: the next subscribe uses the new value.
-            return;
+        // Draining, paused or not consuming yet: the next subscribe uses the new value.
+        if self.link == Link::Consuming {
+            self.drain(ctx);
         }
-        self.draining = true;
-        self.cancel_consumer(ctx);
     }
 }
 
@@ -556,25 +497,27 @@ impl Handler<Pause> for OutboxConsumer {
     type Result = ();
 
     fn handle(&mut self, Pause(pause): Pause, ctx: &mut Context<Self>) {
-        if self.paused == pause || self.stopping {
+        let intent = if pause {
+            Intent::Pause
+        } else {
+            Intent::Consume
+        };
+        if self.intent == intent || self.intent == Intent::Stop {
             return;
         }
-        self.paused = pause;
+        self.intent = intent;
         self.stats
             .paused
             .store(u64::from(pause), std::sync::atomic::Ordering::Relaxed);
         if pause {
             info!(queue = %self.queue, "pausing: no more outbox mail until resumed");
-            if !self.draining && self.control.is_some() {
-                self.draining = true;
-                self.cancel_consumer(ctx);
+            if self.link == Link::Consuming {
+                self.drain(ctx);
             }
         } else {
             info!(queue = %self.queue, "resuming");
             // While a drain is in progress, `settle_if_drained` subscribes when it is done.
-            if self.control.is_none() {
-                self.consume(ctx, Duration::ZERO);
-            }
+            self.consume(ctx, Duration::ZERO);
         }
     }
 }
