@@ -57,7 +57,7 @@ async fn closing_all_connections_twice_loses_nothing() {
     // Queues first, traffic second, instances last: the faults then hit a busy cluster.
     let client = vhost.broker().await;
     for s in &settings {
-        mailroute_actors::own_queues::declare_queues(s, &client)
+        mailroute_actors::broker::own_queues::declare_queues(s, &client)
             .await
             .unwrap();
     }

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use common::http::{Answer, call};
 use common::scenario::{Cluster, announce_forever};
+use mailroute_actors::cluster::wire::{Announcement, Codec};
 use mailroute_actors::testkit::wait_for;
-use mailroute_actors::wire::{Announcement, Codec};
 
 const TOKEN: &str = "security-test-action-token-4e1f";
 const READ_TOKEN: &str = "security-test-read-token-9b2c";

@@ -171,7 +171,7 @@ async fn a_live_peer_whose_outbox_is_gone() {
 #[actix::test]
 async fn hostile_input_is_rejected_and_counted() {
     use mailroute_actors::broker::{Destination, Message};
-    use mailroute_actors::wire::{Announcement, ClusterMessage, Codec, MAX_FRAME, now_ms};
+    use mailroute_actors::cluster::wire::{Announcement, ClusterMessage, Codec, MAX_FRAME, now_ms};
 
     let mut cluster = Cluster::start_with("hostile", "cluster-secret: the-real-secret\n").await;
     let client = cluster.client.clone();

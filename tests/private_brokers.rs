@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::private::PrivateCluster;
 use common::report;
-use mailroute_actors::own_queues::handover_queue;
+use mailroute_actors::broker::own_queues::handover_queue;
 use mailroute_actors::testkit::wait_for;
 
 /// `duplicates_dropped=N` summed over the instances' final log lines.

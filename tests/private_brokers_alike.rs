@@ -23,12 +23,12 @@ use common::scenario::{NAMES, ips};
 use common::servers::{Server, logs, stop_all, wait_joined, write_config};
 use common::{TestVhost, drain, ready, report};
 use mailroute::amqp::AmqpBroker;
+use mailroute_actors::broker::own_queues::handover_queue;
 use mailroute_actors::broker::{QueueSpec, SharedBroker};
-use mailroute_actors::own_queues::handover_queue;
-use mailroute_actors::routing::HELD_SINCE_HEADER;
+use mailroute_actors::cluster::wire::Codec;
+use mailroute_actors::mail::routing::HELD_SINCE_HEADER;
 use mailroute_actors::testkit::traffic::{mailerq_json, test_message};
 use mailroute_actors::testkit::{Expect, account, wait_for};
-use mailroute_actors::wire::Codec;
 use rand::Rng;
 
 const MESSAGES: usize = 10_000;

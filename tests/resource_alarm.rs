@@ -44,7 +44,7 @@ async fn a_memory_alarm_pauses_consuming_and_loses_nothing() {
     // The consumer starts only once the alarm is up.
     s.warmup = Duration::from_secs(2);
     let client = vhost.broker().await;
-    mailroute_actors::own_queues::declare_queues(&s, &client)
+    mailroute_actors::broker::own_queues::declare_queues(&s, &client)
         .await
         .unwrap();
     let batch: Vec<_> = (0..500)

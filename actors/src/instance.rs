@@ -6,26 +6,26 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::{info, warn};
 
-use crate::announcer::Announcer;
+use crate::broker::own_queues::declare_queues;
 use crate::broker::{BrokerError, SharedBroker};
-use crate::digest_leader::DigestLeader;
-use crate::handover_publisher::HandoverPublisher;
-use crate::handover_relay::HandoverRelay;
-use crate::ip_ownership_router::IpOwnershipRouter;
+use crate::cluster::announcer::Announcer;
+use crate::cluster::digest_leader::DigestLeader;
+use crate::cluster::peer_registry::{PeerRegistry, RegistryConfig, RegistryLinks};
+use crate::cluster::presence_responder::PresenceResponder;
+use crate::cluster::wire::now_ms;
+use crate::cluster::wire::{Announcement, ClusterMessage};
+use crate::mail::handover_publisher::HandoverPublisher;
+use crate::mail::handover_relay::HandoverRelay;
+use crate::mail::ip_ownership_router::IpOwnershipRouter;
+use crate::mail::outbox_consumer::OutboxConsumer;
+use crate::mail::recent_ids::RecentIds;
+use crate::mail::routing::OwnershipTable;
 use crate::messages::{
     Broadcast, Departing, Leave, ListMembers, ListPeers, Pause, PeerInfo, Reconfigure,
     ReleaseDeferred, Stop,
 };
-use crate::outbox_consumer::OutboxConsumer;
-use crate::own_queues::declare_queues;
-use crate::peer_registry::{PeerRegistry, RegistryConfig, RegistryLinks};
-use crate::presence_responder::PresenceResponder;
-use crate::recent_ids::RecentIds;
-use crate::routing::OwnershipTable;
 use crate::settings::{ClusterProtocol, InstanceSettings, LiveSettings};
 use crate::stats::Stats;
-use crate::wire::now_ms;
-use crate::wire::{Announcement, ClusterMessage};
 
 /// Operator actions on one instance, cheap to clone.
 #[derive(Clone)]
@@ -97,7 +97,7 @@ impl Instance {
         // the responder). Not fatal: held by another connection (this name running twice on
         // the broker, or an earlier run in this process), peers hand over through the
         // handover queue instead.
-        let presence = crate::own_queues::presence_queue(&settings.name);
+        let presence = crate::broker::own_queues::presence_queue(&settings.name);
         if let Err(error) = local.declare_queue(&presence).await {
             warn!(queue = %presence.name, %error, "cannot hold this instance's presence queue; is another instance of this name connected?");
         }

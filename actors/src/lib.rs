@@ -1,34 +1,24 @@
-//! mailroute's engine: the actors of a cluster instance, the typed messages between them,
-//! the route decision and ownership table, the cluster wire format, the Broker port and an
-//! in-memory broker.
+//! mailroute's engine, in three concerns:
+//! - [`cluster`]: who is in the cluster and who owns which IP (the membership core, the
+//!   announcer, the registry, the digest leader, presence proofs, the wire format);
+//! - [`mail`]: moving outbox mail (the consumer and its ack frontier, the IP-ownership router,
+//!   the handover publisher and relay, the route decision, message ids);
+//! - [`broker`]: the Broker port the actors use, the in-memory broker and the queue names;
+//!
+//! and what ties them together: [`instance`] wires the supervised actors, [`messages`] are the
+//! typed messages between them, [`settings`], [`stats`], [`summary`], [`backoff`].
 
-pub mod ack_frontier;
-pub mod announcer;
 pub mod backoff;
 pub mod broker;
-pub mod cluster_frame;
-pub mod digest_leader;
-pub mod handover_publisher;
-pub mod handover_relay;
+pub mod cluster;
 pub mod instance;
-pub mod ip_ownership_router;
-pub mod membership;
-pub mod memory;
-pub mod message_id;
+pub mod mail;
 pub mod messages;
-pub mod outbox_consumer;
-pub mod own_queues;
-pub mod peer_registry;
-pub mod presence_responder;
-pub mod recent_ids;
-pub mod replay_guard;
-pub mod routing;
 pub mod settings;
 pub mod stats;
 pub mod summary;
 #[cfg(feature = "testkit")]
 pub mod testkit;
-pub mod wire;
 
 pub use broker::{Broker, BrokerError, Message, SharedBroker};
 pub use instance::{Controls, Instance};

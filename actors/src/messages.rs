@@ -7,8 +7,8 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::broker::{BrokerError, Message as AmqpMessage};
-use crate::routing::{Decision, PeerRoute};
-use crate::wire::Announcement;
+use crate::cluster::wire::Announcement;
+use crate::mail::routing::{Decision, PeerRoute};
 
 /// One run of a consumer: from its subscribe until its channel is gone. When a run ends
 /// without settling what it took, the broker has requeued those deliveries and sends them
@@ -220,7 +220,7 @@ pub struct Departing;
 /// → Announcer: publish an operator command to the whole cluster (this instance included).
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Result<(), BrokerError>")]
-pub struct Broadcast(pub crate::wire::ClusterMessage);
+pub struct Broadcast(pub crate::cluster::wire::ClusterMessage);
 
 /// → every actor: the settings a reload changed; each takes what it uses.
 #[derive(Message, Debug, Clone)]

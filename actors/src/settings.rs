@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::routing::RoutePolicy;
+use crate::mail::routing::RoutePolicy;
 
 #[derive(Debug, Clone)]
 pub struct InstanceSettings {
@@ -25,7 +25,7 @@ pub struct InstanceSettings {
     pub console_url: Option<String>,
     pub config_hash: String,
     /// Signs and checks cluster messages (`cluster-secret`, `cluster-freshness`).
-    pub codec: crate::wire::Codec,
+    pub codec: crate::cluster::wire::Codec,
     /// How long the outbox consumer waits after start so peers can announce first; without it,
     /// mail for peers arriving in the first second would be treated as unroutable.
     pub warmup: Duration,
@@ -73,13 +73,13 @@ impl InstanceSettings {
             policy: RoutePolicy {
                 default_ips: Vec::new(),
                 max_hops: 2,
-                unroutable: crate::routing::Unroutable::Hold,
+                unroutable: crate::mail::routing::Unroutable::Hold,
                 max_hold: Duration::from_secs(3600),
             },
             hold_time: Duration::from_secs(60),
             console_url: None,
             config_hash: String::new(),
-            codec: crate::wire::Codec::default(),
+            codec: crate::cluster::wire::Codec::default(),
             warmup: Duration::ZERO,
             summary_interval: Duration::from_secs(60),
             duplicate_memory: 50_000,

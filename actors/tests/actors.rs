@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mailroute_actors::Instance;
+use mailroute_actors::broker::memory::MemoryBroker;
 use mailroute_actors::broker::{
     Broker, Destination, HeaderValue, Message, QueueSpec, SharedBroker,
 };
-use mailroute_actors::memory::MemoryBroker;
-use mailroute_actors::routing::{FROM_HEADER, HOPS_HEADER, Owner, REASON_HEADER, Unroutable};
+use mailroute_actors::cluster::wire::{self, Announcement, ClusterMessage};
+use mailroute_actors::mail::routing::{FROM_HEADER, HOPS_HEADER, Owner, REASON_HEADER, Unroutable};
 use mailroute_actors::testkit::traffic::{mailerq_json, test_id, test_message};
 use mailroute_actors::testkit::wait_for;
-use mailroute_actors::wire::{self, Announcement, ClusterMessage};
 use support::*;
 
 #[actix::test]
@@ -390,7 +390,7 @@ async fn a_returned_handover_follows_the_unroutable_policy() {
 
 #[actix::test]
 async fn with_a_secret_only_signed_fresh_messages_count() {
-    use mailroute_actors::wire::Codec;
+    use mailroute_actors::cluster::wire::Codec;
     let broker = MemoryBroker::new("signed");
     let secret = Codec::new(Some("cluster-secret"), Duration::from_secs(30));
     let mut sa = settings("a", &["10.0.0.1"]);
@@ -414,7 +414,7 @@ async fn with_a_secret_only_signed_fresh_messages_count() {
         config_hash: String::new(),
         ..Default::default()
     });
-    let now = mailroute_actors::wire::now_ms();
+    let now = mailroute_actors::cluster::wire::now_ms();
     let frames = [
         Codec::default().encode(&forged, now).unwrap(),
         Codec::new(Some("guess"), Duration::from_secs(30))

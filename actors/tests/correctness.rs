@@ -7,15 +7,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailroute_actors::Instance;
+use mailroute_actors::broker::memory::MemoryBroker;
 use mailroute_actors::broker::{Broker, Destination, HeaderValue, Message, QueueSpec};
-use mailroute_actors::memory::MemoryBroker;
-use mailroute_actors::messages::{Dispatch, HearingNow, Run, Settled};
-use mailroute_actors::routing::{
+use mailroute_actors::cluster::wire::{ClusterMessage, now_ms};
+use mailroute_actors::mail::routing::{
     Decision, HELD_SINCE_HEADER, ID_HEADER, REASON_HEADER, Unroutable, Via,
 };
+use mailroute_actors::messages::{Dispatch, HearingNow, Run, Settled};
 use mailroute_actors::testkit::traffic::{mailerq_json, test_id, test_message};
 use mailroute_actors::testkit::wait_for;
-use mailroute_actors::wire::{ClusterMessage, now_ms};
 use support::*;
 
 fn header_str(m: &Message, name: &str) -> Option<String> {
@@ -485,7 +485,7 @@ impl actix::Handler<Settled> for Answers {
 
 /// A publisher of instance "a", and where its answers go.
 struct UnderTest {
-    publisher: actix::Addr<mailroute_actors::handover_publisher::HandoverPublisher>,
+    publisher: actix::Addr<mailroute_actors::mail::handover_publisher::HandoverPublisher>,
     reply: actix::Recipient<Settled>,
     /// Each settled id, and whether it was confirmed.
     settled: tokio::sync::mpsc::UnboundedReceiver<(u64, bool)>,
@@ -495,11 +495,11 @@ struct UnderTest {
 fn publisher_on(broker: mailroute_actors::broker::SharedBroker) -> UnderTest {
     use actix::Actor;
     let stats = Arc::new(mailroute_actors::stats::Stats::default());
-    let recent = Arc::new(mailroute_actors::recent_ids::RecentIds::new(
+    let recent = Arc::new(mailroute_actors::mail::recent_ids::RecentIds::new(
         100,
         Duration::from_secs(60),
     ));
-    let publisher = mailroute_actors::handover_publisher::HandoverPublisher::new(
+    let publisher = mailroute_actors::mail::handover_publisher::HandoverPublisher::new(
         &settings("a", &["10.0.0.1"]),
         broker.clone(),
         broker,
@@ -578,7 +578,7 @@ async fn a_handover_returned_after_its_run_ended_is_not_held() {
     let run = Run::default();
     *broker.ends_on_publish.lock().unwrap() = Some(run.clone());
     // b's outbox is not there: the broker returns the handover.
-    let peer = mailroute_actors::routing::PeerRoute {
+    let peer = mailroute_actors::mail::routing::PeerRoute {
         name: "b".into(),
         outbox: "b.outbox".into(),
         broker: "elsewhere".into(),

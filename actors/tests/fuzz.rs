@@ -7,10 +7,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use mailroute_actors::broker::{HeaderValue, Message, Properties};
-use mailroute_actors::routing::{
+use mailroute_actors::cluster::wire::{Announcement, ClusterMessage, Codec};
+use mailroute_actors::mail::routing::{
     OwnershipTable, RoutePolicy, Unroutable, extract_ips, route_message,
 };
-use mailroute_actors::wire::{Announcement, ClusterMessage, Codec};
 use proptest::prelude::*;
 
 fn config() -> ProptestConfig {

@@ -5,13 +5,13 @@
 mod support;
 
 use mailroute_actors::Instance;
-use mailroute_actors::memory::MemoryBroker;
+use mailroute_actors::broker::memory::MemoryBroker;
 use mailroute_actors::messages::PeerState;
 use mailroute_actors::testkit::wait_for;
 use std::time::Duration;
 
 use mailroute_actors::broker::{Broker, Destination, Message};
-use mailroute_actors::wire::{self, ClusterMessage};
+use mailroute_actors::cluster::wire::{self, ClusterMessage};
 use support::*;
 
 async fn state_seen_by(viewer: &Instance, peer: &str) -> Option<PeerState> {

@@ -12,14 +12,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailroute_actors::InstanceSettings;
+use mailroute_actors::broker::memory::MemoryBroker;
+use mailroute_actors::broker::own_queues::heartbeat_queue;
 use mailroute_actors::broker::{Broker, Destination, Message, Properties};
-use mailroute_actors::memory::MemoryBroker;
+use mailroute_actors::cluster::wire::{self, ClusterMessage};
 use mailroute_actors::messages::{ListMembers, PeerState};
-use mailroute_actors::own_queues::heartbeat_queue;
 use mailroute_actors::settings::ClusterProtocol;
 use mailroute_actors::testkit::fleet::Fleet;
 use mailroute_actors::testkit::wait_for;
-use mailroute_actors::wire::{self, ClusterMessage};
 
 const N: usize = 50;
 

@@ -6,10 +6,10 @@ mod support;
 use std::sync::Arc;
 
 use mailroute_actors::broker::SharedBroker;
-use mailroute_actors::memory::MemoryBroker;
+use mailroute_actors::broker::memory::MemoryBroker;
+use mailroute_actors::broker::own_queues::handover_queue;
+use mailroute_actors::mail::routing::{FROM_HEADER, HOPS_HEADER};
 use mailroute_actors::messages::Stop;
-use mailroute_actors::own_queues::handover_queue;
-use mailroute_actors::routing::{FROM_HEADER, HOPS_HEADER};
 use mailroute_actors::testkit::traffic::test_id;
 use mailroute_actors::testkit::wait_for;
 use mailroute_actors::{Instance, InstanceSettings};

@@ -5,8 +5,8 @@ mod support;
 
 use std::time::Duration;
 
-use mailroute_actors::memory::MemoryBroker;
-use mailroute_actors::routing::Unroutable;
+use mailroute_actors::broker::memory::MemoryBroker;
+use mailroute_actors::mail::routing::Unroutable;
 use mailroute_actors::testkit::wait_for;
 use support::*;
 

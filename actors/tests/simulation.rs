@@ -1,4 +1,4 @@
-//! A deterministic simulation of the membership core (`mailroute_actors::membership`), in
+//! A deterministic simulation of the membership core (`mailroute_actors::cluster::membership`), in
 //! both protocols: N cores on a simulated cluster exchange with seeded delays, loss,
 //! duplication and reordering, one-way partitions, deaf, frozen and CPU-starved instances,
 //! joins, leaves and silent deaths, in simulated time; in digest mode also the leader's core

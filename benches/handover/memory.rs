@@ -34,7 +34,7 @@ pub async fn memory_bound(waiting: usize) -> MemoryBound {
     s.deliver = "rss.deliver".into();
     s.failure = "rss.failure".into();
     s.retry = "rss.retry".into();
-    mailroute_actors::own_queues::declare_queues(&s, &client)
+    mailroute_actors::broker::own_queues::declare_queues(&s, &client)
         .await
         .unwrap();
     let body = bytes::Bytes::from(mailerq_json("rss", Some(&[ip]), 1024));

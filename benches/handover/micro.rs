@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailroute_actors::routing::{
+use mailroute_actors::mail::routing::{
     MessageFacts, OwnershipTable, PeerRoute, RoutePolicy, Unroutable, decide, extract_ips,
 };
 use mailroute_actors::testkit::traffic::mailerq_json;
@@ -34,7 +34,7 @@ pub fn micro_benches() -> Vec<Micro> {
             name: "p".into(),
             outbox: "p.outbox".into(),
             broker: "b".into(),
-            via: mailroute_actors::routing::Via::LocalBroker,
+            via: mailroute_actors::mail::routing::Via::LocalBroker,
         });
         let ips: Vec<IpAddr> = (0..size)
             .map(|i| IpAddr::from((0x0a00_0000u32 + i).to_be_bytes()))

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
+use mailroute_actors::broker::memory::MemoryBroker;
 use mailroute_actors::broker::{Destination, Message, QueueSpec, SharedBroker};
-use mailroute_actors::memory::MemoryBroker;
+use mailroute_actors::cluster::wire::{self, Announcement, ClusterMessage};
 use mailroute_actors::testkit::wait_for;
-use mailroute_actors::wire::{self, Announcement, ClusterMessage};
 use mailroute_actors::{Instance, InstanceSettings};
 
 use crate::common::{self, TestVhost};
@@ -88,7 +88,7 @@ pub async fn handover(
     let broker = vhost.broker().await;
     let mut a = settings("a", IpAddr::from([10, 8, 0, 1]), prefetch);
     a.quorum_queues = quorum;
-    mailroute_actors::own_queues::declare_queues(&a, &broker)
+    mailroute_actors::broker::own_queues::declare_queues(&a, &broker)
         .await
         .unwrap();
     fill(&broker, &a.outbox, messages).await;
@@ -109,7 +109,7 @@ pub async fn full_path(vhost: &TestVhost, messages: &[Message], prefetch: u16) -
     let a = settings("a", IpAddr::from([10, 8, 0, 1]), prefetch);
     let mut b = settings("b", b_ip(), prefetch);
     b.warmup = Duration::ZERO;
-    mailroute_actors::own_queues::declare_queues(&a, &a_broker)
+    mailroute_actors::broker::own_queues::declare_queues(&a, &a_broker)
         .await
         .unwrap();
     fill(&a_broker, &a.outbox, messages).await;

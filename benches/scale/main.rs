@@ -25,8 +25,8 @@ use std::sync::Arc;
 
 use mailroute::amqp::AmqpBroker;
 use mailroute_actors::InstanceSettings;
+use mailroute_actors::broker::memory::MemoryBroker;
 use mailroute_actors::broker::{BrokerError, SharedBroker};
-use mailroute_actors::memory::MemoryBroker;
 use mailroute_actors::settings::ClusterProtocol;
 use mailroute_actors::testkit::fleet::Fleet;
 

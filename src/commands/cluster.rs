@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::StreamExt;
 use mailroute_actors::broker::{BrokerError, QueueSpec, SharedBroker};
-use mailroute_actors::cluster_frame;
+use mailroute_actors::cluster::cluster_frame;
+use mailroute_actors::cluster::wire::{Announcement, ClusterMessage, Codec, now_ms};
 use mailroute_actors::settings::ClusterProtocol;
-use mailroute_actors::wire::{Announcement, ClusterMessage, Codec, now_ms};
 use rand::Rng;
 
 async fn publish(

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::Args;
+use mailroute_actors::broker::memory::MemoryBroker;
 use mailroute_actors::broker::{Destination, SharedBroker};
-use mailroute_actors::memory::MemoryBroker;
 use mailroute_actors::testkit::traffic::{mailerq_json, test_message};
 use mailroute_actors::testkit::{Expect, account, wait_for};
 use mailroute_actors::{Instance, InstanceSettings};

@@ -90,7 +90,7 @@ pub async fn connect(
     wait: Option<Duration>,
 ) -> anyhow::Result<(SharedBroker, SharedBroker)> {
     // One run of this process: every connection it opens carries it in its name.
-    let run = mailroute_actors::wire::now_ms();
+    let run = mailroute_actors::cluster::wire::now_ms();
     let link = |broker: &str, heartbeat: u16| mailroute::amqp::Link {
         heartbeat,
         name: format!("mailroute {} {broker} run {run}", config.cluster_name),

@@ -5,7 +5,7 @@
 //! gets 401 and changes nothing, and a burst of them 429 (see `access`).
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use mailroute_actors::wire::ClusterMessage;
+use mailroute_actors::cluster::wire::ClusterMessage;
 use serde::Deserialize;
 use serde_json::json;
 use tracing::{debug, info};

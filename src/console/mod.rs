@@ -13,10 +13,10 @@ use std::sync::{Arc, RwLock};
 
 use actix::Addr;
 use actix_web::{App, HttpResponse, HttpServer, dev::ServerHandle, web};
+use mailroute_actors::cluster::peer_registry::PeerRegistry;
+use mailroute_actors::cluster::wire::now_ms;
 use mailroute_actors::messages::{HearingNow, ListMembers};
-use mailroute_actors::peer_registry::PeerRegistry;
 use mailroute_actors::stats::Stats;
-use mailroute_actors::wire::now_ms;
 use mailroute_actors::{Controls, Instance, InstanceSettings, SharedBroker};
 
 use access::{Limiter, Tokens};

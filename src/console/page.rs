@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use actix_web::{HttpRequest, HttpResponse};
+use mailroute_actors::cluster::wire::now_ms;
 use mailroute_actors::messages::{ListMembers, PeerState};
 use mailroute_actors::stats::StatsSnapshot;
-use mailroute_actors::wire::now_ms;
 use maud::{DOCTYPE, Markup, html};
 
 use super::{ConsoleState, links};

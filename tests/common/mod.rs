@@ -19,7 +19,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use mailroute::amqp::AmqpBroker;
 use mailroute_actors::broker::{Destination, Message, SharedBroker};
-use mailroute_actors::routing::HELD_SINCE_HEADER;
+use mailroute_actors::mail::routing::HELD_SINCE_HEADER;
 use mailroute_actors::testkit::traffic::{mailerq_json, test_message};
 use mailroute_actors::testkit::wait_for;
 pub use mailroute_actors::testkit::{Accounting, Expect, account};

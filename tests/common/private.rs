@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use mailroute_actors::broker::own_queues::handover_queue;
 use mailroute_actors::broker::{Message, SharedBroker};
-use mailroute_actors::own_queues::handover_queue;
 use mailroute_actors::testkit::wait_for;
 
 use super::scenario::{NAMES, ips};

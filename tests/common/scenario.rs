@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use mailroute_actors::broker::{Destination, Message, SharedBroker};
+use mailroute_actors::cluster::wire::{self, Announcement, ClusterMessage};
 use mailroute_actors::testkit::wait_for;
-use mailroute_actors::wire::{self, Announcement, ClusterMessage};
 
 use super::servers::{Server, write_config};
 use super::{Accounting, Expect, Member, TestVhost};

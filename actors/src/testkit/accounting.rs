@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use crate::broker::{HeaderValue, Message};
-use crate::routing::REASON_HEADER;
+use crate::mail::routing::REASON_HEADER;
 use crate::testkit::traffic::test_id;
 
 /// Where each message must end up. The places where messages are found are always one of the

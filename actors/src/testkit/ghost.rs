@@ -4,10 +4,10 @@
 
 use futures::StreamExt;
 
+use crate::broker::own_queues::presence_queue;
 use crate::broker::{BrokerError, Message, SharedBroker};
-use crate::own_queues::presence_queue;
-use crate::presence_responder::answer;
-use crate::wire::Codec;
+use crate::cluster::presence_responder::answer;
+use crate::cluster::wire::Codec;
 
 /// Declares `name`'s presence queue on `local` and consumes it; the future returned answers
 /// every challenge into `cluster` until it is dropped or aborted (or the broker fails). The
@@ -25,7 +25,7 @@ pub async fn hold_presence(
     Ok(async move {
         while let Some(Ok(delivery)) = stream.next().await {
             let _ = delivery.acker.ack().await;
-            let now = crate::wire::now_ms();
+            let now = crate::cluster::wire::now_ms();
             let Ok(message) = codec.decode(&delivery.message.body, now) else {
                 continue;
             };

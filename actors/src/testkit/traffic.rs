@@ -60,7 +60,7 @@ pub fn test_id(message: &Message) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::extract_ips;
+    use crate::mail::routing::extract_ips;
 
     #[test]
     fn generated_bodies_parse() {

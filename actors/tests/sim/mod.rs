@@ -12,11 +12,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailroute_actors::membership::leader::{Heartbeat, Known, Leader};
-use mailroute_actors::membership::{Effect, Membership, MembershipConfig};
+use mailroute_actors::cluster::membership::leader::{Heartbeat, Known, Leader};
+use mailroute_actors::cluster::membership::{Effect, Membership, MembershipConfig};
+use mailroute_actors::cluster::wire::{Announcement, ClusterMessage};
 use mailroute_actors::settings::ClusterProtocol;
 use mailroute_actors::stats::Stats;
-use mailroute_actors::wire::{Announcement, ClusterMessage};
 
 use heartbeats::{Hb, HeartbeatQueue};
 pub use rng::Rng;

@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use mailroute_actors::broker::memory::MemoryBroker;
 use mailroute_actors::broker::{
     Acker, Broker, Destination, Message, QueueSpec, SharedBroker, Subscription,
 };
-use mailroute_actors::memory::MemoryBroker;
+use mailroute_actors::cluster::wire::{self, Announcement, ClusterMessage};
+use mailroute_actors::mail::routing::{Owner, Via};
 use mailroute_actors::messages::Run;
-use mailroute_actors::routing::{Owner, Via};
 use mailroute_actors::testkit::traffic::{mailerq_json, test_id, test_message};
 use mailroute_actors::testkit::wait_for;
-use mailroute_actors::wire::{self, Announcement, ClusterMessage};
 use mailroute_actors::{BrokerError, Instance, InstanceSettings};
 
 pub const LIMIT: Duration = Duration::from_secs(10);
