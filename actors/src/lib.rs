@@ -6,7 +6,8 @@
 //! - [`broker`]: the Broker port the actors use, the in-memory broker and the queue names;
 //!
 //! and what ties them together: [`instance`] wires the supervised actors, [`messages`] are the
-//! typed messages between them, [`settings`], [`stats`], [`summary`], [`backoff`].
+//! typed messages between them, [`settings`], [`stats`], [`summary`], [`backoff`];
+//! [`traffic`] is the sample mail of `mailroute demo` and `inject`, with its accounting.
 
 pub mod backoff;
 pub mod broker;
@@ -19,6 +20,7 @@ pub mod stats;
 pub mod summary;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod traffic;
 
 pub use broker::{Broker, BrokerError, Message, SharedBroker};
 pub use instance::{Controls, Instance};

@@ -125,12 +125,20 @@ fn until(
 
 /// N instances on machines where each frame costs `cost` to process start together; then one
 /// dies silently, then one joins. Each phase has a minute to settle.
-fn scale(n: usize, cost: Duration, options: Options, seed: u64) -> Result<Scale, Violation> {
+fn scale(
+    n: usize,
+    cost: Duration,
+    leader_cost: Duration,
+    options: Options,
+    seed: u64,
+) -> Result<Scale, Violation> {
     let mut sim = Sim::new(seed, options);
     for _ in 0..n {
         let node = sim.start_node();
         sim.load(node, cost);
     }
+    // The first to subscribe to the heartbeat queue leads.
+    sim.load(0, leader_cost);
     let minute = Duration::from_secs(60);
     let agreed = |sim: &Sim| sim.check_agreement().is_ok();
     let start = until(&mut sim, minute, agreed)?;
@@ -181,7 +189,10 @@ fn loaded_digest_instances_agree_after_every_phase() {
     {
         options.heartbeat_ttl = Duration::from_millis(ms);
     }
-    let report = scale(n, cost, options, seed).unwrap_or_else(|v| panic!("seed {seed}: {v}"));
+    // `SIM_LEADER_COST_US`: the leader's machine is slower still.
+    let leader_cost = Duration::from_micros(env_or("SIM_LEADER_COST_US", cost.as_micros() as u64));
+    let report =
+        scale(n, cost, leader_cost, options, seed).unwrap_or_else(|v| panic!("seed {seed}: {v}"));
     println!(
         "SIMULATION | digest N={n} cost={cost:?}: agreed {:?} after the start, the dead forgotten {:?} after the death, agreed {:?} after the join; {} heartbeats expired in the queue, {} frames, {:?} real",
         report.start,

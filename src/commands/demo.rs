@@ -11,8 +11,7 @@ use anyhow::bail;
 use clap::Args;
 use mailroute_actors::broker::memory::MemoryBroker;
 use mailroute_actors::broker::{Destination, SharedBroker};
-use mailroute_actors::testkit::traffic::{mailerq_json, test_message};
-use mailroute_actors::testkit::{Expect, account, wait_for};
+use mailroute_actors::traffic::{Expect, account, mailerq_json, test_message, wait_for};
 use mailroute_actors::{Instance, InstanceSettings};
 use rand::Rng;
 

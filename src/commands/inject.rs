@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use futures::StreamExt;
 use mailroute_actors::broker::Destination;
-use mailroute_actors::testkit::traffic::{mailerq_json, test_message};
+use mailroute_actors::traffic::{mailerq_json, test_message};
 use rand::seq::IndexedRandom;
 
 #[derive(Args)]

@@ -1,12 +1,10 @@
-//! Helpers for the tests, the benchmark, `mailroute demo` and `mailroute inject`, behind the
-//! `testkit` feature so the engine's own API does not carry them: test traffic, waiting on a
-//! condition instead of sleeping, and counting every copy of every message where it ended up.
+//! Helpers for the tests and the benchmark only, behind the `testkit` feature so the engine's
+//! build does not carry them: fleets of in-process instances, a ghost that answers presence
+//! challenges for a name it does not own. The sample traffic and its accounting are
+//! [`crate::traffic`] (the demo runs them too), re-exported here for the tests.
 
-pub mod accounting;
 pub mod fleet;
 pub mod ghost;
-pub mod traffic;
-mod wait;
 
-pub use accounting::{Accounting, Expect, account};
-pub use wait::wait_for;
+pub use crate::traffic;
+pub use crate::traffic::{Accounting, Expect, account, wait_for};

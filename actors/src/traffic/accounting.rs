@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
+use super::test_id;
 use crate::broker::{HeaderValue, Message};
 use crate::mail::routing::REASON_HEADER;
-use crate::testkit::traffic::test_id;
 
 /// Where each message must end up. The places where messages are found are always one of the
 /// first four; the last two say which places a test accepts when the owner may be gone.

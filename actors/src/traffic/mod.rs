@@ -1,6 +1,15 @@
-//! Test traffic in MailerQ's JSON format, for `mailroute inject`, the demo, tests and benches.
+//! Sample traffic in MailerQ's JSON format, and the accounting of where every copy of it
+//! ended up: what `mailroute demo` and `mailroute inject` run (so it is part of the engine's
+//! build), and what the tests and the benchmark count with. Each message carries its own id
+//! in [`TEST_ID_HEADER`]; [`wait_for`] waits on a condition instead of sleeping.
+
+pub mod accounting;
+mod wait;
 
 use std::net::IpAddr;
+
+pub use accounting::{Accounting, Expect, account};
+pub use wait::wait_for;
 
 use crate::broker::{HeaderValue, Message, Properties};
 
