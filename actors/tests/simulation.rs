@@ -183,6 +183,7 @@ fn loaded_digest_instances_agree_after_every_phase() {
     let seed = env_or("SIM_SEED", 1);
     let began = std::time::Instant::now();
     let mut options = Options::new(ClusterProtocol::Digest);
+    options.leader_unguarded = std::env::var("SIM_LEADER_UNGUARDED").is_ok();
     if let Some(ms) = std::env::var("SIM_HEARTBEAT_TTL_MS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -205,4 +206,26 @@ fn loaded_digest_instances_agree_after_every_phase() {
     assert!(report.start.is_some(), "{report:?}");
     assert!(report.death.is_some(), "{report:?}");
     assert!(report.join.is_some(), "{report:?}");
+}
+
+/// The 143-of-998 mechanism, in seconds: a leader that reads the heartbeat queue late (its
+/// machine takes 15 ms a frame, 100 members) took its own backlog for its members' silence,
+/// and registries forgot live members in a calm cluster. The leader now measures silence on
+/// the queue's clock (its own heartbeat's wait) and sends no digests while far behind.
+#[test]
+fn a_lagging_leader_makes_nobody_forget_a_live_member() {
+    let cost = Duration::from_micros(500);
+    let slow = Duration::from_millis(15);
+    let options = Options::new(ClusterProtocol::Digest);
+    let report = scale(100, cost, slow, options, 1).unwrap_or_else(|v| panic!("{v}"));
+    println!("SIMULATION | a lagging leader (15 ms a frame, N=100): {report:?}");
+    assert!(
+        report.start.is_some() && report.death.is_some() && report.join.is_some(),
+        "{report:?}"
+    );
+    let mut options = Options::new(ClusterProtocol::Digest);
+    options.leader_unguarded = true;
+    let violation = scale(100, cost, slow, options, 1).expect_err("the unguarded leader passed");
+    println!("SIMULATION | the leader without the lag guard: {violation}");
+    assert!(violation.contains("forgot live"), "{violation}");
 }

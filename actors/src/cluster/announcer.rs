@@ -14,6 +14,7 @@ use crate::backoff;
 use crate::broker::own_queues::heartbeat_queue;
 use crate::broker::{BrokerError, Destination, SharedBroker};
 use crate::cluster::cluster_frame::{publish, publish_to};
+use crate::cluster::membership::leader::heartbeat_ttl;
 use crate::cluster::wire::{Announcement, ClusterMessage, Codec};
 use crate::messages::{AnnounceNow, AnswerAsk, Broadcast, Departing, Leave, Pause, Reconfigure};
 use crate::settings::ClusterProtocol;
@@ -81,16 +82,10 @@ impl Announcer {
         self
     }
 
-    /// A heartbeat that waited in the queue longer than this is dropped unread: read later it
-    /// would make a member that died meanwhile look alive. One interval was too short: a
-    /// leader starved of CPU read most heartbeats after their TTL, and the digests forgot
-    /// their live senders (fifty instances on a loaded machine). What waited less than
-    /// `peer-timeout` less an interval keeps its sender listed at most that much longer, and
-    /// only while the leader lags.
+    /// A heartbeat that waited in the queue longer than this is dropped unread (see
+    /// [`heartbeat_ttl`]).
     fn heartbeat_ttl(&self) -> Duration {
-        self.peer_timeout
-            .saturating_sub(self.interval)
-            .max(self.interval)
+        heartbeat_ttl(self.interval, self.peer_timeout)
     }
 
     fn announce(&mut self, ctx: &mut Context<Self>) {

@@ -7,7 +7,7 @@
 //! that each reach N queues (N²).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tracing::{debug, warn};
@@ -189,15 +189,21 @@ impl StreamHandler<Result<Delivery, BrokerError>> for DigestLeader {
         };
         self.failures = 0;
         let redelivered = delivery.redelivered;
+        // How long it was on its way, by this clock: meaningful for this instance's own
+        // heartbeats, which the core alone times.
+        let now_ms = crate::cluster::wire::now_ms();
+        let waited = crate::cluster::wire::sent_ms(&delivery.message.body)
+            .map(|sent| Duration::from_millis(now_ms.saturating_sub(sent)));
         match crate::cluster::cluster_frame::take(delivery, &self.codec, &self.stats) {
             Some(ClusterMessage::Heartbeat {
                 name,
                 started_at,
                 sequence,
             }) => {
+                let now = Instant::now();
                 let heard =
                     self.core
-                        .heartbeat(name, started_at, sequence, redelivered, Instant::now());
+                        .heartbeat(name, started_at, sequence, redelivered, waited, now);
                 if heard == Heartbeat::TookOver {
                     self.take_over(ctx);
                 }

@@ -222,6 +222,17 @@ impl Default for Codec {
     }
 }
 
+/// When a frame says it was sent (ms since the epoch, by its sender's clock), if it is one
+/// of ours; nothing is verified here.
+pub fn sent_ms(frame: &[u8]) -> Option<u64> {
+    if !frame.starts_with(&MAGIC) || frame.len() < HEADER {
+        return None;
+    }
+    let mut sent = [0u8; 8];
+    sent.copy_from_slice(&frame[4..HEADER]);
+    Some(u64::from_be_bytes(sent))
+}
+
 impl Codec {
     /// `freshness`: how far a signed frame's timestamp may be from the receiver's clock.
     pub fn new(secret: Option<&str>, freshness: Duration) -> Self {

@@ -15,6 +15,8 @@ pub struct Hb {
     pub name: String,
     pub started_at: u64,
     pub sequence: u64,
+    /// When its sender sent it (one clock for all in the simulation).
+    pub sent: Duration,
     pub expires: Duration,
     pub redelivered: bool,
 }
@@ -36,16 +38,11 @@ impl HeartbeatQueue {
         self.consumers.first().copied()
     }
 
-    pub fn push(&mut self, name: String, started_at: u64, sequence: u64, expires: Duration) {
+    pub fn push(&mut self, mut hb: Hb) {
         self.next_id += 1;
-        self.waiting.push_back(Hb {
-            id: self.next_id,
-            name,
-            started_at,
-            sequence,
-            expires,
-            redelivered: false,
-        });
+        hb.id = self.next_id;
+        hb.redelivered = false;
+        self.waiting.push_back(hb);
     }
 
     pub fn subscribe(&mut self, node: usize) {

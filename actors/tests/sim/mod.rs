@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailroute_actors::cluster::membership::leader::{Heartbeat, Known, Leader};
+use mailroute_actors::cluster::membership::leader::{Heartbeat, Known, Leader, heartbeat_ttl};
 use mailroute_actors::cluster::membership::{Effect, Membership, MembershipConfig};
 use mailroute_actors::cluster::wire::{Announcement, ClusterMessage};
 use mailroute_actors::settings::ClusterProtocol;
@@ -121,6 +121,8 @@ pub struct Options {
     pub unguarded: bool,
     /// How long a heartbeat may wait in the queue (the announcer's TTL).
     pub heartbeat_ttl: Duration,
+    /// Leaders that digest however late they read the heartbeat queue.
+    pub leader_unguarded: bool,
 }
 
 impl Options {
@@ -128,8 +130,8 @@ impl Options {
         Options {
             protocol,
             unguarded: false,
-            // The announcer's: peer-timeout less an interval, at least an interval.
-            heartbeat_ttl: PEER_TIMEOUT.saturating_sub(INTERVAL).max(INTERVAL),
+            heartbeat_ttl: heartbeat_ttl(INTERVAL, PEER_TIMEOUT),
+            leader_unguarded: false,
         }
     }
 }
@@ -238,8 +240,14 @@ impl Sim {
         } else {
             core
         };
+        let leader = Leader::new(name.clone(), started_at, INTERVAL, PEER_TIMEOUT);
+        let leader = if self.options.leader_unguarded {
+            leader.without_lag_guard()
+        } else {
+            leader
+        };
         self.nodes.push(Node {
-            leader: Leader::new(name.clone(), started_at, INTERVAL, PEER_TIMEOUT),
+            leader,
             leader_gen: 0,
             name,
             started_at,
@@ -355,6 +363,7 @@ impl Sim {
             name: n.name.clone(),
             started_at: n.started_at,
             sequence: n.sequence,
+            sent: self.now,
             expires: self.now + trip + self.options.heartbeat_ttl,
             redelivered: false,
         };
@@ -523,10 +532,16 @@ impl Sim {
                 }
                 self.processed += 1;
                 let now = self.at(self.now);
+                let waited = Some(self.now.saturating_sub(hb.sent));
                 let n = &mut self.nodes[to];
-                let heard =
-                    n.leader
-                        .heartbeat(hb.name, hb.started_at, hb.sequence, hb.redelivered, now);
+                let heard = n.leader.heartbeat(
+                    hb.name,
+                    hb.started_at,
+                    hb.sequence,
+                    hb.redelivered,
+                    waited,
+                    now,
+                );
                 if heard == Heartbeat::TookOver {
                     self.take_over(to);
                 }
@@ -577,8 +592,7 @@ impl Sim {
                 self.schedule(INTERVAL, What::Announce { node });
             }
             What::Enqueue(hb) => {
-                self.heartbeats
-                    .push(hb.name, hb.started_at, hb.sequence, hb.expires);
+                self.heartbeats.push(hb);
                 self.pump();
             }
             What::HeartbeatTo { node, hb, epoch } => {
@@ -611,7 +625,19 @@ impl Sim {
                     return Ok(());
                 }
                 let now = self.at(self.now);
-                if let Some(chunks) = self.nodes[node].leader.digest(now) {
+                let chunks = self.nodes[node].leader.digest(now);
+                if self.trace.is_some() {
+                    let n = &self.nodes[node];
+                    let entries = chunks
+                        .as_ref()
+                        .map(|c| c.iter().map(Vec::len).sum::<usize>());
+                    let (inbox, behind) = (n.inbox.len(), n.leader.behind());
+                    eprintln!(
+                        "{:?} leader {} digest {entries:?} (behind {behind}, inbox {inbox})",
+                        self.now, n.name
+                    );
+                }
+                if let Some(chunks) = chunks {
                     for members in chunks {
                         let from = self.nodes[node].name.clone();
                         self.broadcast(node, ClusterMessage::Digest { from, members });
