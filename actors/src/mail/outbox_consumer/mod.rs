@@ -4,7 +4,8 @@
 //! [`AckFrontier`]'s; what the broker consumer is doing is one [`Link`] state, and what the
 //! instance wants of it one [`Intent`].
 
-use std::collections::HashMap;
+mod control;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,11 +17,9 @@ use crate::broker::{
     Acker, BrokerError, ConsumerControl, Delivery, QueueSpec, SharedBroker, paused_while,
 };
 use crate::mail::ack_frontier::{AckFrontier, Acks, STALL};
-use crate::messages::{ClusterHeard, Pause, Reconfigure, Route, Run, Settled, Stop, Unconfirmed};
+use crate::mail::failure_runs::FailureRuns;
+use crate::messages::{Route, Run, Settled};
 use crate::stats::{Stats, bump};
-
-/// A destination's failures count as one run while they come less than this far apart.
-const FAILURE_GAP: Duration = Duration::from_secs(10);
 
 pub struct OutboxConsumer {
     broker: SharedBroker,
@@ -45,11 +44,8 @@ pub struct OutboxConsumer {
     /// Ended on a restart, so the router and the publisher drop what this run took and still hold.
     run: Run,
     failures: u32,
-    /// Per destination, when its current run of unconfirmed outcomes began and when it last
-    /// failed. A message that fails again waits about half as long as its destination has been
-    /// failing before it is requeued (100 ms to 10 s): a destination that stays broken is
-    /// retried every few seconds, never in a loop, and mail for the others flows meanwhile.
-    failing: HashMap<String, (Instant, Instant)>,
+    /// How long a message whose outcome failed waits before it is requeued.
+    failing: FailureRuns,
     intent: Intent,
     link: Link,
     drained: Vec<tokio::sync::oneshot::Sender<()>>,
@@ -112,7 +108,7 @@ impl OutboxConsumer {
             next_id: 0,
             run: Run::default(),
             failures: 0,
-            failing: HashMap::new(),
+            failing: FailureRuns::default(),
             intent: Intent::Consume,
             link: Link::Gated,
             drained: Vec::new(),
@@ -201,27 +197,6 @@ impl OutboxConsumer {
         if !delay.is_zero() {
             // The ones confirmed behind it need not wait for its delay.
             self.flush_acks(ctx);
-        }
-    }
-
-    /// How long to wait before requeueing a message whose outcome for `destination` was not
-    /// confirmed. A first failure is retried at once: hundreds fail together when a channel
-    /// dies. A message that fails again is what would loop.
-    fn requeue_delay(&mut self, destination: String, redelivered: bool) -> Duration {
-        let now = Instant::now();
-        if self.failing.len() > 1024 {
-            self.failing
-                .retain(|_, (_, last)| now.duration_since(*last) < FAILURE_GAP);
-        }
-        let (since, last) = self.failing.entry(destination).or_insert((now, now));
-        if now.duration_since(*last) >= FAILURE_GAP {
-            *since = now;
-        }
-        *last = now;
-        if redelivered {
-            backoff::requeue_delay(now.duration_since(*since))
-        } else {
-            Duration::ZERO
         }
     }
 
@@ -414,110 +389,6 @@ impl StreamHandler<Result<Delivery, BrokerError>> for OutboxConsumer {
             warn!(queue = %self.queue, "outbox consumer cancelled by the broker; consuming again");
             self.failures += 1;
             ctx.stop();
-        }
-    }
-}
-
-impl Handler<ClusterHeard> for OutboxConsumer {
-    type Result = ();
-
-    fn handle(&mut self, _: ClusterHeard, ctx: &mut Context<Self>) {
-        if self.link == Link::Gated {
-            self.link = Link::Idle;
-            self.consume(ctx, self.warmup);
-        }
-    }
-}
-
-impl Handler<Settled> for OutboxConsumer {
-    type Result = ();
-
-    fn handle(&mut self, settled: Settled, ctx: &mut Context<Self>) {
-        let Some((acker, redelivered)) = self.frontier.settle(settled.id) else {
-            debug!(id = settled.id, "settled twice or after a restart; ignored");
-            return;
-        };
-        match settled.result {
-            Ok(_) => {
-                self.frontier.confirmed(settled.id, acker);
-                self.flush_acks(ctx);
-            }
-            Err(Unconfirmed { error, destination }) => {
-                bump(&self.stats.publish_errors);
-                let delay = self.requeue_delay(destination, redelivered);
-                warn!(id = settled.id, %error, ?delay, "outcome not confirmed; requeueing the original");
-                self.requeue(settled.id, acker, delay, ctx);
-            }
-        }
-    }
-}
-
-impl Handler<Stop> for OutboxConsumer {
-    type Result = ResponseFuture<()>;
-
-    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) -> Self::Result {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.drained.push(tx);
-        // A stop wins over a pause or a prefetch change in progress.
-        self.intent = Intent::Stop;
-        if !matches!(self.link, Link::Draining { .. }) {
-            // Cancel first: a consumer that stays subscribed is handed every requeued message
-            // straight back, and with a full outbox a drain would spin until its grace ran out.
-            self.drain(ctx);
-        }
-        self.settle_if_drained(ctx);
-        Box::pin(async move {
-            let _ = rx.await;
-        })
-    }
-}
-
-/// A new `rabbitmq-qos` takes a new consumer (a prefetch applies from `basic.consume` on): the
-/// current one is cancelled and drained like on a stop, nothing routed is requeued, then a new
-/// one subscribes. Deliveries the broker sent after the cancel go back untouched.
-impl Handler<Reconfigure> for OutboxConsumer {
-    type Result = ();
-
-    fn handle(&mut self, Reconfigure(live): Reconfigure, ctx: &mut Context<Self>) {
-        if live.prefetch == self.prefetch {
-            return;
-        }
-        self.prefetch = live.prefetch;
-        // Draining, paused or not consuming yet: the next subscribe uses the new value.
-        if self.link == Link::Consuming {
-            self.drain(ctx);
-        }
-    }
-}
-
-/// Maintenance: a pause cancels the consumer and settles what it delivered, like a stop,
-/// but the instance stays in the cluster and keeps its IPs (mail for them waits in the
-/// outbox). A resume subscribes again, at once or once a drain in progress is done.
-impl Handler<Pause> for OutboxConsumer {
-    type Result = ();
-
-    fn handle(&mut self, Pause(pause): Pause, ctx: &mut Context<Self>) {
-        let intent = if pause {
-            Intent::Pause
-        } else {
-            Intent::Consume
-        };
-        if self.intent == intent || self.intent == Intent::Stop {
-            return;
-        }
-        self.intent = intent;
-        self.stats
-            .paused
-            .store(u64::from(pause), std::sync::atomic::Ordering::Relaxed);
-        if pause {
-            info!(queue = %self.queue, "pausing: no more outbox mail until resumed");
-            if self.link == Link::Consuming {
-                self.drain(ctx);
-            }
-        } else {
-            info!(queue = %self.queue, "resuming");
-            // While a drain is in progress, `settle_if_drained` subscribes when it is done.
-            self.consume(ctx, Duration::ZERO);
         }
     }
 }
