@@ -11,8 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::TestVhost;
-use mailroute_actors::testkit::traffic::{mailerq_json, test_id, test_message};
 use mailroute_actors::testkit::wait_for;
+use mailroute_actors::traffic::{mailerq_json, test_id, test_message};
 use mailroute_actors::{Instance, InstanceSettings};
 
 fn ips(n: u8) -> Vec<IpAddr> {

@@ -14,8 +14,8 @@ use common::scenario::{NAMES, ips, spawn_members};
 use common::{Expect, publish_all};
 use mailroute::amqp::AmqpBroker;
 use mailroute_actors::broker::{Message, SharedBroker};
-use mailroute_actors::testkit::traffic::{mailerq_json, test_message};
 use mailroute_actors::testkit::wait_for;
+use mailroute_actors::traffic::{mailerq_json, test_message};
 
 /// 200 messages from each outbox for the next instance's IPs: all of it is handed over.
 fn ring_traffic(prefix: &str) -> (HashMap<String, Expect>, Vec<(String, Message)>) {

@@ -16,8 +16,8 @@ use common::rq_cluster::{RqVhost, ensure_started};
 use common::scenario::ips;
 use common::servers::{Server, logs, stop_all, wait_joined, write_config};
 use common::{TestVhost, drain, ready, rss_mib};
-use mailroute_actors::testkit::traffic::{mailerq_json, test_id, test_message};
 use mailroute_actors::testkit::wait_for;
+use mailroute_actors::traffic::{mailerq_json, test_id, test_message};
 
 const MESSAGES: usize = 2_000;
 const ALARM: Duration = Duration::from_secs(120);

@@ -104,7 +104,7 @@ async fn three_serve_processes_route_and_one_leaves() {
     let injected = common::drain(&client, "b.deliver").await;
     let mut ids: Vec<String> = injected
         .iter()
-        .filter_map(mailroute_actors::testkit::traffic::test_id)
+        .filter_map(mailroute_actors::traffic::test_id)
         .collect();
     ids.sort();
     ids.dedup();

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::scenario::{Cluster, NAMES, ips};
 use common::{Expect, publish_all};
-use mailroute_actors::testkit::traffic::{mailerq_json, test_message};
 use mailroute_actors::testkit::wait_for;
+use mailroute_actors::traffic::{mailerq_json, test_message};
 
 /// One HTTP/1.0 GET: the status code and the body.
 fn get(port: u16, path: &str) -> (u16, String) {

@@ -16,8 +16,8 @@ use common::Expect;
 use common::scenario::{Cluster, NAMES, announce_forever, ips};
 use fantoccini::{Client, ClientBuilder, Locator};
 use mailroute_actors::cluster::wire::{Announcement, Codec};
-use mailroute_actors::testkit::traffic::{mailerq_json, test_message};
 use mailroute_actors::testkit::wait_for;
+use mailroute_actors::traffic::{mailerq_json, test_message};
 
 const TOKEN: &str = "browser-test-token-5d1e8b7a";
 const SECRET: &str = "browser-test-cluster-secret-0c4d";

@@ -10,8 +10,8 @@ use common::TestVhost;
 use common::scenario::phantom_peer_on;
 use mailroute_actors::broker::{Destination, HeaderValue, Message, SharedBroker};
 use mailroute_actors::mail::routing::{HOPS_HEADER, ID_HEADER, REASON_HEADER};
-use mailroute_actors::testkit::traffic::{mailerq_json, test_message};
 use mailroute_actors::testkit::wait_for;
+use mailroute_actors::traffic::{mailerq_json, test_message};
 use mailroute_actors::{Instance, InstanceSettings};
 
 const LOOPED: [u8; 4] = [10, 5, 9, 9];

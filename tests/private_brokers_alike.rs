@@ -27,8 +27,8 @@ use mailroute_actors::broker::own_queues::handover_queue;
 use mailroute_actors::broker::{QueueSpec, SharedBroker};
 use mailroute_actors::cluster::wire::Codec;
 use mailroute_actors::mail::routing::HELD_SINCE_HEADER;
-use mailroute_actors::testkit::traffic::{mailerq_json, test_message};
 use mailroute_actors::testkit::{Expect, account, wait_for};
+use mailroute_actors::traffic::{mailerq_json, test_message};
 use rand::Rng;
 
 const MESSAGES: usize = 10_000;

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::TestVhost;
 use mailroute_actors::broker::{Destination, QueueSpec};
-use mailroute_actors::testkit::traffic::{mailerq_json, test_message};
 use mailroute_actors::testkit::wait_for;
+use mailroute_actors::traffic::{mailerq_json, test_message};
 use mailroute_actors::{Instance, InstanceSettings};
 
 fn settings(hold: Duration) -> InstanceSettings {

@@ -14,8 +14,8 @@ use common::scenario::{Cluster, ips};
 use common::servers::write_config;
 use common::{Expect, publish_all};
 use mailroute_actors::broker::Message;
-use mailroute_actors::testkit::traffic::{mailerq_json, test_message};
 use mailroute_actors::testkit::wait_for;
+use mailroute_actors::traffic::{mailerq_json, test_message};
 
 async fn mailroute(args: &[&str], config: &std::path::Path) -> Output {
     let (args, config): (Vec<String>, _) = (

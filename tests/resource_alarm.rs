@@ -12,8 +12,8 @@ use std::time::Duration;
 use common::{TestVhost, rabbitmqctl};
 use mailroute::amqp::AmqpBroker;
 use mailroute_actors::broker::SharedBroker;
-use mailroute_actors::testkit::traffic::{mailerq_json, test_message};
 use mailroute_actors::testkit::wait_for;
+use mailroute_actors::traffic::{mailerq_json, test_message};
 use mailroute_actors::{Instance, InstanceSettings};
 
 /// Clears the alarm even when the test fails, or every later test would hang on publishing.

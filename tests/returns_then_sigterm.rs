@@ -15,8 +15,8 @@ use common::TestVhost;
 use common::scenario::{phantom_peer, phantom_peer_on};
 use common::servers::{Server, write_config};
 use mailroute_actors::broker::QueueSpec;
-use mailroute_actors::testkit::traffic::{mailerq_json, test_id, test_message};
 use mailroute_actors::testkit::wait_for;
+use mailroute_actors::traffic::{mailerq_json, test_id, test_message};
 
 const BURST: usize = 4_000;
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use common::TestVhost;
 use common::servers::{Server, write_config};
 use mailroute_actors::broker::QueueSpec;
-use mailroute_actors::testkit::traffic::{mailerq_json, test_id, test_message};
 use mailroute_actors::testkit::wait_for;
+use mailroute_actors::traffic::{mailerq_json, test_id, test_message};
 
 const WAITING: usize = 100_000;
 

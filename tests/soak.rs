@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::scenario::{Cluster, NAMES};
 use futures::StreamExt;
 use mailroute_actors::broker::{Destination, HeaderValue};
-use mailroute_actors::testkit::traffic::{mailerq_json, test_id, test_message};
+use mailroute_actors::traffic::{mailerq_json, test_id, test_message};
 use rand::Rng;
 
 const SENT_HEADER: &str = "x-soak-sent-us";

@@ -19,7 +19,7 @@ use common::servers::{Server, write_config};
 use common::{Expect, publish_all};
 use mailroute::amqp::AmqpBroker;
 use mailroute_actors::broker::SharedBroker;
-use mailroute_actors::testkit::traffic::{mailerq_json, test_message};
+use mailroute_actors::traffic::{mailerq_json, test_message};
 
 fn address(vhost: &str) -> String {
     format!("amqps://guest:guest@localhost:{TLS_PORT}/{vhost}")

@@ -14,8 +14,8 @@ use mailroute_actors::broker::{
 };
 use mailroute_actors::cluster::wire::{self, Announcement, ClusterMessage};
 use mailroute_actors::mail::routing::{FROM_HEADER, HOPS_HEADER, Owner, REASON_HEADER, Unroutable};
-use mailroute_actors::testkit::traffic::{mailerq_json, test_id, test_message};
 use mailroute_actors::testkit::wait_for;
+use mailroute_actors::traffic::{mailerq_json, test_id, test_message};
 use support::*;
 
 #[actix::test]

@@ -14,8 +14,8 @@ use mailroute_actors::mail::routing::{
     Decision, HELD_SINCE_HEADER, ID_HEADER, REASON_HEADER, Unroutable, Via,
 };
 use mailroute_actors::messages::{Dispatch, HearingNow, Run, Settled};
-use mailroute_actors::testkit::traffic::{mailerq_json, test_id, test_message};
 use mailroute_actors::testkit::wait_for;
+use mailroute_actors::traffic::{mailerq_json, test_id, test_message};
 use support::*;
 
 fn header_str(m: &Message, name: &str) -> Option<String> {

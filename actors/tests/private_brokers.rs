@@ -10,8 +10,8 @@ use mailroute_actors::broker::memory::MemoryBroker;
 use mailroute_actors::broker::own_queues::handover_queue;
 use mailroute_actors::mail::routing::{FROM_HEADER, HOPS_HEADER, Owner, Via};
 use mailroute_actors::messages::Stop;
-use mailroute_actors::testkit::traffic::test_id;
 use mailroute_actors::testkit::wait_for;
+use mailroute_actors::traffic::test_id;
 use mailroute_actors::{Instance, InstanceSettings};
 use support::*;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use mailroute_actors::broker::{Destination, HeaderValue, QueueSpec, SharedBroker};
-use mailroute_actors::testkit::traffic::{mailerq_json, test_message};
+use mailroute_actors::traffic::{mailerq_json, test_message};
 
 use crate::baselines::{self, Baseline};
 use crate::common::TestVhost;

@@ -26,7 +26,7 @@ use baselines::Baseline;
 use common::TestVhost;
 use latency::Latency;
 use mailroute_actors::broker::{Message, SharedBroker};
-use mailroute_actors::testkit::traffic::{mailerq_json, test_message};
+use mailroute_actors::traffic::{mailerq_json, test_message};
 use measure::{Row, human, row};
 use micro::Micro;
 

@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use mailroute_actors::broker::Message;
-use mailroute_actors::testkit::traffic::{mailerq_json, test_message};
 use mailroute_actors::testkit::wait_for;
+use mailroute_actors::traffic::{mailerq_json, test_message};
 
 use crate::common::{self, TestVhost};
 use crate::scenarios::settings;

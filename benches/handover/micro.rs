@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use mailroute_actors::mail::routing::{
     MessageFacts, OwnershipTable, PeerRoute, RoutePolicy, Unroutable, decide, extract_ips,
 };
-use mailroute_actors::testkit::traffic::mailerq_json;
+use mailroute_actors::traffic::mailerq_json;
 
 use crate::b_ip;
 use crate::measure::human;

@@ -20,9 +20,9 @@ use futures::StreamExt;
 use mailroute::amqp::AmqpBroker;
 use mailroute_actors::broker::{Destination, Message, SharedBroker};
 use mailroute_actors::mail::routing::HELD_SINCE_HEADER;
-use mailroute_actors::testkit::traffic::{mailerq_json, test_message};
 use mailroute_actors::testkit::wait_for;
 pub use mailroute_actors::testkit::{Accounting, Expect, account};
+use mailroute_actors::traffic::{mailerq_json, test_message};
 use rand::Rng;
 
 pub const BROKER_ROOT: &str = "amqp://guest:guest@127.0.0.1:5672";

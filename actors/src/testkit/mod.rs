@@ -6,5 +6,4 @@
 pub mod fleet;
 pub mod ghost;
 
-pub use crate::traffic;
 pub use crate::traffic::{Accounting, Expect, account, wait_for};

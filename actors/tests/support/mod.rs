@@ -16,8 +16,8 @@ use mailroute_actors::broker::{
 use mailroute_actors::cluster::wire::{self, Announcement, ClusterMessage};
 use mailroute_actors::mail::routing::{Owner, Via};
 use mailroute_actors::messages::Run;
-use mailroute_actors::testkit::traffic::{mailerq_json, test_id, test_message};
 use mailroute_actors::testkit::wait_for;
+use mailroute_actors::traffic::{mailerq_json, test_id, test_message};
 use mailroute_actors::{BrokerError, Instance, InstanceSettings};
 
 pub const LIMIT: Duration = Duration::from_secs(10);
