@@ -75,6 +75,9 @@ pub struct Stats {
     pub deaf: AtomicU64,
     /// How often the registry went deaf.
     pub deaf_spells: AtomicU64,
+    /// 1 while this instance leads the heartbeat digest but reads the queue too late to
+    /// digest (it sends none, and nobody expires meanwhile). Else 0.
+    pub digest_behind: AtomicU64,
     /// From publishing a handover copy to the broker's confirm of it.
     pub handover_seconds: Histogram,
 }

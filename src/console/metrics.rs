@@ -183,6 +183,13 @@ pub async fn scrape(state: web::Data<ConsoleState>) -> HttpResponse {
         "1 while this instance hears nothing on the cluster exchange, not even itself (nobody expires meanwhile)",
         deaf,
     );
+    let behind = Gauge::<i64>::default();
+    behind.set(i64::from(s.digest_behind.load(Ordering::Relaxed) == 1));
+    registry.register(
+        "digest_behind",
+        "1 while this instance leads the heartbeat digest but reads the queue too late to digest (nobody expires meanwhile)",
+        behind,
+    );
     let conflicts = Gauge::<i64>::default();
     conflicts.set(i64::try_from(s.ip_conflicts.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
     registry.register("ip_conflicts", "IPs two instances claim now", conflicts);

@@ -79,6 +79,14 @@ impl DigestLeader {
         self.ticker = Some(ctx.run_interval(self.core.interval(), |act, ctx| act.digest(ctx)));
     }
 
+    /// The `digest_behind` gauge: whether the core reads the queue too late to digest.
+    fn show_lag(&self) {
+        let behind = u64::from(self.core.behind());
+        self.stats
+            .digest_behind
+            .store(behind, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// A new leadership starts from what this instance's registry last heard of each peer.
     fn take_over(&mut self, ctx: &mut Context<Self>) {
         let ask = self.registry.send(ListPeers);
@@ -101,7 +109,9 @@ impl DigestLeader {
 
     /// Broadcasts the core's digest, in as many frames as it takes.
     fn digest(&mut self, ctx: &mut Context<Self>) {
-        let Some(chunks) = self.core.digest(Instant::now()) else {
+        let digest = self.core.digest(Instant::now());
+        self.show_lag();
+        let Some(chunks) = digest else {
             return;
         };
         for members in chunks {
@@ -173,6 +183,7 @@ impl Supervised for DigestLeader {
         self.control = None;
         self.stream = None;
         self.core.reset();
+        self.show_lag();
     }
 }
 
@@ -204,6 +215,7 @@ impl StreamHandler<Result<Delivery, BrokerError>> for DigestLeader {
                 let heard =
                     self.core
                         .heartbeat(name, started_at, sequence, redelivered, waited, now);
+                self.show_lag();
                 if heard == Heartbeat::TookOver {
                     self.take_over(ctx);
                 }
@@ -246,6 +258,7 @@ impl Handler<Stop> for DigestLeader {
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
         self.stopped = true;
         self.core.reset();
+        self.show_lag();
         if let Some(ticker) = self.ticker.take() {
             ctx.cancel_future(ticker);
         }
