@@ -225,12 +225,14 @@ impl Default for Codec {
 /// When a frame says it was sent (ms since the epoch, by its sender's clock), if it is one
 /// of ours; nothing is verified here.
 pub fn sent_ms(frame: &[u8]) -> Option<u64> {
-    if !frame.starts_with(&MAGIC) || frame.len() < HEADER {
-        return None;
-    }
+    (frame.starts_with(&MAGIC) && frame.len() >= HEADER).then(|| header_sent(frame))
+}
+
+/// The send time in a frame's header; the caller has checked the frame is that long.
+fn header_sent(frame: &[u8]) -> u64 {
     let mut sent = [0u8; 8];
     sent.copy_from_slice(&frame[4..HEADER]);
-    Some(u64::from_be_bytes(sent))
+    u64::from_be_bytes(sent)
 }
 
 impl Codec {
@@ -304,9 +306,7 @@ impl Codec {
         if flags & !SIGNED != 0 {
             return Err(DecodeError::Garbage(format!("unknown flags {flags:#04x}")));
         }
-        let mut sent = [0u8; 8];
-        sent.copy_from_slice(&frame[4..HEADER]);
-        let sent = u64::from_be_bytes(sent);
+        let sent = header_sent(frame);
         let signed = flags & SIGNED != 0;
         let body_end = if signed {
             frame

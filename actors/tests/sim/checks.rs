@@ -72,10 +72,12 @@ impl Sim {
         if self.digest() && no_digest {
             return Ok(());
         }
-        // A `Leaving` may be lost: then it expires like a silent death.
+        // Loaded for the whole run (`Sim::load`, the scale scenario): no spell to wait out,
+        // so no bound to check; the scenario measures the time to forget the dead itself.
         if n.slow_until == Duration::MAX {
             return Ok(());
         }
+        // A `Leaving` may be lost: then it expires like a silent death.
         let heard_since = n.hears_since.max(n.slow_until);
         for dead in self.dead.iter().map(|d| &self.nodes[*d]) {
             let Some(gone_at) = dead.gone_at else {

@@ -683,15 +683,11 @@ impl Sim {
                 }
             }
             ClusterMessage::Digest { from, members } if digest => {
-                let gap = node
-                    .last_heard
-                    .is_none_or(|at| now_t.saturating_sub(at) >= INTERVAL * 3 / 2);
-                // A new leader, or digests again after a gap: the core gives everyone a grace.
-                if gap || node.digest_from.as_ref() != Some(from) {
+                // A new leader: the core gives everyone a grace, as after a gap.
+                if node.digest_from.as_ref() != Some(from) {
                     node.hears_since = node.hears_since.max(now_t);
                 }
                 node.digest_from = Some(from.clone());
-                node.last_heard = Some(now_t);
                 node.heard_from.insert(from.clone(), now_t);
                 for entry in members {
                     let at = now_t.saturating_sub(Duration::from_millis(u64::from(entry.age_ms)));
@@ -701,9 +697,11 @@ impl Sim {
             }
             _ => {}
         }
-        if !digest {
-            // Heard nothing, not even itself, for 1.5 intervals (a deaf fault, or loss): the
-            // core gives everyone a full peer-timeout from now.
+        // What the core's guard counts as hearing: any frame (mesh), a digest (digest). After
+        // 1.5 intervals without (a deaf fault, loss, a leader gone or behind) the core gives
+        // everyone a full peer-timeout from now.
+        let hearing = !digest || matches!(message, ClusterMessage::Digest { .. });
+        if hearing {
             let gap = node
                 .last_heard
                 .is_none_or(|at| now_t.saturating_sub(at) >= INTERVAL * 3 / 2);
